@@ -3,4 +3,5 @@
 pub mod http;
 pub mod keys;
 pub mod model;
+pub mod store;
 pub mod timefmt;
