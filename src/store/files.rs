@@ -84,6 +84,11 @@ impl Folder {
         }
     }
 
+    /// How many folder fsyncs have been started (to observe group commit).
+    pub fn syncs_started(&self) -> u64 {
+        lock(&self.state).started
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

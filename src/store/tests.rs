@@ -697,9 +697,13 @@ struct SmallFs(PathBuf);
 
 impl SmallFs {
     fn mount(dir: &Path) -> Option<SmallFs> {
+        SmallFs::mount_sized(dir, "256k")
+    }
+
+    fn mount_sized(dir: &Path, size: &str) -> Option<SmallFs> {
         fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .status()
             .map(|s| s.success())
@@ -896,10 +900,8 @@ fn concurrent_puts_then_reopen_match() {
     assert_eq!(names(&f.state.join("report")).len(), 8 * 5 + 3);
 }
 
-#[test]
-fn measure_put_throughput() {
-    let f = fixture();
-    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+fn put_throughput(state: &Path, what: &str) {
+    let st = std::sync::Arc::new(Store::open(state).unwrap());
     let per_thread = 250;
     let start = Instant::now();
     let threads: Vec<_> = (0..8)
@@ -917,12 +919,26 @@ fn measure_put_throughput() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "store PUT throughput: 8 threads, distinct keys: {:.0} ops/s ({} puts in {:.3}s)",
+        "store PUT throughput ({what}): 8 threads, distinct keys: {:.0} ops/s ({} puts in {:.3}s)",
         f64::from(8 * per_thread) / secs,
         8 * per_thread,
         secs
     );
     assert_eq!(st.counts().reports, 8 * per_thread as usize);
+    println!(
+        "  report folder fsyncs: {} for {} puts",
+        st.report.syncs_started(),
+        8 * per_thread
+    );
+}
+
+#[test]
+fn measure_put_throughput() {
+    let f = fixture();
+    put_throughput(&f.state, "disk");
+    if let Some(small) = SmallFs::mount_sized(&f.root.join("mnt"), "64m") {
+        put_throughput(&small.0.join("state"), "tmpfs, no fsync cost");
+    }
 }
 
 #[test]
@@ -950,4 +966,118 @@ fn large_lists_are_rendered_once_per_change() {
         "data list survives a report change"
     );
     assert_eq!(parse(&c)["data_keys"].as_array().unwrap().len(), 10_000);
+}
+
+/// Runs in a child process that the test below kills with SIGKILL mid-write.
+#[test]
+fn kill_child() {
+    use std::io::Write;
+    let Some(state) = std::env::var_os("PLEXD_STORE_KILL_CHILD") else {
+        return;
+    };
+    let st = Store::open(Path::new(&state)).unwrap();
+    let mut out = std::io::stdout().lock();
+    for i in 0u64.. {
+        let key = format!("k{}", i % 16);
+        if i % 7 == 3 {
+            match st.delete_report(&rk(&key)) {
+                Ok(_) => writeln!(out, "DEL {key}").unwrap(),
+                Err(StoreError::NotFound) => {}
+                Err(e) => panic!("{e}"),
+            }
+        } else {
+            let v = put(&st, &key, &format!("{{\"i\":{i}}}"), None).unwrap();
+            writeln!(out, "ACK {key} {}", parse(&v.value)["version"]).unwrap();
+        }
+        out.flush().unwrap();
+        if i % 50 == 0 {
+            if let Some(b) = st.pending_batch(5, 1 << 20) {
+                st.mark_synced(&b).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn sigkill_loses_nothing_acknowledged() {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    let f = fixture();
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::kill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PLEXD_STORE_KILL_CHILD", &f.state)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = thread::spawn(move || {
+            let mut last: HashMap<String, Option<i64>> = HashMap::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let parts: Vec<&str> = line.split(' ').collect();
+                match parts.as_slice() {
+                    ["ACK", k, v] => {
+                        if let Ok(v) = v.parse() {
+                            last.insert(k.to_string(), Some(v));
+                        }
+                    }
+                    ["DEL", k] => {
+                        last.insert(k.to_string(), None);
+                    }
+                    _ => {}
+                }
+            }
+            last
+        });
+        thread::sleep(Duration::from_millis(300 + 150 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let acked = reader.join().unwrap();
+        assert!(!acked.is_empty(), "child acknowledged nothing");
+        let st = Store::open(&f.state).unwrap();
+        for (k, want) in &acked {
+            let have = st
+                .report(&rk(k))
+                .map(|v| parse(&v.value)["version"].as_i64().unwrap());
+            match (want, have) {
+                // The acknowledged version, or the next one if a write was in flight.
+                (Some(w), Some(h)) => assert!(h == *w || h == w + 1, "{k}: acked {w}, found {h}"),
+                (None, None) | (None, Some(1)) => {}
+                _ => panic!("{k}: acknowledged {want:?}, found {have:?}"),
+            }
+        }
+        for name in walk(&f.state) {
+            let n = name.to_string_lossy();
+            assert!(!n.ends_with(".corrupt") && !n.contains(".tmp"), "{n}");
+        }
+        // Every report that is not acknowledged upstream is pending.
+        let pending = st.pending_count();
+        let mut drained = 0;
+        while let Some(b) = st.pending_batch(3, 1 << 20) {
+            drained += b.len();
+            st.mark_synced(&b).unwrap();
+        }
+        assert_eq!(pending, drained);
+    }
+}
+
+#[test]
+fn go_agent_null_collections_load_as_empty() {
+    let f = fixture();
+    fs::create_dir_all(&f.state).unwrap();
+    fs::write(f.state.join("metadata.json"), "null").unwrap();
+    fs::write(f.state.join("secrets.json"), "null").unwrap();
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(
+        text(&st.summary().value),
+        "{\"metadata\":{},\"data_keys\":[],\"secret_keys\":[],\"report_keys\":[]}"
+    );
+    assert!(!f.state.join("metadata.json.corrupt").exists());
 }
