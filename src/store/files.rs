@@ -85,6 +85,7 @@ impl Folder {
     }
 
     /// How many folder fsyncs have been started (to observe group commit).
+    #[cfg(test)]
     pub fn syncs_started(&self) -> u64 {
         lock(&self.state).started
     }
