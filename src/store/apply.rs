@@ -120,33 +120,9 @@ impl Store {
         }
         let jump = self.epoch_jump()?;
 
-        // Persist, outside every cache lock.
-        if !plan.is_empty() {
-            let files: Vec<(&str, &[u8])> = plan
-                .writes
-                .iter()
-                .map(|w| (w.file.as_str(), &*w.body))
-                .collect();
-            self.data.replace_many(&files).map_err(io_err(format!(
-                "writing {} data entries failed",
-                files.len()
-            )))?;
-            for w in &plan.writes {
-                if let Some(old) = &w.old_file {
-                    self.data
-                        .remove_no_dir_sync(old)
-                        .map_err(io_err(format!("removing old data file {old:?} failed")))?;
-                }
-            }
-            for (key, file) in &plan.removals {
-                self.data
-                    .remove_no_dir_sync(file)
-                    .map_err(io_err(format!("removing data entry {key:?} failed")))?;
-            }
-            self.data
-                .sync()
-                .map_err(io_err("syncing the data folder failed"))?;
-        }
+        // Persist, outside every cache lock: first every new file is written to a durable
+        // temp file (a failure here leaves disk and memory as they were), then all are
+        // renamed into place and the vanished files removed.
         let secrets_body = secrets.as_ref().map(render);
         let metadata_items = metadata.map(|m| {
             m.into_iter()
@@ -170,9 +146,31 @@ impl Store {
         if let Some(body) = &metadata_body {
             state_files.push((super::load::METADATA_FILE, body));
         }
-        self.state
-            .replace_many(&state_files)
+        let data_files: Vec<(&str, &[u8])> = plan
+            .writes
+            .iter()
+            .map(|w| (w.file.as_str(), &*w.body))
+            .collect();
+        let data_prepared = self.data.prepare(&data_files).map_err(io_err(format!(
+            "writing {} data entries failed",
+            data_files.len()
+        )))?;
+        let state_prepared = self
+            .state
+            .prepare(&state_files)
             .map_err(io_err("writing metadata or the secret index failed"))?;
+        let data_removals: Vec<&str> = plan
+            .writes
+            .iter()
+            .filter_map(|w| w.old_file.as_deref())
+            .chain(plan.removals.iter().map(|(_, f)| f.as_str()))
+            .collect();
+        data_prepared
+            .commit(&data_removals)
+            .map_err(io_err("replacing data entry files failed"))?;
+        state_prepared
+            .commit(&[])
+            .map_err(io_err("replacing metadata or the secret index failed"))?;
 
         // Publish, in one write-lock section.
         outcome.metadata_changed = metadata_items.is_some();

@@ -818,9 +818,24 @@ fn fsize_limit_child() {
             ..CpUpdate::default()
         })
         .is_err());
+    // Data files fit, metadata.json does not: the data files must not land either.
+    assert!(st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry("small", "1", 1)]),
+            metadata: Some([("m".to_owned(), "y".repeat(32 * 1024))].into()),
+            ..CpUpdate::default()
+        })
+        .is_err());
     assert_eq!(st.summary(), before);
     assert_eq!(snapshot(&state), disk);
     assert_eq!(st.pending_count(), 1);
+    // Under the limit everything still works.
+    st.apply_control_plane(CpUpdate {
+        data: Some(vec![entry("small", "1", 1)]),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    assert!(state.join("data/small.json").exists());
     println!("FSIZE-CHILD-OK");
 }
 
