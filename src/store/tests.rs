@@ -1096,3 +1096,77 @@ fn go_agent_null_collections_load_as_empty() {
     );
     assert!(!f.state.join("metadata.json.corrupt").exists());
 }
+
+#[test]
+fn store_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Store>();
+    check::<SyncBatch>();
+    check::<StoreError>();
+}
+
+#[test]
+fn syncing_while_writing_never_marks_an_unsent_state() {
+    let f = fixture();
+    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (st, stop) = (st.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = ["a", "b", "c"][i % 3];
+                if i % 11 == 5 {
+                    let _ = st.delete_report(&rk(key));
+                } else {
+                    put(&st, key, &i.to_string(), None).unwrap();
+                }
+                i += 1;
+            }
+        })
+    };
+    let mut sent = 0;
+    let mut sent_states = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < deadline {
+        if let Some(b) = st.pending_batch(2, 1 << 20) {
+            sent += b.len();
+            for e in &b.request.entries {
+                sent_states.insert((e.key.clone(), e.version, e.updated_at.clone()));
+            }
+            // Let writes land while the batch is "in flight".
+            thread::sleep(Duration::from_millis(2));
+            st.mark_synced(&b).unwrap();
+            let c = st.read();
+            for (k, m) in &c.marks {
+                assert!(
+                    sent_states.contains(&(k.clone(), m.version, m.updated_at.clone())),
+                    "{k} marked at a state that was never sent"
+                );
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(sent > 0);
+    // Whatever is not pending now must be exactly what was acknowledged last.
+    let c = st.read();
+    for key in ["a", "b", "c"] {
+        let mark = c.marks.get(key);
+        let report = c.reports.get(key).map(|r| &r.entry);
+        let in_sync = match (mark, report) {
+            (Some(m), Some(r)) => m.matches(r),
+            (None, None) => true,
+            _ => false,
+        };
+        assert_eq!(!in_sync, c.pending.contains(key), "{key}");
+    }
+    drop(c);
+    // Draining sends every remaining state; afterwards the marks match the reports.
+    while let Some(b) = st.pending_batch(2, 1 << 20) {
+        st.mark_synced(&b).unwrap();
+    }
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(st.pending_count(), 0);
+}
