@@ -6,6 +6,7 @@
 //! API's routes; the development control plane lives apart in `crate::devcp`.
 
 pub mod backoff;
+pub mod client;
 pub mod health;
 pub mod nsk;
 pub mod secret;
