@@ -8,5 +8,7 @@
 pub mod backoff;
 pub mod client;
 pub mod health;
+pub mod link;
 pub mod nsk;
 pub mod secret;
+pub mod syncer;
