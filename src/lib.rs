@@ -4,4 +4,5 @@ pub mod cp;
 pub mod http;
 pub mod keys;
 pub mod model;
+pub mod store;
 pub mod timefmt;
