@@ -22,21 +22,12 @@ use crate::model::SigningKeys;
 use crate::store::{CpUpdate, Store};
 
 /// Tunables of the link.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LinkOptions {
     pub backoff: Backoff,
     /// Fetch the full state again this often after the first success; `None`: only
     /// on `reconcile_now`.
     pub reconcile_interval: Option<Duration>,
-}
-
-impl Default for LinkOptions {
-    fn default() -> LinkOptions {
-        LinkOptions {
-            backoff: Backoff::new(),
-            reconcile_interval: None,
-        }
-    }
 }
 
 /// A running state link.
@@ -78,7 +69,9 @@ impl Link {
         let thread = match thread {
             Ok(t) => Some(t),
             Err(e) => {
-                log::error!("component=link msg=\"cannot start the control-plane link\" error=\"{e}\"");
+                log::error!(
+                    "component=link msg=\"cannot start the control-plane link\" error=\"{e}\""
+                );
                 None
             }
         };
@@ -115,7 +108,9 @@ impl Link {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                log::warn!("component=link msg=\"state fetch still in flight at shutdown; not waiting\"");
+                log::warn!(
+                    "component=link msg=\"state fetch still in flight at shutdown; not waiting\""
+                );
             }
         }
     }

@@ -12,9 +12,9 @@
 //! its timeout. Without a client (offline mode) everything stays pending. The syncer
 //! never changes report contents and never holds a store lock across a request.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use std::sync::Arc;
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TrySendError};
 
@@ -99,7 +99,9 @@ impl Syncer {
         let thread = match thread {
             Ok(t) => Some(t),
             Err(e) => {
-                log::error!("component=syncer msg=\"cannot start the report syncer\" error=\"{e}\"");
+                log::error!(
+                    "component=syncer msg=\"cannot start the report syncer\" error=\"{e}\""
+                );
                 None
             }
         };
