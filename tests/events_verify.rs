@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use plexd_nodeapi::events::{
-    sign::new_nonce, Envelope, KeySet, PublicKey, RejectReason, SigningKeyError, Signer,
-    Verifier, FRESHNESS_WINDOW,
+    sign::new_nonce, Envelope, KeySet, PublicKey, RejectReason, Signer, SigningKeyError, Verifier,
+    FRESHNESS_WINDOW,
 };
 use plexd_nodeapi::model::SigningKeys;
 use plexd_nodeapi::timefmt::{format_rfc3339_utc, parse_rfc3339};
@@ -30,7 +30,9 @@ fn vectors() -> Value {
 }
 
 fn field<'a>(v: &'a Value, name: &str) -> &'a str {
-    v[name].as_str().unwrap_or_else(|| panic!("vector field {name}"))
+    v[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("vector field {name}"))
 }
 
 fn time(s: &str) -> SystemTime {
@@ -74,9 +76,8 @@ fn signed(signer: &Signer, id: &str, issued: SystemTime, nonce: &str) -> String 
 fn vector_seed_matches_public_key() {
     let v = vectors();
     let seed_hex = field(&v, "signing_seed_hex");
-    let seed: [u8; 32] = std::array::from_fn(|i| {
-        u8::from_str_radix(&seed_hex[2 * i..2 * i + 2], 16).unwrap()
-    });
+    let seed: [u8; 32] =
+        std::array::from_fn(|i| u8::from_str_radix(&seed_hex[2 * i..2 * i + 2], 16).unwrap());
     let signer = Signer::from_seed(&seed).unwrap();
     assert_eq!(signer.public_key_b64(), field(&v, "public_key"));
     assert_eq!(test_signer().public_key_b64(), field(&v, "public_key"));
@@ -89,14 +90,21 @@ fn vectors_canonical_bytes() {
     assert_eq!(cases.len(), 14);
     for case in cases {
         let name = field(case, "name");
-        let env = Envelope::parse(field(case, "envelope")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let env =
+            Envelope::parse(field(case, "envelope")).unwrap_or_else(|e| panic!("{name}: {e}"));
         let ours = env.canonical_bytes().unwrap();
         let want = STANDARD.decode(field(case, "canonical_b64")).unwrap();
-        assert_eq!(want, field(case, "canonical_text").as_bytes(), "{name}: vector self-check");
+        assert_eq!(
+            want,
+            field(case, "canonical_text").as_bytes(),
+            "{name}: vector self-check"
+        );
         if name == "tampered_payload" {
             // canonical_b64 is what was signed; the wire payload was changed afterwards.
             assert_ne!(ours, want, "{name}");
-            let changed = String::from_utf8(want.clone()).unwrap().replace("worker", "admin");
+            let changed = String::from_utf8(want.clone())
+                .unwrap()
+                .replace("worker", "admin");
             assert_eq!(ours, changed.as_bytes(), "{name}");
         } else {
             assert_eq!(
@@ -117,9 +125,15 @@ fn vectors_verify_at_now() {
     for case in v["cases"].as_array().unwrap() {
         let name = field(case, "name");
         let result = verifier.verify_at(field(case, "envelope"), now);
-        assert_eq!(result.is_ok(), case["valid"].as_bool().unwrap(), "{name}: {result:?}");
+        assert_eq!(
+            result.is_ok(),
+            case["valid"].as_bool().unwrap(),
+            "{name}: {result:?}"
+        );
         let expected_reason = match name {
-            "tampered_payload" | "wrong_key" | "garbage_signature" => Some(RejectReason::BadSignature),
+            "tampered_payload" | "wrong_key" | "garbage_signature" => {
+                Some(RejectReason::BadSignature)
+            }
             "stale" => Some(RejectReason::Stale),
             "future" => Some(RejectReason::Future),
             _ => None,
@@ -129,7 +143,11 @@ fn vectors_verify_at_now() {
             let env = Envelope::parse(field(case, "envelope")).unwrap();
             assert_eq!(event.event_type, env.event_type);
             assert_eq!(event.event_id, env.event_id);
-            assert_eq!(event.payload.get(), env.payload.get(), "{name}: payload verbatim");
+            assert_eq!(
+                event.payload.get(),
+                env.payload.get(),
+                "{name}: payload verbatim"
+            );
         }
     }
     // Every valid vector's nonce is now remembered.
@@ -163,7 +181,10 @@ fn vector_wrong_key_accepted_as_previous_key_until_transition_expires() {
     assert!(before.verify_at(&wrong_key, now).is_ok());
 
     let expired = Verifier::new(Some(KeySet::new(current).with_previous(other, now)));
-    assert_eq!(expired.verify_at(&wrong_key, now).err(), Some(RejectReason::BadSignature));
+    assert_eq!(
+        expired.verify_at(&wrong_key, now).err(),
+        Some(RejectReason::BadSignature)
+    );
 
     // The same through `signing_keys` from a state response.
     let keys = SigningKeys {
@@ -191,12 +212,18 @@ fn previous_key_only_before_transition_expires() {
         KeySet::new(new.public_key()).with_previous(old.public_key(), at(t, 60)),
     ));
     assert!(verifier.verify_at(&signed(&old, "a", t, "n-a"), t).is_ok());
-    assert!(verifier.verify_at(&signed(&old, "b", at(t, 59), "n-b"), at(t, 59)).is_ok());
+    assert!(verifier
+        .verify_at(&signed(&old, "b", at(t, 59), "n-b"), at(t, 59))
+        .is_ok());
     assert_eq!(
-        verifier.verify_at(&signed(&old, "c", at(t, 60), "n-c"), at(t, 60)).err(),
+        verifier
+            .verify_at(&signed(&old, "c", at(t, 60), "n-c"), at(t, 60))
+            .err(),
         Some(RejectReason::BadSignature)
     );
-    assert!(verifier.verify_at(&signed(&new, "d", at(t, 60), "n-d"), at(t, 60)).is_ok());
+    assert!(verifier
+        .verify_at(&signed(&new, "d", at(t, 60), "n-d"), at(t, 60))
+        .is_ok());
 }
 
 #[test]
@@ -209,7 +236,10 @@ fn keys_swapped_at_run_time_from_another_thread() {
         verifier.verify_at(&signed(&old, "a", t, "n-a"), t).err(),
         Some(RejectReason::NoKeys)
     );
-    assert_eq!(verifier.verify_at("not json", t).err(), Some(RejectReason::NoKeys));
+    assert_eq!(
+        verifier.verify_at("not json", t).err(),
+        Some(RejectReason::NoKeys)
+    );
 
     let v2 = Arc::clone(&verifier);
     let old_key = old.public_key();
@@ -272,8 +302,12 @@ fn round_trip_sign_then_verify() {
     assert!(verifier.verify_at(&text, noon()).is_ok());
 
     // Invalid inputs to the signer are errors, not panics.
-    assert!(signer.sign_envelope("t", "i", "yesterday", "n", "{}").is_err());
-    assert!(signer.sign_envelope("t", "i", "2026-03-01T12:00:00Z", "n", "{").is_err());
+    assert!(signer
+        .sign_envelope("t", "i", "yesterday", "n", "{}")
+        .is_err());
+    assert!(signer
+        .sign_envelope("t", "i", "2026-03-01T12:00:00Z", "n", "{")
+        .is_err());
     assert!(Signer::from_pkcs8(b"not a key").is_err());
 }
 
@@ -282,31 +316,43 @@ fn replayed_nonce_rejected_within_window_and_accepted_after_eviction() {
     let signer = test_signer();
     let verifier = verifier_for(&signer);
     let t = noon();
-    assert!(verifier.verify_at(&signed(&signer, "1", t, "same"), t).is_ok());
+    assert!(verifier
+        .verify_at(&signed(&signer, "1", t, "same"), t)
+        .is_ok());
     // The identical event, and a new event reusing the nonce, within 5 minutes.
     assert_eq!(
-        verifier.verify_at(&signed(&signer, "1", t, "same"), at(t, 1)).err(),
+        verifier
+            .verify_at(&signed(&signer, "1", t, "same"), at(t, 1))
+            .err(),
         Some(RejectReason::Replayed)
     );
     let later = at(t, 299);
     assert_eq!(
-        verifier.verify_at(&signed(&signer, "2", later, "same"), later).err(),
+        verifier
+            .verify_at(&signed(&signer, "2", later, "same"), later)
+            .err(),
         Some(RejectReason::Replayed)
     );
     let exactly = at(t, 300);
     assert_eq!(
-        verifier.verify_at(&signed(&signer, "3", exactly, "same"), exactly).err(),
+        verifier
+            .verify_at(&signed(&signer, "3", exactly, "same"), exactly)
+            .err(),
         Some(RejectReason::Replayed),
         "seen exactly 5 minutes ago still counts"
     );
     // The original is stale by now anyway.
     assert_eq!(
-        verifier.verify_at(&signed(&signer, "1", t, "same"), at(t, 301)).err(),
+        verifier
+            .verify_at(&signed(&signer, "1", t, "same"), at(t, 301))
+            .err(),
         Some(RejectReason::Stale)
     );
     // After 5 minutes the nonce is forgotten and may be used again.
     let after = at(t, 301);
-    assert!(verifier.verify_at(&signed(&signer, "4", after, "same"), after).is_ok());
+    assert!(verifier
+        .verify_at(&signed(&signer, "4", after, "same"), after)
+        .is_ok());
     assert_eq!(verifier.remembered_nonces(), 1, "expired entry evicted");
 }
 
@@ -319,9 +365,18 @@ fn future_dated_nonce_is_kept_until_its_event_goes_stale() {
     let text = signed(&signer, "f", issued, "ahead");
     assert!(verifier.verify_at(&text, t).is_ok());
     // Seen more than 5 minutes ago, but the event is still fresh: must stay a replay.
-    assert_eq!(verifier.verify_at(&text, at(t, 420)).err(), Some(RejectReason::Replayed));
-    assert_eq!(verifier.verify_at(&text, at(t, 600)).err(), Some(RejectReason::Replayed));
-    assert_eq!(verifier.verify_at(&text, at(t, 601)).err(), Some(RejectReason::Stale));
+    assert_eq!(
+        verifier.verify_at(&text, at(t, 420)).err(),
+        Some(RejectReason::Replayed)
+    );
+    assert_eq!(
+        verifier.verify_at(&text, at(t, 600)).err(),
+        Some(RejectReason::Replayed)
+    );
+    assert_eq!(
+        verifier.verify_at(&text, at(t, 601)).err(),
+        Some(RejectReason::Stale)
+    );
 }
 
 #[test]
@@ -330,15 +385,23 @@ fn freshness_boundaries() {
     let verifier = verifier_for(&signer);
     let t = noon();
     let w = FRESHNESS_WINDOW;
-    assert!(verifier.verify_at(&signed(&signer, "a", t, "a"), t + w).is_ok());
-    assert!(verifier.verify_at(&signed(&signer, "b", t, "b"), t - w).is_ok());
+    assert!(verifier
+        .verify_at(&signed(&signer, "a", t, "a"), t + w)
+        .is_ok());
+    assert!(verifier
+        .verify_at(&signed(&signer, "b", t, "b"), t - w)
+        .is_ok());
     let nano = Duration::from_nanos(1);
     assert_eq!(
-        verifier.verify_at(&signed(&signer, "c", t, "c"), t + w + nano).err(),
+        verifier
+            .verify_at(&signed(&signer, "c", t, "c"), t + w + nano)
+            .err(),
         Some(RejectReason::Stale)
     );
     assert_eq!(
-        verifier.verify_at(&signed(&signer, "d", t, "d"), t - w - nano).err(),
+        verifier
+            .verify_at(&signed(&signer, "d", t, "d"), t - w - nano)
+            .err(),
         Some(RejectReason::Future)
     );
 }
@@ -350,17 +413,28 @@ fn forged_event_does_not_record_its_nonce() {
     let verifier = verifier_for(&genuine);
     let t = noon();
     let forged = signed(&forger, "x", t, "victim-nonce");
-    assert_eq!(verifier.verify_at(&forged, t).err(), Some(RejectReason::BadSignature));
+    assert_eq!(
+        verifier.verify_at(&forged, t).err(),
+        Some(RejectReason::BadSignature)
+    );
     // A bad signature on an otherwise genuine event does not record it either.
     let real = signed(&genuine, "x", t, "victim-nonce");
     let broken = real.replace("\"signature\":\"", "\"signature\":\"AAAA");
-    assert_eq!(verifier.verify_at(&broken, t).err(), Some(RejectReason::BadSignature));
+    assert_eq!(
+        verifier.verify_at(&broken, t).err(),
+        Some(RejectReason::BadSignature)
+    );
     assert_eq!(verifier.remembered_nonces(), 0);
     assert!(verifier.verify_at(&real, t).is_ok());
     // Stale and future events do not record their nonces.
     let stale = signed(&genuine, "s", at(t, -400), "n-stale");
-    assert_eq!(verifier.verify_at(&stale, t).err(), Some(RejectReason::Stale));
-    assert!(verifier.verify_at(&signed(&genuine, "s2", t, "n-stale"), t).is_ok());
+    assert_eq!(
+        verifier.verify_at(&stale, t).err(),
+        Some(RejectReason::Stale)
+    );
+    assert!(verifier
+        .verify_at(&signed(&genuine, "s2", t, "n-stale"), t)
+        .is_ok());
 }
 
 #[test]
@@ -376,9 +450,13 @@ fn nonce_store_is_capped_oldest_first() {
     }
     let now = at(t, 10);
     // n0 and n1 were evicted to make room; n2..n4 are still remembered.
-    assert!(verifier.verify_at(&signed(&signer, "r0", now, "n0"), now).is_ok());
+    assert!(verifier
+        .verify_at(&signed(&signer, "r0", now, "n0"), now)
+        .is_ok());
     assert_eq!(
-        verifier.verify_at(&signed(&signer, "r4", now, "n4"), now).err(),
+        verifier
+            .verify_at(&signed(&signer, "r4", now, "n4"), now)
+            .err(),
         Some(RejectReason::Replayed)
     );
 }
@@ -408,7 +486,14 @@ fn missing_fields() {
     let verifier = verifier_for(&signer);
     let t = noon();
     let full: Value = serde_json::from_str(&signed(&signer, "m", t, "m")).unwrap();
-    for name in ["event_type", "event_id", "issued_at", "nonce", "payload", "signature"] {
+    for name in [
+        "event_type",
+        "event_id",
+        "issued_at",
+        "nonce",
+        "payload",
+        "signature",
+    ] {
         let mut absent = full.clone();
         absent.as_object_mut().unwrap().remove(name);
         let expect = Some(RejectReason::MissingField(match name {
@@ -419,12 +504,20 @@ fn missing_fields() {
             "payload" => "payload",
             _ => "signature",
         }));
-        assert_eq!(verifier.verify_at(&absent.to_string(), t).err(), expect, "{name} absent");
+        assert_eq!(
+            verifier.verify_at(&absent.to_string(), t).err(),
+            expect,
+            "{name} absent"
+        );
         if name != "payload" {
             for empty in [Value::Null, Value::String(String::new())] {
                 let mut e = full.clone();
                 e[name] = empty;
-                assert_eq!(verifier.verify_at(&e.to_string(), t).err(), expect, "{name} empty");
+                assert_eq!(
+                    verifier.verify_at(&e.to_string(), t).err(),
+                    expect,
+                    "{name} empty"
+                );
             }
         }
     }
@@ -474,7 +567,10 @@ fn malformed_envelopes() {
             "{case}"
         );
     }
-    assert!(verifier.verify_at(&good, t).is_ok(), "none of the above recorded the nonce");
+    assert!(
+        verifier.verify_at(&good, t).is_ok(),
+        "none of the above recorded the nonce"
+    );
     assert_eq!(RejectReason::Malformed.as_label(), "malformed");
 }
 
@@ -494,7 +590,13 @@ fn non_object_payloads_verify_and_canonicalise() {
     .enumerate()
     {
         let text = signer
-            .sign_envelope("t", "id", "2026-03-01T12:00:00Z", &format!("np{i}"), payload)
+            .sign_envelope(
+                "t",
+                "id",
+                "2026-03-01T12:00:00Z",
+                &format!("np{i}"),
+                payload,
+            )
             .unwrap();
         let env = Envelope::parse(&text).unwrap();
         let bytes = env.canonical_bytes().unwrap();
@@ -502,7 +604,10 @@ fn non_object_payloads_verify_and_canonicalise() {
             r#"{{"event_type":"t","event_id":"id","issued_at":"2026-03-01T12:00:00Z","nonce":"np{i}","payload":{canonical}}}"#
         );
         assert_eq!(String::from_utf8(bytes).unwrap(), want);
-        assert_eq!(verifier.verify_at(&text, t).unwrap().payload.get(), payload.trim());
+        assert_eq!(
+            verifier.verify_at(&text, t).unwrap().payload.get(),
+            payload.trim()
+        );
     }
 }
 
@@ -516,8 +621,14 @@ fn huge_numbers_and_escapes_stay_verbatim() {
         .unwrap();
     let env = Envelope::parse(&text).unwrap();
     let canonical = String::from_utf8(env.canonical_bytes().unwrap()).unwrap();
-    assert!(canonical.ends_with(&format!(",\"payload\":{payload}}}")), "{canonical}");
-    assert_eq!(verifier.verify_at(&text, noon()).unwrap().payload.get(), payload);
+    assert!(
+        canonical.ends_with(&format!(",\"payload\":{payload}}}")),
+        "{canonical}"
+    );
+    assert_eq!(
+        verifier.verify_at(&text, noon()).unwrap().payload.get(),
+        payload
+    );
 }
 
 #[test]
@@ -542,27 +653,51 @@ fn signing_keys_parsing() {
         transition_expires: String::new(),
     })
     .unwrap();
-    assert_eq!(no_expiry.previous(), None, "a previous key without expiry is not trusted");
+    assert_eq!(
+        no_expiry.previous(),
+        None,
+        "a previous key without expiry is not trusted"
+    );
 
     let err = |keys: SigningKeys| KeySet::from_signing_keys(&keys).unwrap_err();
-    assert!(matches!(err(SigningKeys::default()), SigningKeyError::MissingCurrent));
     assert!(matches!(
-        err(SigningKeys { current: "%%%".into(), ..Default::default() }),
+        err(SigningKeys::default()),
+        SigningKeyError::MissingCurrent
+    ));
+    assert!(matches!(
+        err(SigningKeys {
+            current: "%%%".into(),
+            ..Default::default()
+        }),
         SigningKeyError::Base64
     ));
     assert!(matches!(
-        err(SigningKeys { current: STANDARD.encode([1u8; 31]), ..Default::default() }),
+        err(SigningKeys {
+            current: STANDARD.encode([1u8; 31]),
+            ..Default::default()
+        }),
         SigningKeyError::Length(31)
     ));
     assert!(matches!(
-        err(SigningKeys { current: a.clone(), previous: b.clone(), transition_expires: "soon".into() }),
+        err(SigningKeys {
+            current: a.clone(),
+            previous: b.clone(),
+            transition_expires: "soon".into()
+        }),
         SigningKeyError::BadExpiry(_)
     ));
     assert!(matches!(
-        err(SigningKeys { current: a.clone(), previous: "x".into(), transition_expires: "2026-03-01T13:00:00Z".into() }),
+        err(SigningKeys {
+            current: a.clone(),
+            previous: "x".into(),
+            transition_expires: "2026-03-01T13:00:00Z".into()
+        }),
         SigningKeyError::Base64
     ));
-    assert!(PublicKey::from_base64(a.trim_end_matches('=')).is_err(), "padding required");
+    assert!(
+        PublicKey::from_base64(a.trim_end_matches('=')).is_err(),
+        "padding required"
+    );
     assert_eq!(format!("{:?}", set.current()), format!("PublicKey({a})"));
 }
 
@@ -577,9 +712,15 @@ fn key_file() {
     assert_eq!(set.previous(), None);
 
     std::fs::write(&path, "garbage\n").unwrap();
-    assert!(matches!(KeySet::from_key_file(&path), Err(SigningKeyError::Base64)));
+    assert!(matches!(
+        KeySet::from_key_file(&path),
+        Err(SigningKeyError::Base64)
+    ));
     std::fs::write(&path, vec![b'A'; 5000]).unwrap();
-    assert!(matches!(KeySet::from_key_file(&path), Err(SigningKeyError::FileTooLarge(_))));
+    assert!(matches!(
+        KeySet::from_key_file(&path),
+        Err(SigningKeyError::FileTooLarge(_))
+    ));
     let missing = dir.path().join("missing");
     let e = KeySet::from_key_file(&missing).unwrap_err();
     assert!(matches!(e, SigningKeyError::Io { .. }));
@@ -600,7 +741,15 @@ fn reject_reason_labels() {
     let labels: Vec<_> = all.iter().map(RejectReason::as_label).collect();
     assert_eq!(
         labels,
-        ["malformed", "missing_field", "bad_signature", "stale", "future", "replayed", "no_keys"]
+        [
+            "malformed",
+            "missing_field",
+            "bad_signature",
+            "stale",
+            "future",
+            "replayed",
+            "no_keys"
+        ]
     );
 }
 
@@ -642,7 +791,9 @@ fn fuzz_envelope_parser_never_panics() {
             }
             m
         } else {
-            (0..rng.below(64)).map(|_| alphabet[rng.below(alphabet.len())]).collect()
+            (0..rng.below(64))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect()
         };
         let text = String::from_utf8_lossy(&bytes);
         let _ = verifier.verify_at(&text, t);
@@ -659,5 +810,8 @@ fn fuzz_envelope_parser_never_panics() {
     let far = signer
         .sign_envelope("t", "i", "9999-12-31T23:59:59.999999999-23:59", "f", "{}")
         .unwrap();
-    assert_eq!(verifier.verify_at(&far, t).err(), Some(RejectReason::Future));
+    assert_eq!(
+        verifier.verify_at(&far, t).err(),
+        Some(RejectReason::Future)
+    );
 }

@@ -136,21 +136,39 @@ mod tests {
         assert_eq!(go_string("plain"), r#""plain""#);
         assert_eq!(go_string("q\"b\\s"), r#""q\"b\\s""#);
         assert_eq!(go_string("\u{8}\u{c}\n\r\t"), r#""\b\f\n\r\t""#);
-        assert_eq!(go_string("\u{0}\u{1}\u{1f}\u{7f}"), "\"\\u0000\\u0001\\u001f\u{7f}\"");
+        assert_eq!(
+            go_string("\u{0}\u{1}\u{1f}\u{7f}"),
+            "\"\\u0000\\u0001\\u001f\u{7f}\""
+        );
         assert_eq!(go_string("<a&b>"), r#""\u003ca\u0026b\u003e""#);
         assert_eq!(go_string("x\u{2028}y\u{2029}"), r#""x\u2028y\u2029""#);
-        assert_eq!(go_string("Zürich ☃ 😀 \u{fffd}"), "\"Zürich ☃ 😀 \u{fffd}\"");
+        assert_eq!(
+            go_string("Zürich ☃ 😀 \u{fffd}"),
+            "\"Zürich ☃ 😀 \u{fffd}\""
+        );
         assert_eq!(go_string("\u{1b}"), r#""\u001b""#);
     }
 
     #[test]
     fn compaction_keeps_text_but_not_space() {
-        assert_eq!(compact(" { \"a b\" : [ 1 , 2.50 ,\n\t-0e+3 ] }\r\n"), r#"{"a b":[1,2.50,-0e+3]}"#);
-        assert_eq!(compact(r#"{"k":"\" <x> \\"}"#), r#"{"k":"\" \u003cx\u003e \\"}"#);
+        assert_eq!(
+            compact(" { \"a b\" : [ 1 , 2.50 ,\n\t-0e+3 ] }\r\n"),
+            r#"{"a b":[1,2.50,-0e+3]}"#
+        );
+        assert_eq!(
+            compact(r#"{"k":"\" <x> \\"}"#),
+            r#"{"k":"\" \u003cx\u003e \\"}"#
+        );
         assert_eq!(compact(r#""\\" "#), r#""\\""#);
         assert_eq!(compact(r#""\u00e9\n\/""#), r#""\u00e9\n\/""#);
-        assert_eq!(compact("\"a\u{2028}\u{2029} &\""), r#""a\u2028\u2029 \u0026""#);
-        assert_eq!(compact("12345678901234567890123456789e-999"), "12345678901234567890123456789e-999");
+        assert_eq!(
+            compact("\"a\u{2028}\u{2029} &\""),
+            r#""a\u2028\u2029 \u0026""#
+        );
+        assert_eq!(
+            compact("12345678901234567890123456789e-999"),
+            "12345678901234567890123456789e-999"
+        );
         assert_eq!(compact("null"), "null");
     }
 

@@ -51,15 +51,15 @@ impl Signer {
 
     /// From a PKCS#8 v1 or v2 document, as [`Signer::generate`] returns.
     pub fn from_pkcs8(document: &[u8]) -> Result<Signer, SignError> {
-        let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(document)
-            .map_err(|_| SignError::Key)?;
+        let key =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(document).map_err(|_| SignError::Key)?;
         Ok(Signer { key })
     }
 
     /// A new random key, with its PKCS#8 document so it can be stored and reloaded.
     pub fn generate() -> Result<(Signer, Zeroizing<Vec<u8>>), SignError> {
-        let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| SignError::Rng)?;
+        let document =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| SignError::Rng)?;
         let document = Zeroizing::new(document.as_ref().to_vec());
         Ok((Signer::from_pkcs8(&document)?, document))
     }
@@ -88,7 +88,14 @@ impl Signer {
         nonce: &str,
         payload_json: &str,
     ) -> Result<String, SignError> {
-        sign_envelope(&self.key, event_type, event_id, issued_at, nonce, payload_json)
+        sign_envelope(
+            &self.key,
+            event_type,
+            event_id,
+            issued_at,
+            nonce,
+            payload_json,
+        )
     }
 }
 

@@ -246,7 +246,10 @@ impl Envelope {
     /// are ignored (they are not signed, so they carry no meaning).
     pub fn parse(text: &str) -> Result<Envelope, RejectReason> {
         // serde would also read a JSON array positionally into the struct; refuse it.
-        if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
             return Err(RejectReason::Malformed);
         }
         let wire: WireEnvelope = serde_json::from_str(text).map_err(|_| RejectReason::Malformed)?;
