@@ -20,7 +20,7 @@ use crate::api::Api;
 use crate::config::{Config, ConfigError};
 use crate::cp::client::{CpClient, CpConfig};
 use crate::cp::health::LinkHealth;
-use crate::cp::link::Link;
+use crate::cp::link::{Link, LinkOptions};
 use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::listen;
@@ -121,7 +121,7 @@ impl Daemon {
             let notify = syncer.notifier();
             store.subscribe(Box::new(move |change| {
                 if change.kind == ChangeKind::Reports {
-                    notify.notify();
+                    notify();
                 }
                 if let Some(w) = waker.get() {
                     w.wake();
@@ -159,7 +159,13 @@ impl Daemon {
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
-        let link = client.map(|c| Link::start(c, Arc::clone(&store), Arc::clone(&health)));
+        let link = client.map(|c| {
+            let options = LinkOptions {
+                reconcile_interval: Some(config.reconcile_interval),
+                ..LinkOptions::default()
+            };
+            Link::start(Arc::clone(&store), c, Arc::clone(&health), options)
+        });
         if config.control_plane.is_none() {
             log::warn!("no control plane configured: serving the disk cache offline; secrets answer 503, reports stay pending");
         }
@@ -191,7 +197,7 @@ impl Daemon {
         log::info!("shutting down");
         self.server.shutdown(remaining(deadline));
         if let Some(link) = self.link {
-            link.stop();
+            link.shutdown(remaining(deadline));
         }
         self.syncer.shutdown(remaining(deadline));
         remove_socket(self.own_socket.as_ref());

@@ -82,10 +82,6 @@ pub fn run(opts: DevOptions) -> i32 {
         Ok(d) => d,
         Err(e) => return fail(format!("cannot start the development control plane: {e}")),
     };
-    let signing_key_file = data_dir.join("signing_public_key");
-    if let Err(e) = fs::write(&signing_key_file, format!("{}\n", devcp.signing_public_key())) {
-        return fail(format!("cannot write {}: {e}", signing_key_file.display()));
-    }
     let settings = Settings {
         data_dir: Some(data_dir.clone()),
         socket: Some(socket.clone()),

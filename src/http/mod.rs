@@ -93,6 +93,8 @@ pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Bytes that must not outlive the response (a decrypted secret): wiped on drop.
+    Sensitive(zeroize::Zeroizing<Vec<u8>>),
 }
 
 impl Body {
@@ -101,6 +103,7 @@ impl Body {
             Body::Empty => &[],
             Body::Bytes(b) => b,
             Body::Shared(b) => b,
+            Body::Sensitive(b) => b,
         }
     }
 
