@@ -28,10 +28,12 @@ use super::canonical::canonical_bytes;
 use crate::model::SigningKeys;
 use crate::timefmt::{parse_rfc3339, Timestamp};
 
-/// How far `issued_at` may lie from now, either way; also how long a nonce is remembered.
+/// How far `issued_at` may lie from now, either way; also the least time an accepted
+/// nonce is remembered.
 pub const FRESHNESS_WINDOW: Duration = Duration::from_secs(5 * 60);
 
-/// Most nonces remembered at once; see [`NonceStore`] for why evicting at the cap is safe.
+/// Most nonces remembered at once. Evicting the entry closest to expiry at this cap is
+/// safe because only genuine (signature-verified) events are recorded; see `NonceStore`.
 pub const NONCE_STORE_CAP: usize = 100_000;
 
 /// Largest signing key file read, in bytes (a key is 44 characters of base64).
