@@ -2,5 +2,7 @@
 
 pub mod http;
 pub mod keys;
+pub mod listen;
 pub mod model;
+pub mod systemd;
 pub mod timefmt;
