@@ -196,8 +196,8 @@ fn serve_buffered(shared: &Shared, s: &mut Scratch, conn: &mut Conn, mut must_re
             }
             Err(rej) => return refuse(shared, s, conn, rej),
         };
-        let framing = Framing {
-            keep_alive: head.keep_alive && !shared.shutting.load(Ordering::Relaxed),
+        let mut framing = Framing {
+            keep_alive: head.keep_alive,
             http10: head.http10,
             head: head.method == Method::Head,
         };
@@ -227,6 +227,8 @@ fn serve_buffered(shared: &Shared, s: &mut Scratch, conn: &mut Conn, mut must_re
                 Reply::Now(Response::error(500, "internal error"))
             });
         conn.phase = Phase::Idle(Instant::now());
+        // A shutdown that began while the handler ran ends the connection after this.
+        framing.keep_alive &= !shared.shutting.load(Ordering::SeqCst);
         match reply {
             Reply::Now(resp) => {
                 if !respond(shared, &mut s.out, conn, &resp, framing) || !framing.keep_alive {
