@@ -366,8 +366,7 @@ fn stream_writes_until_body_returns() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Length"), None);
     assert_eq!(r.header("Connection"), Some("close"));
-    let mut rest = Vec::new();
-    std::io::Read::read_to_end(&mut c.stream, &mut rest).unwrap();
+    let rest = c.read_to_end();
     assert_eq!(rest, b"data: 0\n\ndata: 1\n\ndata: 2\n\n");
     wait_for(|| srv.stats().open_connections.load(Ordering::SeqCst) == 0);
 }

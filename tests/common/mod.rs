@@ -248,6 +248,13 @@ impl Client {
         }
     }
 
+    /// Everything until EOF, including bytes already buffered.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        let _ = self.stream.read_to_end(&mut out);
+        out
+    }
+
     pub fn set_timeout(&self, d: Duration) {
         self.stream.set_read_timeout(Some(d)).unwrap();
     }
