@@ -7,6 +7,14 @@
 //! in `Request::transport`. Errors the core detects itself (malformed requests, limits)
 //! are answered with the same `{"error": …}` JSON body the API uses.
 
+mod conn;
+mod parse;
+mod poller;
+mod server;
+mod write;
+
+pub use server::{Listener, Server, ServerHandle, ServerStats, Waker};
+
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
