@@ -174,6 +174,11 @@ impl DevControlPlane {
         self.state.report_posts()
     }
 
+    /// Accepted report POSTs that arrived gzip-compressed.
+    pub fn gzipped_report_posts(&self) -> usize {
+        self.state.gzipped_report_posts()
+    }
+
     pub fn request_count(&self, path_prefix: &str) -> usize {
         self.state.request_count(path_prefix)
     }

@@ -139,7 +139,9 @@ impl DevHandler {
     }
 
     fn report(&self, req: &Request) -> Response {
-        let body = match req.header("content-encoding").map(str::trim) {
+        let encoding = req.header("content-encoding").map(str::trim);
+        let gzipped = encoding.is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+        let body = match encoding {
             None | Some("identity") => req.body.clone(),
             Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
                 let mut out = Vec::new();
@@ -156,7 +158,7 @@ impl DevHandler {
             Ok(r) => r,
             Err(e) => return Response::error(400, &format!("invalid report body: {e}")),
         };
-        match self.state.apply_report(request) {
+        match self.state.apply_report(request, gzipped) {
             ReportOutcome::Accepted => Response::new(204),
             ReportOutcome::Rejected(why) => Response::error(400, &why),
         }
@@ -180,7 +182,9 @@ impl DevHandler {
                     s.replace_metadata(map);
                     Response::new(204)
                 }
-                Err(e) => Response::error(400, &format!("body must be a JSON object of strings: {e}")),
+                Err(e) => {
+                    Response::error(400, &format!("body must be a JSON object of strings: {e}"))
+                }
             },
             (["metadata", key], Method::Put) => match serde_json::from_slice::<String>(&req.body) {
                 Ok(value) => {
@@ -192,22 +196,24 @@ impl DevHandler {
             (["metadata", key], Method::Delete) => found(s.remove_metadata(key)),
             (["data", key], Method::Put) => match serde_json::from_slice::<DataBody>(&req.body) {
                 Ok(body) => match s.set_data(key, &body.content_type, body.payload.get()) {
-                    Ok(version) => json(200, &serde_json::json!({ "key": key, "version": version })),
-                    Err(e) => Response::error(400, &e.to_string()),
-                },
-                Err(_) => Response::error(400, "body must be {\"content_type\": …, \"payload\": …}"),
-            },
-            (["data", key], Method::Delete) => found(s.remove_data(key)),
-            (["secrets", key], Method::Put) => {
-                match serde_json::from_slice::<String>(&req.body) {
-                    Ok(value) => {
-                        let value = zeroize::Zeroizing::new(value);
-                        let version = s.set_secret(key, &value);
+                    Ok(version) => {
                         json(200, &serde_json::json!({ "key": key, "version": version }))
                     }
-                    Err(_) => Response::error(400, "body must be a JSON string"),
+                    Err(e) => Response::error(400, &e.to_string()),
+                },
+                Err(_) => {
+                    Response::error(400, "body must be {\"content_type\": …, \"payload\": …}")
                 }
-            }
+            },
+            (["data", key], Method::Delete) => found(s.remove_data(key)),
+            (["secrets", key], Method::Put) => match serde_json::from_slice::<String>(&req.body) {
+                Ok(value) => {
+                    let value = zeroize::Zeroizing::new(value);
+                    let version = s.set_secret(key, &value);
+                    json(200, &serde_json::json!({ "key": key, "version": version }))
+                }
+                Err(_) => Response::error(400, "body must be a JSON string"),
+            },
             (["secrets", key], Method::Delete) => found(s.remove_secret(key)),
             (["fail"], Method::Post) => match serde_json::from_slice::<FailBody>(&req.body) {
                 Ok(body) => {
@@ -216,7 +222,10 @@ impl DevHandler {
                         Some(r) => match FailRoute::parse(r) {
                             Some(route) => route,
                             None => {
-                                return Response::error(400, "route must be report, state, secrets or any")
+                                return Response::error(
+                                    400,
+                                    "route must be report, state, secrets or any",
+                                )
                             }
                         },
                     };

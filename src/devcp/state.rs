@@ -80,6 +80,7 @@ struct World {
     signing_keys: Option<SigningKeys>,
     reports: BTreeMap<String, ReportEntry>,
     posts: Vec<ReportSyncRequest>,
+    gzipped_posts: usize,
     requests: BTreeMap<String, usize>,
     fail: Option<FailPlan>,
     rejected_report_keys: Vec<String>,
@@ -312,7 +313,12 @@ impl DevState {
             .map(|s| f(s.plaintext.as_str(), s.version))
     }
 
-    pub(crate) fn apply_report(&self, request: ReportSyncRequest) -> ReportOutcome {
+    /// Accepted report POSTs whose body arrived gzip-compressed.
+    pub fn gzipped_report_posts(&self) -> usize {
+        self.world().gzipped_posts
+    }
+
+    pub(crate) fn apply_report(&self, request: ReportSyncRequest, gzipped: bool) -> ReportOutcome {
         let mut seen = std::collections::HashSet::new();
         let all_keys = request
             .entries
@@ -341,6 +347,9 @@ impl DevState {
             w.reports.remove(key);
         }
         w.posts.push(request);
+        if gzipped {
+            w.gzipped_posts += 1;
+        }
         ReportOutcome::Accepted
     }
 
