@@ -77,6 +77,8 @@ impl Daemon {
             None => None,
         };
 
+        raise_fd_limit(config.max_connections);
+
         // Listeners first: a bind failure must leave the disk untouched.
         let mut unix = None;
         let mut tcp = None;
@@ -170,7 +172,9 @@ impl Daemon {
             log::warn!("no control plane configured: serving the disk cache offline; secrets answer 503, reports stay pending");
         }
 
-        systemd::notify("READY=1");
+        if let Err(e) = systemd::notify("READY=1") {
+            log::warn!(error:% = e; "sd_notify READY=1 failed");
+        }
         log::info!(
             socket = config.socket.display().to_string(),
             http_enabled = http_listen.is_some(),
@@ -193,7 +197,9 @@ impl Daemon {
     /// Stops everything within the shutdown timeout.
     pub fn shutdown(self) {
         let deadline = Instant::now() + self.shutdown_timeout;
-        systemd::notify("STOPPING=1");
+        if let Err(e) = systemd::notify("STOPPING=1") {
+            log::warn!(error:% = e; "sd_notify STOPPING=1 failed");
+        }
         log::info!("shutting down");
         self.server.shutdown(remaining(deadline));
         if let Some(link) = self.link {
@@ -202,6 +208,23 @@ impl Daemon {
         self.syncer.shutdown(remaining(deadline));
         remove_socket(self.own_socket.as_ref());
         log::info!("stopped");
+    }
+}
+
+/// Raises the soft open-file limit (up to the hard limit) so `max_connections` fits.
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = max_connections as u64 + 128;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let target = want.min(hard);
+        if soft < target {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+                log::warn!(error:% = e; "cannot raise the open-file limit");
+            }
+        }
+        if hard < want {
+            log::warn!(hard_limit = hard, max_connections = max_connections; "open-file hard limit is below --max-connections");
+        }
     }
 }
 

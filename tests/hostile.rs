@@ -81,9 +81,10 @@ fn keep_alive_pipelining_and_100_continue() {
     pipelined.extend(request_bytes("GET", "/v1/state/report/p", &[], None));
     pipelined.extend(request_bytes("GET", "/v1/state/report/nope", &[], None));
     s.write_all(&pipelined).unwrap();
-    assert_eq!(read_response(&mut s, false).unwrap().status, 200);
-    assert_eq!(read_response(&mut s, false).unwrap().json()["payload"], "p");
-    assert_eq!(read_response(&mut s, false).unwrap().status, 404);
+    let mut responses = ResponseReader::new(&mut s);
+    assert_eq!(responses.next(false).unwrap().status, 200);
+    assert_eq!(responses.next(false).unwrap().json()["payload"], "p");
+    assert_eq!(responses.next(false).unwrap().status, 404);
 
     // Expect: 100-continue is answered before the body is sent.
     let mut s = UnixStream::connect(&d.socket).unwrap();

@@ -93,8 +93,9 @@ pub fn resolve(path: &str) -> Result<Resource, RouteError> {
     ];
     for (prefix, make) in keyed {
         if let Some(raw) = path.strip_prefix(prefix) {
-            // One path segment: a literal '/' means another, unknown path.
-            if raw.is_empty() || raw.contains('/') {
+            // One path segment: a literal '/' means another, unknown path, and dot
+            // segments are path syntax, not keys (such keys are addressed as %2E%2E).
+            if raw.is_empty() || raw.contains('/') || raw == "." || raw == ".." {
                 return Err(RouteError::NotFound);
             }
             let key = percent_decode(raw).ok_or(RouteError::BadKey)?;
@@ -117,6 +118,8 @@ mod tests {
         assert_eq!(resolve("/v1/state/report/%2E%2E"), Ok(Resource::ReportKey("..".into())));
         assert_eq!(resolve("/v1/state/report/"), Err(RouteError::NotFound));
         assert_eq!(resolve("/v1/state/data/a/b"), Err(RouteError::NotFound));
+        assert_eq!(resolve("/v1/state/data/.."), Err(RouteError::NotFound));
+        assert_eq!(resolve("/v1/state/data/."), Err(RouteError::NotFound));
         assert_eq!(resolve("/v1/state/"), Err(RouteError::NotFound));
         assert_eq!(resolve("/v1/nope"), Err(RouteError::NotFound));
         assert_eq!(resolve("/v1/state/report/%zz"), Err(RouteError::BadKey));

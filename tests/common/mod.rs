@@ -289,8 +289,13 @@ pub fn try_request(
 ) -> std::io::Result<Resp> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(&request_bytes(method, path, headers, body))?;
-    read_response(&mut s, method == "HEAD")
+    // A server may answer (413, 400) and close before taking the whole body; like curl,
+    // read its answer even when the write fails.
+    let written = s.write_all(&request_bytes(method, path, headers, body));
+    match read_response(&mut s, method == "HEAD") {
+        Ok(r) => Ok(r),
+        Err(e) => Err(written.err().unwrap_or(e)),
+    }
 }
 
 /// One request on a fresh TCP connection.
@@ -303,55 +308,74 @@ pub fn tcp_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str,
 
 /// Reads one response (Content-Length framed, or until EOF) from a stream.
 pub fn read_response(s: &mut impl Read, head_only: bool) -> std::io::Result<Resp> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut r = httparse::Response::new(&mut headers);
-            r.parse(&buf[..end + 4])
-                .map_err(|e| std::io::Error::other(format!("bad response: {e}")))?;
-            let status = r.code.unwrap_or(0);
-            let headers: Vec<(String, String)> = r
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
-                .collect();
-            let len = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .and_then(|(_, v)| v.parse::<usize>().ok());
-            let body_start = end + 4;
-            let want = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
-                Some(0)
-            } else {
-                len
-            };
-            loop {
-                let have = buf.len() - body_start;
-                match want {
-                    Some(w) if have >= w => {
-                        let body = buf[body_start..body_start + w].to_vec();
-                        return Ok(Resp { status, headers, body });
+    ResponseReader::new(s).next(head_only)
+}
+
+/// Reads successive responses from one connection (pipelining), keeping bytes that
+/// belong to the next response.
+pub struct ResponseReader<S: Read> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: Read> ResponseReader<S> {
+    pub fn new(stream: S) -> Self {
+        ResponseReader { stream, buf: Vec::new() }
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    pub fn next(&mut self, head_only: bool) -> std::io::Result<Resp> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut r = httparse::Response::new(&mut headers);
+                r.parse(&self.buf[..end + 4])
+                    .map_err(|e| std::io::Error::other(format!("bad response: {e}")))?;
+                let status = r.code.unwrap_or(0);
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                let len = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .and_then(|(_, v)| v.parse::<usize>().ok());
+                let start = end + 4;
+                let want = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+                    Some(0)
+                } else {
+                    len
+                };
+                loop {
+                    let have = self.buf.len() - start;
+                    if let Some(w) = want {
+                        if have >= w {
+                            let body = self.buf[start..start + w].to_vec();
+                            self.buf.drain(..start + w);
+                            return Ok(Resp { status, headers, body });
+                        }
                     }
-                    _ => {}
-                }
-                let n = s.read(&mut chunk)?;
-                if n == 0 {
-                    if want.is_none() {
-                        let body = buf[body_start..].to_vec();
-                        return Ok(Resp { status, headers, body });
+                    if self.fill()? == 0 {
+                        if want.is_none() {
+                            let body = self.buf[start..].to_vec();
+                            self.buf.clear();
+                            return Ok(Resp { status, headers, body });
+                        }
+                        return Err(std::io::Error::other("connection closed mid-body"));
                     }
-                    return Err(std::io::Error::other("connection closed mid-body"));
                 }
-                buf.extend_from_slice(&chunk[..n]);
+            }
+            if self.fill()? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
             }
         }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
