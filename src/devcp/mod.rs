@@ -77,7 +77,12 @@ impl DevControlPlane {
             workers: 4,
             max_connections: 1024,
             max_parked: 64,
-            limits: Limits::default(),
+            // Report batches may approach 1 MiB before compression; a single oversized
+            // entry must reach the report route (which answers 400), not the core's 413.
+            limits: Limits {
+                max_body_bytes: 16 * 1024 * 1024,
+                ..Limits::default()
+            },
         };
         let handler = Arc::new(DevHandler {
             state: Arc::clone(&state),
