@@ -50,7 +50,7 @@ pub(super) fn normalize_secrets(refs: Vec<SecretRef>) -> Vec<SecretRef> {
 impl Store {
     /// Applies a control-plane update durably, then publishes it atomically.
     pub fn apply_control_plane(&self, update: CpUpdate) -> Result<ApplyOutcome, StoreError> {
-        let _serial = lock(&self.apply_lock);
+        let serial = lock(&self.apply_lock);
         let mut outcome = ApplyOutcome::default();
 
         // Plan: compare with the cache (CPU only, under the read lock).
@@ -77,7 +77,7 @@ impl Store {
             }
             wanted_data = Some(map);
         }
-        let (metadata, secrets, plan) = {
+        let (metadata, secrets, mut plan) = {
             let c = self.read();
             let metadata = update.metadata.filter(|m| {
                 m.len() != c.metadata.len()
@@ -97,12 +97,13 @@ impl Store {
                     let Some(file) = keys::file_name_for(&key) else {
                         continue;
                     };
-                    if current.is_some_and(|cur| cur.entry == entry && cur.file == file) {
+                    // An unchanged entry stays where it is, even in a Go agent's file name.
+                    if current.is_some_and(|cur| cur.entry == entry) {
                         continue;
                     }
                     plan.writes.push(DataWrite {
                         old_file: current.map(|cur| cur.file.clone()).filter(|f| *f != file),
-                        body: render(&entry),
+                        body: Json::from(&[][..]),
                         entry,
                         file,
                     });
@@ -113,17 +114,24 @@ impl Store {
         if metadata.is_none() && secrets.is_none() && plan.is_empty() {
             return Ok(outcome);
         }
+        // Rendered outside the lock; the body is also the file content.
+        for w in &mut plan.writes {
+            w.body = render(&w.entry);
+        }
         let jump = self.epoch_jump()?;
 
         // Persist, outside every cache lock.
         if !plan.is_empty() {
+            let files: Vec<(&str, &[u8])> = plan
+                .writes
+                .iter()
+                .map(|w| (w.file.as_str(), &*w.body))
+                .collect();
+            self.data.replace_many(&files).map_err(io_err(format!(
+                "writing {} data entries failed",
+                files.len()
+            )))?;
             for w in &plan.writes {
-                self.data
-                    .replace_no_dir_sync(&w.file, &w.body)
-                    .map_err(io_err(format!(
-                        "writing data entry {:?} failed",
-                        w.entry.key
-                    )))?;
                 if let Some(old) = &w.old_file {
                     self.data
                         .remove_no_dir_sync(old)
@@ -140,11 +148,6 @@ impl Store {
                 .map_err(io_err("syncing the data folder failed"))?;
         }
         let secrets_body = secrets.as_ref().map(render);
-        if let Some(body) = &secrets_body {
-            self.state
-                .replace_no_dir_sync(super::load::SECRETS_FILE, body)
-                .map_err(io_err("writing the secret index failed"))?;
-        }
         let metadata_items = metadata.map(|m| {
             m.into_iter()
                 .map(|(k, v)| {
@@ -153,20 +156,23 @@ impl Store {
                 })
                 .collect::<Vec<_>>()
         });
-        if let Some(items) = &metadata_items {
+        let metadata_body = metadata_items.as_ref().map(|items| {
             let map: BTreeMap<&str, &str> = items
                 .iter()
                 .map(|(k, v, _)| (k.as_str(), v.as_str()))
                 .collect();
-            self.state
-                .replace_no_dir_sync(super::load::METADATA_FILE, &render(&map))
-                .map_err(io_err("writing metadata failed"))?;
+            render(&map)
+        });
+        let mut state_files: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(body) = &secrets_body {
+            state_files.push((super::load::SECRETS_FILE, body));
         }
-        if secrets_body.is_some() || metadata_items.is_some() {
-            self.state
-                .sync()
-                .map_err(io_err("syncing the state folder failed"))?;
+        if let Some(body) = &metadata_body {
+            state_files.push((super::load::METADATA_FILE, body));
         }
+        self.state
+            .replace_many(&state_files)
+            .map_err(io_err("writing metadata or the secret index failed"))?;
 
         // Publish, in one write-lock section.
         outcome.metadata_changed = metadata_items.is_some();
@@ -223,6 +229,7 @@ impl Store {
                 kind,
             })
             .collect();
+        drop(serial);
         self.notify(&changes);
         Ok(outcome)
     }

@@ -21,6 +21,9 @@ pub const STALE_SUFFIX: &str = ".stale";
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Threads writing temp files in parallel in `replace_many` (bounds open descriptors).
+const MAX_WRITE_THREADS: usize = 16;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -132,6 +135,15 @@ impl Folder {
     /// Writes `bytes` to a fresh temp file, fsyncs it and renames it over `name`,
     /// without the folder fsync. On error the temp file is removed and `name` is as it was.
     pub fn replace_no_dir_sync(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.write_temp(name, bytes)?;
+        fs::rename(&tmp, self.path.join(name)).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    /// Writes and fsyncs one temp file for `name`; returns its path. On error nothing
+    /// is left behind.
+    fn write_temp(&self, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .path
@@ -143,14 +155,81 @@ impl Folder {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(bytes)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, self.path.join(name))
+            f.sync_all()
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Replaces many files at once: all temp files are written and fsynced first (in
+    /// parallel, so their fsyncs share journal commits), and only when every one of them
+    /// is durable are they renamed into place, followed by one folder fsync. If writing
+    /// any temp file fails, no target is touched.
+    pub fn replace_many(&self, files: &[(&str, &[u8])]) -> io::Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let threads = files.len().clamp(1, MAX_WRITE_THREADS);
+        let chunk = files.len().div_ceil(threads);
+        let results: Vec<io::Result<Vec<PathBuf>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = files
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut temps = Vec::with_capacity(part.len());
+                        for (name, bytes) in part {
+                            match self.write_temp(name, bytes) {
+                                Ok(t) => temps.push(t),
+                                Err(e) => {
+                                    for t in &temps {
+                                        let _ = fs::remove_file(t);
+                                    }
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        Ok(temps)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("temp file writer panicked")))
+                })
+                .collect()
+        });
+        let mut temps = Vec::with_capacity(files.len());
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(t) => temps.extend(t),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            for t in &temps {
+                let _ = fs::remove_file(t);
+            }
+            return Err(e);
+        }
+        for (i, ((name, _), tmp)) in files.iter().zip(&temps).enumerate() {
+            if let Err(e) = fs::rename(tmp, self.path.join(name)) {
+                for t in &temps[i..] {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(e);
+            }
+        }
+        self.sync()
     }
 
     /// Atomically and durably replaces `name` with `bytes`. A crash at any instant leaves

@@ -68,7 +68,7 @@ impl Store {
         payload: Box<RawValue>,
         if_match: Option<i64>,
     ) -> Result<Versioned<Json>, StoreError> {
-        self.report_locks.with(key.as_str(), || {
+        let stored = self.report_locks.with(key.as_str(), || {
             let (current, old_file, old_body) = {
                 let c = self.read();
                 match c.reports.get(key.as_str()) {
@@ -116,12 +116,13 @@ impl Store {
                 });
                 stamp
             };
-            self.notify(&[Change {
-                revision: stamp.rev,
-                kind: ChangeKind::Reports,
-            }]);
             Ok(Versioned::new(body, stamp))
-        })
+        })?;
+        self.notify(&[Change {
+            revision: stored.mod_rev,
+            kind: ChangeKind::Reports,
+        }]);
+        Ok(stored)
     }
 
     /// A report loaded from a file with a non-canonical name (a Go agent cache) moves to
@@ -154,7 +155,7 @@ impl Store {
 
     /// Deletes a report durably; returns the new store revision.
     pub fn delete_report(&self, key: &ReportKey) -> Result<u64, StoreError> {
-        self.report_locks.with(key.as_str(), || {
+        let rev = self.report_locks.with(key.as_str(), || {
             let old_file = {
                 let c = self.read();
                 match c.reports.get(key.as_str()) {
@@ -172,12 +173,13 @@ impl Store {
                 c.remove_report(key.as_str(), stamp);
                 stamp.rev
             };
-            self.notify(&[Change {
-                revision: rev,
-                kind: ChangeKind::Reports,
-            }]);
             Ok(rev)
-        })
+        })?;
+        self.notify(&[Change {
+            revision: rev,
+            kind: ChangeKind::Reports,
+        }]);
+        Ok(rev)
     }
 }
 
