@@ -237,6 +237,53 @@ fn client_caps_responses_at_10_mib() {
 }
 
 #[test]
+fn client_accepts_gzip_responses() {
+    let body = br#"{"metadata":{"zipped":"yes"},"unknown_field":[1,2,3]}"#;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(body).unwrap();
+    let gz = enc.finish().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            gz.len()
+        )
+        .unwrap();
+        conn.write_all(&gz).unwrap();
+        head
+    });
+    let client = client_for(&format!("http://{addr}"), TOKEN);
+    let state = client.fetch_state().unwrap();
+    assert_eq!(state.metadata.unwrap()["zipped"], "yes");
+    let head = server.join().unwrap();
+    assert!(
+        head.starts_with("get /v1/nodes/node-1/state http/1.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("accept-encoding: gzip"));
+    assert!(head.contains(&format!(
+        "authorization: bearer {}",
+        TOKEN.to_ascii_lowercase()
+    )));
+    assert!(head.contains("accept: application/json"));
+    assert!(head.contains(&format!(
+        "user-agent: plexd-nodeapi/{}",
+        env!("CARGO_PKG_VERSION")
+    )));
+}
+
+#[test]
 fn client_unreachable_is_a_quick_transport_error() {
     let addr = closed_addr();
     let client = client_for(&format!("http://{addr}"), TOKEN);

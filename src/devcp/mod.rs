@@ -28,7 +28,7 @@ pub use routes::DevHandler;
 pub use state::{DevChange, DevState, FailRoute, PayloadError, Subscriber};
 
 /// How to start a development control plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DevConfig {
     /// Loopback address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
@@ -41,8 +41,19 @@ pub struct DevConfig {
     pub demo: bool,
 }
 
-/// A running development control plane. Dropping it without `stop` leaves the server
-/// running until the process ends.
+impl std::fmt::Debug for DevConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevConfig")
+            .field("listen", &self.listen)
+            .field("node_id", &self.node_id)
+            .field("nsk", &self.nsk)
+            .field("token", &"<redacted>")
+            .field("demo", &self.demo)
+            .finish()
+    }
+}
+
+/// A running development control plane. Dropping it stops the server as `stop` does.
 pub struct DevControlPlane {
     state: Arc<DevState>,
     server: ServerHandle,
@@ -77,7 +88,12 @@ impl DevControlPlane {
             workers: 4,
             max_connections: 1024,
             max_parked: 64,
-            limits: Limits::default(),
+            // Report batches may approach 1 MiB before compression; a single oversized
+            // entry must reach the report route (which answers 400), not the core's 413.
+            limits: Limits {
+                max_body_bytes: 16 * 1024 * 1024,
+                ..Limits::default()
+            },
         };
         let handler = Arc::new(DevHandler {
             state: Arc::clone(&state),
