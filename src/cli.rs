@@ -68,7 +68,9 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
             print!("{USAGE}");
             0
         }
-        other => usage_error(&format!("unknown command {other:?}; try `plexd-nodeapi --help`")),
+        other => usage_error(&format!(
+            "unknown command {other:?}; try `plexd-nodeapi --help`"
+        )),
     }
 }
 
@@ -97,10 +99,15 @@ pub fn version_text() -> String {
 pub fn parse_serve(mut parser: lexopt::Parser) -> Result<Settings, ConfigError> {
     let mut config_file: Option<PathBuf> = None;
     let mut flags = Settings::default();
-    while let Some(arg) = parser.next().map_err(|e| ConfigError::new("arguments", e.to_string()))? {
+    while let Some(arg) = parser
+        .next()
+        .map_err(|e| ConfigError::new("arguments", e.to_string()))?
+    {
         match arg {
             Long("config") => {
-                let v = parser.value().map_err(|_| ConfigError::new("--config", "missing value"))?;
+                let v = parser
+                    .value()
+                    .map_err(|_| ConfigError::new("--config", "missing value"))?;
                 config_file = Some(v.into());
             }
             Long(name) if BOOLEAN_FLAGS.contains(&name) => {
@@ -117,7 +124,12 @@ pub fn parse_serve(mut parser: lexopt::Parser) -> Result<Settings, ConfigError> 
                     .map_err(|_| ConfigError::new(&format!("--{name}"), "value is not UTF-8"))?;
                 flags.set_flag(&name, Some(value))?;
             }
-            other => return Err(ConfigError::new("arguments", format!("unexpected {}", describe(&other)))),
+            other => {
+                return Err(ConfigError::new(
+                    "arguments",
+                    format!("unexpected {}", describe(&other)),
+                ))
+            }
         }
     }
     let base = match config_file {

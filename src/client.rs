@@ -11,7 +11,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("connection to the daemon failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("the daemon sent a malformed response")]
@@ -69,17 +72,22 @@ impl LocalClient {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<ClientResponse, ClientError> {
-        let mut stream = UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
-            path: self.socket.clone(),
-            source,
-        })?;
+        let mut stream =
+            UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
         stream.set_read_timeout(self.timeout)?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
         for (n, v) in headers {
             req.push_str(&format!("{n}: {v}\r\n"));
         }
         if let Some(b) = body {
-            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
         }
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
@@ -104,7 +112,12 @@ fn parse_response(raw: &[u8], head_only: bool) -> Result<ClientResponse, ClientE
     let headers: Vec<(String, String)> = resp
         .headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).trim().to_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).trim().to_owned(),
+            )
+        })
         .collect();
     let rest = &raw[head_len..];
     let length = headers
@@ -117,5 +130,9 @@ fn parse_response(raw: &[u8], head_only: bool) -> Result<ClientResponse, ClientE
         Some(_) => return Err(ClientError::Malformed),
         None => rest.to_vec(),
     };
-    Ok(ClientResponse { status, headers, body })
+    Ok(ClientResponse {
+        status,
+        headers,
+        body,
+    })
 }

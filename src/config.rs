@@ -70,10 +70,14 @@ macro_rules! overlay {
 impl Settings {
     /// Reads a JSON config file.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("--config", format!("cannot read {}: {e}", path.display())))?;
+        let text = fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+        })?;
         serde_json::from_str(&text).map_err(|e| {
-            ConfigError::new("--config", format!("{} is not a valid config file: {e}", path.display()))
+            ConfigError::new(
+                "--config",
+                format!("{} is not a valid config file: {e}", path.display()),
+            )
         })
     }
 
@@ -202,17 +206,31 @@ impl Config {
             Some(id) => id,
             None => node_id_from_identity(&data_dir)?,
         };
-        if node_id.trim().is_empty() || node_id.len() > 256 || node_id.chars().any(char::is_control) {
-            return Err(ConfigError::new("--node-id", "must be 1 to 256 printable characters"));
+        if node_id.trim().is_empty() || node_id.len() > 256 || node_id.chars().any(char::is_control)
+        {
+            return Err(ConfigError::new(
+                "--node-id",
+                "must be 1 to 256 printable characters",
+            ));
         }
 
-        let control_plane = s.control_plane.clone().map(|u| validate_url(&u)).transpose()?;
+        let control_plane = s
+            .control_plane
+            .clone()
+            .map(|u| validate_url(&u))
+            .transpose()?;
 
         let nsk_given = s.nsk_file.is_some();
-        let nsk_file = s.nsk_file.clone().unwrap_or_else(|| data_dir.join("node_secret_key"));
+        let nsk_file = s
+            .nsk_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("node_secret_key"));
         let nsk = if nsk_given || control_plane.is_some() || nsk_file.exists() {
             let bytes = Zeroizing::new(fs::read(&nsk_file).map_err(|e| {
-                ConfigError::new("--nsk-file", format!("cannot read {}: {e}", nsk_file.display()))
+                ConfigError::new(
+                    "--nsk-file",
+                    format!("cannot read {}: {e}", nsk_file.display()),
+                )
             })?);
             Some(Nsk::parse(&bytes).map_err(|e| ConfigError::new("--nsk-file", e.to_string()))?)
         } else {
@@ -241,8 +259,9 @@ impl Config {
         };
 
         if let Some(ca) = &s.ca_file {
-            fs::metadata(ca)
-                .map_err(|e| ConfigError::new("--ca-file", format!("cannot read {}: {e}", ca.display())))?;
+            fs::metadata(ca).map_err(|e| {
+                ConfigError::new("--ca-file", format!("cannot read {}: {e}", ca.display()))
+            })?;
         }
 
         let listen_text = match (&s.http_listen, s.http) {
@@ -263,17 +282,30 @@ impl Config {
         };
 
         let debounce = positive_duration("--debounce", s.debounce.as_deref(), "5s")?;
-        let shutdown_timeout = positive_duration("--shutdown-timeout", s.shutdown_timeout.as_deref(), "5s")?;
-        let reconcile_interval =
-            positive_duration("--reconcile-interval", s.reconcile_interval.as_deref(), "60s")?;
+        let shutdown_timeout =
+            positive_duration("--shutdown-timeout", s.shutdown_timeout.as_deref(), "5s")?;
+        let reconcile_interval = positive_duration(
+            "--reconcile-interval",
+            s.reconcile_interval.as_deref(),
+            "60s",
+        )?;
         if reconcile_interval < Duration::from_secs(1) {
-            return Err(ConfigError::new("--reconcile-interval", "must be at least 1s"));
+            return Err(ConfigError::new(
+                "--reconcile-interval",
+                "must be at least 1s",
+            ));
         }
 
         let log_level = parse_level(s.log_level.as_deref().unwrap_or("info"))?;
         let max_connections = bounded("--max-connections", s.max_connections, 8192, 1, 1_000_000)?;
         let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
-        let workers = bounded("--workers", s.workers, default_workers.max(4) as u64, 1, 1024)?;
+        let workers = bounded(
+            "--workers",
+            s.workers,
+            default_workers.max(4) as u64,
+            1,
+            1024,
+        )?;
 
         Ok(Config {
             data_dir,
@@ -309,8 +341,9 @@ fn node_id_from_identity(data_dir: &Path) -> Result<String, ConfigError> {
             format!("not given and {} cannot be read: {e}", path.display()),
         )
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ConfigError::new("--node-id", format!("{} is not JSON: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        ConfigError::new("--node-id", format!("{} is not JSON: {e}", path.display()))
+    })?;
     value
         .get("node_id")
         .and_then(|v| v.as_str())
@@ -326,8 +359,12 @@ pub fn validate_url(url: &str) -> Result<String, ConfigError> {
         .split_once("://")
         .ok_or_else(|| ConfigError::new(field, format!("{url:?} is not an http(s) URL")))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') || authority.chars().any(char::is_whitespace) {
-        return Err(ConfigError::new(field, format!("{url:?} has no valid host")));
+    if authority.is_empty() || authority.contains('@') || authority.chars().any(char::is_whitespace)
+    {
+        return Err(ConfigError::new(
+            field,
+            format!("{url:?} has no valid host"),
+        ));
     }
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
@@ -343,7 +380,12 @@ pub fn validate_url(url: &str) -> Result<String, ConfigError> {
                 "http:// is allowed for loopback hosts only; use https://",
             ))
         }
-        _ => return Err(ConfigError::new(field, format!("unsupported scheme {scheme:?}"))),
+        _ => {
+            return Err(ConfigError::new(
+                field,
+                format!("unsupported scheme {scheme:?}"),
+            ))
+        }
     }
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -352,7 +394,8 @@ fn is_loopback_host(host: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
@@ -367,14 +410,18 @@ fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 fn read_token(field: &str, path: &Path) -> Result<Zeroizing<String>, ConfigError> {
-    let raw = Zeroizing::new(
-        fs::read(path).map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))?,
-    );
+    let raw =
+        Zeroizing::new(fs::read(path).map_err(|e| {
+            ConfigError::new(field, format!("cannot read {}: {e}", path.display()))
+        })?);
     let text = std::str::from_utf8(&raw)
         .map_err(|_| ConfigError::new(field, format!("{} is not UTF-8 text", path.display())))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(ConfigError::new(field, format!("{} is empty", path.display())));
+        return Err(ConfigError::new(
+            field,
+            format!("{} is empty", path.display()),
+        ));
     }
     Ok(Zeroizing::new(token.to_owned()))
 }
@@ -389,12 +436,19 @@ fn read_signing_key(path: &Path) -> Result<String, ConfigError> {
         Ok(bytes) if bytes.len() == 32 => Ok(key.to_owned()),
         _ => Err(ConfigError::new(
             field,
-            format!("{} must hold a standard-base64 Ed25519 public key (32 bytes)", path.display()),
+            format!(
+                "{} must hold a standard-base64 Ed25519 public key (32 bytes)",
+                path.display()
+            ),
         )),
     }
 }
 
-fn positive_duration(field: &str, text: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+fn positive_duration(
+    field: &str,
+    text: Option<&str>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
     let text = text.unwrap_or(default);
     let d = duration::parse(text).map_err(|e| ConfigError::new(field, e))?;
     if d.is_zero() {
@@ -417,10 +471,19 @@ fn parse_level(text: &str) -> Result<LevelFilter, ConfigError> {
     }
 }
 
-fn bounded(field: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
+fn bounded(
+    field: &str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<usize, ConfigError> {
     let v = value.unwrap_or(default);
     if v < min || v > max {
-        return Err(ConfigError::new(field, format!("must be between {min} and {max}")));
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ));
     }
     Ok(v as usize)
 }
@@ -431,7 +494,11 @@ mod tests {
 
     fn dir_with_identity() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
-        fs::write(d.path().join("identity.json"), r#"{"node_id":"n_abc123","mesh_ip":"10.0.0.1"}"#).unwrap();
+        fs::write(
+            d.path().join("identity.json"),
+            r#"{"node_id":"n_abc123","mesh_ip":"10.0.0.1"}"#,
+        )
+        .unwrap();
         d
     }
 
@@ -458,15 +525,69 @@ mod tests {
         let d = dir_with_identity();
         let cases: Vec<(Settings, &str)> = vec![
             (Settings::default(), "--data-dir"),
-            (Settings { debounce: Some("0s".into()), ..settings(d.path()) }, "--debounce"),
-            (Settings { shutdown_timeout: Some("-1s".into()), ..settings(d.path()) }, "--shutdown-timeout"),
-            (Settings { reconcile_interval: Some("500ms".into()), ..settings(d.path()) }, "--reconcile-interval"),
-            (Settings { control_plane: Some("ftp://x".into()), ..settings(d.path()) }, "--control-plane"),
-            (Settings { control_plane: Some("http://example.com".into()), ..settings(d.path()) }, "--control-plane"),
-            (Settings { http: Some(true), ..settings(d.path()) }, "--http-token-file"),
-            (Settings { log_level: Some("loud".into()), ..settings(d.path()) }, "--log-level"),
-            (Settings { nsk_file: Some(d.path().join("missing")), ..settings(d.path()) }, "--nsk-file"),
-            (Settings { workers: Some(0), ..settings(d.path()) }, "--workers"),
+            (
+                Settings {
+                    debounce: Some("0s".into()),
+                    ..settings(d.path())
+                },
+                "--debounce",
+            ),
+            (
+                Settings {
+                    shutdown_timeout: Some("-1s".into()),
+                    ..settings(d.path())
+                },
+                "--shutdown-timeout",
+            ),
+            (
+                Settings {
+                    reconcile_interval: Some("500ms".into()),
+                    ..settings(d.path())
+                },
+                "--reconcile-interval",
+            ),
+            (
+                Settings {
+                    control_plane: Some("ftp://x".into()),
+                    ..settings(d.path())
+                },
+                "--control-plane",
+            ),
+            (
+                Settings {
+                    control_plane: Some("http://example.com".into()),
+                    ..settings(d.path())
+                },
+                "--control-plane",
+            ),
+            (
+                Settings {
+                    http: Some(true),
+                    ..settings(d.path())
+                },
+                "--http-token-file",
+            ),
+            (
+                Settings {
+                    log_level: Some("loud".into()),
+                    ..settings(d.path())
+                },
+                "--log-level",
+            ),
+            (
+                Settings {
+                    nsk_file: Some(d.path().join("missing")),
+                    ..settings(d.path())
+                },
+                "--nsk-file",
+            ),
+            (
+                Settings {
+                    workers: Some(0),
+                    ..settings(d.path())
+                },
+                "--workers",
+            ),
         ];
         for (s, field) in cases {
             match Config::from_settings(s) {
@@ -479,7 +600,11 @@ mod tests {
     #[test]
     fn nsk_and_tokens() {
         let d = dir_with_identity();
-        fs::write(d.path().join("node_secret_key"), "0123456789abcdef0123456789abcdef\n").unwrap();
+        fs::write(
+            d.path().join("node_secret_key"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
         fs::write(d.path().join("short"), "too short").unwrap();
         let c = Config::from_settings(Settings {
             control_plane: Some("http://127.0.0.1:1".into()),
@@ -487,7 +612,10 @@ mod tests {
         })
         .unwrap();
         assert!(c.nsk.is_some());
-        assert_eq!(c.cp_token.as_deref().map(String::as_str), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            c.cp_token.as_deref().map(String::as_str),
+            Some("0123456789abcdef0123456789abcdef")
+        );
         let e = Config::from_settings(Settings {
             nsk_file: Some(d.path().join("short")),
             ..settings(d.path())
@@ -502,12 +630,18 @@ mod tests {
         let d = dir_with_identity();
         let p = d.path().join("c.json");
         fs::write(&p, r#"{"data_dir":"/x","bogus":1}"#).unwrap();
-        assert!(Settings::from_file(&p).unwrap_err().to_string().contains("bogus"));
+        assert!(Settings::from_file(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
         fs::write(&p, "not json").unwrap();
         assert_eq!(Settings::from_file(&p).unwrap_err().field, "--config");
         fs::write(&p, r#"{"debounce":"1s","http_listen":"127.0.0.1:0"}"#).unwrap();
         let file = Settings::from_file(&p).unwrap();
-        let flags = Settings { debounce: Some("2s".into()), ..Settings::default() };
+        let flags = Settings {
+            debounce: Some("2s".into()),
+            ..Settings::default()
+        };
         let merged = file.overlaid_with(&flags);
         assert_eq!(merged.debounce.as_deref(), Some("2s"));
         assert_eq!(merged.http_listen.as_deref(), Some("127.0.0.1:0"));

@@ -65,13 +65,13 @@ impl Daemon {
     pub fn start(config: Config) -> Result<Daemon, DaemonError> {
         let client = match &config.control_plane {
             Some(url) => {
-                let token = config
-                    .cp_token
-                    .clone()
-                    .ok_or_else(|| ConfigError::new("--cp-token-file", "no token for the control plane"))?;
+                let token = config.cp_token.clone().ok_or_else(|| {
+                    ConfigError::new("--cp-token-file", "no token for the control plane")
+                })?;
                 let mut cp = CpConfig::new(url, &config.node_id, token);
                 cp.ca_file = config.ca_file.clone();
-                let client = CpClient::new(cp).map_err(|e| ConfigError::new("--control-plane", e.to_string()))?;
+                let client = CpClient::new(cp)
+                    .map_err(|e| ConfigError::new("--control-plane", e.to_string()))?;
                 Some(Arc::new(client))
             }
             None => None,
@@ -92,7 +92,9 @@ impl Daemon {
         let own_socket = unix.is_none().then(|| config.socket.clone());
         let unix = match unix {
             Some(u) => u,
-            None => listen::bind_unix(&config.socket).map_err(|e| DaemonError::Bind(e.to_string()))?,
+            None => {
+                listen::bind_unix(&config.socket).map_err(|e| DaemonError::Bind(e.to_string()))?
+            }
         };
         let tcp = match (tcp, config.http_listen) {
             (Some(t), _) => Some(t),
@@ -113,7 +115,12 @@ impl Daemon {
         };
 
         let health = Arc::new(LinkHealth::new(client.is_some()));
-        let syncer = Syncer::spawn(Arc::clone(&store), client.clone(), config.debounce, Arc::clone(&health));
+        let syncer = Syncer::spawn(
+            Arc::clone(&store),
+            client.clone(),
+            config.debounce,
+            Arc::clone(&health),
+        );
 
         // Changes wake parked requests and, for reports, the syncer. The waker exists
         // only once the server runs, so it is filled in below.
@@ -134,7 +141,11 @@ impl Daemon {
         let status = Status::new(Arc::clone(&store), Arc::clone(&health), config.secret_auth);
         let api = Arc::new(Api {
             store: Arc::clone(&store),
-            access: Access::new(config.http_token.clone(), config.secret_auth, Access::lookup_secrets_gid()),
+            access: Access::new(
+                config.http_token.clone(),
+                config.secret_auth,
+                Access::lookup_secrets_gid(),
+            ),
             secrets: SecretSource {
                 client: client.clone(),
                 nsk: config.nsk.clone(),
@@ -153,11 +164,15 @@ impl Daemon {
             max_connections: config.max_connections,
             ..ServerConfig::default()
         };
-        let server = Server::start(server_config, listeners, Arc::clone(&api) as Arc<dyn crate::http::Handler>)
-            .map_err(|e| {
-                remove_socket(own_socket.as_ref());
-                DaemonError::Start(format!("HTTP server: {e}"))
-            })?;
+        let server = Server::start(
+            server_config,
+            listeners,
+            Arc::clone(&api) as Arc<dyn crate::http::Handler>,
+        )
+        .map_err(|e| {
+            remove_socket(own_socket.as_ref());
+            DaemonError::Start(format!("HTTP server: {e}"))
+        })?;
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
@@ -268,7 +283,8 @@ impl SignalWait {
 
 /// `serve`: start, wait for a signal, stop.
 pub fn run(config: Config) -> Result<(), DaemonError> {
-    let signals = SignalWait::install().map_err(|e| DaemonError::Start(format!("signal handling: {e}")))?;
+    let signals =
+        SignalWait::install().map_err(|e| DaemonError::Start(format!("signal handling: {e}")))?;
     let daemon = Daemon::start(config)?;
     signals
         .wait()

@@ -47,7 +47,10 @@ fn prepare_data_dir(dir: &Path) -> std::io::Result<String> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     let identity = dir.join("identity.json");
     if !identity.exists() {
-        write_private(&identity, format!("{{\"node_id\":\"{DEV_NODE_ID}\"}}\n").as_bytes())?;
+        write_private(
+            &identity,
+            format!("{{\"node_id\":\"{DEV_NODE_ID}\"}}\n").as_bytes(),
+        )?;
     }
     let nsk_path = dir.join("node_secret_key");
     if !nsk_path.exists() {
@@ -61,7 +64,9 @@ fn prepare_data_dir(dir: &Path) -> std::io::Result<String> {
 }
 
 pub fn run(opts: DevOptions) -> i32 {
-    let data_dir = opts.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DEV_DIR));
+    let data_dir = opts
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DEV_DIR));
     let socket = opts.socket.unwrap_or_else(|| data_dir.join("api.sock"));
     let token = match prepare_data_dir(&data_dir) {
         Ok(t) => t,
@@ -69,7 +74,12 @@ pub fn run(opts: DevOptions) -> i32 {
     };
     let nsk = match Nsk::parse(token.as_bytes()) {
         Ok(n) => n,
-        Err(e) => return fail(format!("{}: {e}", data_dir.join("node_secret_key").display())),
+        Err(e) => {
+            return fail(format!(
+                "{}: {e}",
+                data_dir.join("node_secret_key").display()
+            ))
+        }
     };
     logging::init(log::LevelFilter::Info);
     let devcp = match DevControlPlane::start(DevConfig {

@@ -38,11 +38,9 @@ impl Log for Logfmt {
 
 /// Installs the logger; later calls only change the level.
 pub fn init(level: LevelFilter) {
-    if log::set_boxed_logger(Box::new(Logfmt { level })).is_ok() {
-        log::set_max_level(level);
-    } else {
-        log::set_max_level(level);
-    }
+    // A logger that is already installed (a second `init`) stays; only the level moves.
+    let _ = log::set_boxed_logger(Box::new(Logfmt { level }));
+    log::set_max_level(level);
 }
 
 fn level_name(l: Level) -> &'static str {
@@ -76,7 +74,11 @@ struct KvWriter<'a> {
 }
 
 impl<'kvs> log::kv::VisitSource<'kvs> for KvWriter<'_> {
-    fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
         self.out.push(' ');
         self.out.push_str(key.as_str());
         self.out.push('=');
@@ -87,7 +89,9 @@ impl<'kvs> log::kv::VisitSource<'kvs> for KvWriter<'_> {
 
 /// Appends `v`, quoted when it holds spaces, quotes, `=` or control characters.
 fn push_value(out: &mut String, v: &str) {
-    let plain = !v.is_empty() && v.chars().all(|c| c > ' ' && c != '"' && c != '=' && c != '\\' && c != '\u{7f}');
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c > ' ' && c != '"' && c != '=' && c != '\\' && c != '\u{7f}');
     if plain {
         out.push_str(v);
         return;

@@ -44,7 +44,9 @@ pub struct RequestMetrics {
 impl Default for RequestMetrics {
     fn default() -> Self {
         RequestMetrics {
-            counts: (0..ROUTES.len() * (CODES.len() + 1)).map(|_| AtomicU64::new(0)).collect(),
+            counts: (0..ROUTES.len() * (CODES.len() + 1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             buckets: Default::default(),
             sum_micros: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -53,7 +55,10 @@ impl Default for RequestMetrics {
 }
 
 fn route_index(route: &str) -> usize {
-    ROUTES.iter().position(|r| *r == route).unwrap_or(ROUTES.len() - 1)
+    ROUTES
+        .iter()
+        .position(|r| *r == route)
+        .unwrap_or(ROUTES.len() - 1)
 }
 
 fn code_index(code: u16) -> usize {
@@ -69,7 +74,10 @@ impl RequestMetrics {
         let i = route_index(route) * (CODES.len() + 1) + code_index(status);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
-        let b = BUCKETS.iter().position(|le| secs <= *le).unwrap_or(BUCKETS.len());
+        let b = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
         self.buckets[b].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -78,7 +86,12 @@ impl RequestMetrics {
 
     /// Writes `plexd_nodeapi_requests_total` and `plexd_nodeapi_request_duration_seconds`.
     pub fn render(&self, out: &mut String) {
-        family(out, "plexd_nodeapi_requests_total", "counter", "Requests answered, by route and status code.");
+        family(
+            out,
+            "plexd_nodeapi_requests_total",
+            "counter",
+            "Requests answered, by route and status code.",
+        );
         for (r, route) in ROUTES.iter().enumerate() {
             for c in 0..=CODES.len() {
                 let n = self.counts[r * (CODES.len() + 1) + c].load(Ordering::Relaxed);
@@ -86,7 +99,10 @@ impl RequestMetrics {
                     continue;
                 }
                 let code = CODES.get(c).map_or("other".to_owned(), u16::to_string);
-                let _ = writeln!(out, "plexd_nodeapi_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "plexd_nodeapi_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+                );
             }
         }
         family(
@@ -98,13 +114,22 @@ impl RequestMetrics {
         let mut cumulative = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "plexd_nodeapi_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "plexd_nodeapi_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
         }
         cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "plexd_nodeapi_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "plexd_nodeapi_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "plexd_nodeapi_request_duration_seconds_sum {sum}");
-        let _ = writeln!(out, "plexd_nodeapi_request_duration_seconds_count {cumulative}");
+        let _ = writeln!(
+            out,
+            "plexd_nodeapi_request_duration_seconds_count {cumulative}"
+        );
     }
 }
 
@@ -122,5 +147,8 @@ pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl 
 
 /// Escapes a label value (`\`, `"`, newline).
 pub fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

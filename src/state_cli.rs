@@ -42,9 +42,19 @@ Exit status: 0 ok, 1 other error, 2 usage, 3 not found, 4 conflict, 5 daemon unr
 
 enum Command {
     Summary,
-    Get { kind: String, key: Option<String> },
-    Put { key: String, data: String, content_type: String, if_match: Option<String> },
-    Delete { key: String },
+    Get {
+        kind: String,
+        key: Option<String>,
+    },
+    Put {
+        key: String,
+        data: String,
+        content_type: String,
+        if_match: Option<String>,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 struct Usage(String);
@@ -72,14 +82,24 @@ fn parse(mut parser: lexopt::Parser) -> Result<(PathBuf, Command), Usage> {
     let command = match words.next().as_deref() {
         None => Command::Summary,
         Some("get") => {
-            let kind = words.next().ok_or_else(|| Usage("get: which kind? metadata|data|report|secret".into()))?;
-            if !matches!(kind.as_str(), "metadata" | "data" | "report" | "secret" | "secrets") {
+            let kind = words
+                .next()
+                .ok_or_else(|| Usage("get: which kind? metadata|data|report|secret".into()))?;
+            if !matches!(
+                kind.as_str(),
+                "metadata" | "data" | "report" | "secret" | "secrets"
+            ) {
                 return Err(Usage(format!("get: unknown kind {kind:?}")));
             }
-            Command::Get { kind, key: words.next() }
+            Command::Get {
+                kind,
+                key: words.next(),
+            }
         }
         Some("put") => {
-            let key = words.next().ok_or_else(|| Usage("put: missing KEY".into()))?;
+            let key = words
+                .next()
+                .ok_or_else(|| Usage("put: missing KEY".into()))?;
             let data = data.ok_or_else(|| Usage("put: --data JSON is required".into()))?;
             Command::Put {
                 key,
@@ -89,7 +109,9 @@ fn parse(mut parser: lexopt::Parser) -> Result<(PathBuf, Command), Usage> {
             }
         }
         Some("delete") => Command::Delete {
-            key: words.next().ok_or_else(|| Usage("delete: missing KEY".into()))?,
+            key: words
+                .next()
+                .ok_or_else(|| Usage("delete: missing KEY".into()))?,
         },
         Some(other) => return Err(Usage(format!("unknown subcommand {other:?}"))),
     };
@@ -100,7 +122,8 @@ fn parse(mut parser: lexopt::Parser) -> Result<(PathBuf, Command), Usage> {
 }
 
 fn text(v: std::ffi::OsString) -> Result<String, Usage> {
-    v.into_string().map_err(|_| Usage("arguments must be UTF-8".into()))
+    v.into_string()
+        .map_err(|_| Usage("arguments must be UTF-8".into()))
 }
 
 /// Reads `--data`: literal JSON, `@FILE`, or `-` for stdin.
@@ -134,14 +157,23 @@ pub fn main(parser: lexopt::Parser) -> i32 {
     let result = match command {
         Command::Summary => client.request("GET", "/v1/state", &[], None),
         Command::Get { kind, key } => {
-            let kind = if kind == "secret" { "secrets" } else { kind.as_str() };
+            let kind = if kind == "secret" {
+                "secrets"
+            } else {
+                kind.as_str()
+            };
             let path = match key {
                 Some(k) => format!("/v1/state/{kind}/{}", percent_encode_segment(&k)),
                 None => format!("/v1/state/{kind}"),
             };
             client.request("GET", &path, &[], None)
         }
-        Command::Put { key, data, content_type, if_match } => {
+        Command::Put {
+            key,
+            data,
+            content_type,
+            if_match,
+        } => {
             let data = match read_data(&data) {
                 Ok(d) => d,
                 Err(Usage(m)) => {
@@ -156,7 +188,8 @@ pub fn main(parser: lexopt::Parser) -> i32 {
                     return EXIT_USAGE;
                 }
             };
-            let body = serde_json::json!({ "content_type": content_type, "payload": payload }).to_string();
+            let body =
+                serde_json::json!({ "content_type": content_type, "payload": payload }).to_string();
             let mut headers = Vec::new();
             if let Some(v) = &if_match {
                 headers.push(("If-Match", v.as_str()));
@@ -187,7 +220,11 @@ fn report(result: Result<ClientResponse, ClientError>) -> i32 {
         }
         return 0;
     }
-    eprintln!("plexd-nodeapi state: {} (HTTP {})", response.error_message(), response.status);
+    eprintln!(
+        "plexd-nodeapi state: {} (HTTP {})",
+        response.error_message(),
+        response.status
+    );
     exit_for_status(response.status)
 }
 
@@ -276,10 +313,17 @@ mod tests {
     fn indents_without_reencoding() {
         let text = r#"{"a":[1.0,1e3,12345678901234567890],"b":{},"c":"x, {y}: \"z\"","d":[]}"#;
         let pretty = indent_json(text);
-        assert!(pretty.contains("1.0") && pretty.contains("1e3") && pretty.contains("12345678901234567890"));
+        assert!(
+            pretty.contains("1.0")
+                && pretty.contains("1e3")
+                && pretty.contains("12345678901234567890")
+        );
         assert!(pretty.contains(r#""x, {y}: \"z\"""#));
         let again: serde_json::Value = serde_json::from_str(&pretty).unwrap();
-        assert_eq!(again, serde_json::from_str::<serde_json::Value>(text).unwrap());
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
         assert!(pretty.contains("\"b\": {}"));
     }
 }

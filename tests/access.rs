@@ -19,7 +19,9 @@ fn status_as(socket: &std::path::Path, uid: u32, gid: u32, groups: &[u32], path:
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             let groups: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
-            let ok = setgroups(&groups).is_ok() && setgid(Gid::from_raw(gid)).is_ok() && setuid(Uid::from_raw(uid)).is_ok();
+            let ok = setgroups(&groups).is_ok()
+                && setgid(Gid::from_raw(gid)).is_ok()
+                && setuid(Uid::from_raw(uid)).is_ok();
             let code = if !ok {
                 8
             } else {
@@ -43,10 +45,12 @@ fn status_as(socket: &std::path::Path, uid: u32, gid: u32, groups: &[u32], path:
             };
             unsafe { nix::libc::_exit(code) }
         }
-        ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None).expect("waitpid") {
-            nix::sys::wait::WaitStatus::Exited(_, code) => code,
-            other => panic!("child ended oddly: {other:?}"),
-        },
+        ForkResult::Parent { child } => {
+            match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                other => panic!("child ended oddly: {other:?}"),
+            }
+        }
     }
 }
 
@@ -54,11 +58,18 @@ fn ensure_group(name: &str) -> Option<u32> {
     if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
         return Some(g.gid.as_raw());
     }
-    let ok = std::process::Command::new("groupadd").arg(name).status().map(|s| s.success()).unwrap_or(false);
+    let ok = std::process::Command::new("groupadd")
+        .arg(name)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         return None;
     }
-    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 #[test]
@@ -69,8 +80,15 @@ fn secret_auth_uses_the_kernels_peer_credentials() {
     }
     let node = Node::new();
     let cp = node.control_plane(true);
-    let d = node.daemon().control_plane(&cp).arg("--secret-auth").start();
-    assert!(eventually(Duration::from_secs(10), || d.get("/v1/state/secrets").status == 200));
+    let d = node
+        .daemon()
+        .control_plane(&cp)
+        .arg("--secret-auth")
+        .start();
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/secrets")
+        .status
+        == 200));
     // The socket and its folder must be reachable by other users.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -78,16 +96,46 @@ fn secret_auth_uses_the_kernels_peer_credentials() {
     // Root passes.
     assert_eq!(d.get("/v1/state/secrets/db-password").status, 200);
     // An ordinary user: denied on secret routes, allowed elsewhere.
-    assert_eq!(status_as(&sock, 4242, 4242, &[], "/v1/state/secrets/db-password"), 3);
+    assert_eq!(
+        status_as(&sock, 4242, 4242, &[], "/v1/state/secrets/db-password"),
+        3
+    );
     assert_eq!(status_as(&sock, 4242, 4242, &[], "/v1/state/secrets"), 3);
     assert_eq!(status_as(&sock, 4242, 4242, &[], "/v1/state/metadata"), 0);
     if let Some(gid) = ensure_group("plexd-secrets") {
         // Restart so the daemon resolves the (possibly just created) group.
         drop(d);
-        let d = node.daemon().control_plane(&cp).arg("--secret-auth").start();
-        assert_eq!(status_as(&d.socket, 4242, gid, &[], "/v1/state/secrets/db-password"), 0, "primary gid");
-        assert_eq!(status_as(&d.socket, 4242, 4242, &[77, gid], "/v1/state/secrets/db-password"), 0, "supplementary group");
-        assert_eq!(status_as(&d.socket, 4242, 4242, &[77], "/v1/state/secrets/db-password"), 3);
+        let d = node
+            .daemon()
+            .control_plane(&cp)
+            .arg("--secret-auth")
+            .start();
+        assert_eq!(
+            status_as(&d.socket, 4242, gid, &[], "/v1/state/secrets/db-password"),
+            0,
+            "primary gid"
+        );
+        assert_eq!(
+            status_as(
+                &d.socket,
+                4242,
+                4242,
+                &[77, gid],
+                "/v1/state/secrets/db-password"
+            ),
+            0,
+            "supplementary group"
+        );
+        assert_eq!(
+            status_as(
+                &d.socket,
+                4242,
+                4242,
+                &[77],
+                "/v1/state/secrets/db-password"
+            ),
+            3
+        );
         assert!(d.log_text().contains("secret access denied"));
     }
 }
@@ -102,8 +150,14 @@ fn without_secret_auth_any_local_user_may_read_secrets() {
     let d = node.daemon().control_plane(&cp).start();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert!(eventually(Duration::from_secs(10), || d.get("/v1/state/secrets").status == 200));
-    assert_eq!(status_as(&d.socket, 4243, 4243, &[], "/v1/state/secrets/db-password"), 0);
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/secrets")
+        .status
+        == 200));
+    assert_eq!(
+        status_as(&d.socket, 4243, 4243, &[], "/v1/state/secrets/db-password"),
+        0
+    );
 }
 
 #[test]
@@ -122,7 +176,10 @@ fn a_live_socket_is_never_replaced_and_a_stale_one_is() {
     assert_eq!(d.get("/v1/state").status, 200);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
-    let plexd_group = nix::unistd::Group::from_name("plexd").ok().flatten().is_some();
+    let plexd_group = nix::unistd::Group::from_name("plexd")
+        .ok()
+        .flatten()
+        .is_some();
     assert_eq!(mode, if plexd_group { 0o660 } else { 0o666 });
     // A clean stop removes the socket we created.
     assert_eq!(d.stop().code(), Some(0));

@@ -28,30 +28,137 @@ fn bad_configuration_exits_2_naming_the_field_and_touches_nothing() {
     std::fs::write(&unknown_key, r#"{"data_dir":"/tmp","frobnicate":true}"#).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["serve", "--socket", sock], "--data-dir"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--debounce", "0s"], "--debounce"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--shutdown-timeout", "-5s"], "--shutdown-timeout"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--reconcile-interval", "100ms"], "--reconcile-interval"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--control-plane", "http://example.com"], "--control-plane"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--control-plane", "not a url"], "--control-plane"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--http"], "--http-token-file"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--nsk-file", "/nonexistent"], "--nsk-file"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--frobnicate"], "--frobnicate"),
-        (vec!["serve", "--data-dir", &dir, "--socket", sock, "--log-level", "chatty"], "--log-level"),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--debounce",
+                "0s",
+            ],
+            "--debounce",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--shutdown-timeout",
+                "-5s",
+            ],
+            "--shutdown-timeout",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--reconcile-interval",
+                "100ms",
+            ],
+            "--reconcile-interval",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--control-plane",
+                "http://example.com",
+            ],
+            "--control-plane",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--control-plane",
+                "not a url",
+            ],
+            "--control-plane",
+        ),
+        (
+            vec!["serve", "--data-dir", &dir, "--socket", sock, "--http"],
+            "--http-token-file",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--nsk-file",
+                "/nonexistent",
+            ],
+            "--nsk-file",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--frobnicate",
+            ],
+            "--frobnicate",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                &dir,
+                "--socket",
+                sock,
+                "--log-level",
+                "chatty",
+            ],
+            "--log-level",
+        ),
         (vec!["serve", "--config", cfg.to_str().unwrap()], "--config"),
-        (vec!["serve", "--config", unknown_key.to_str().unwrap()], "frobnicate"),
+        (
+            vec!["serve", "--config", unknown_key.to_str().unwrap()],
+            "frobnicate",
+        ),
     ];
     for (args, field) in cases {
         let o = run(&args);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(field), "{args:?}: message should name {field}: {err}");
+        assert!(
+            err.contains(field),
+            "{args:?}: message should name {field}: {err}"
+        );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
-    assert!(!node.state().exists(), "nothing written when start-up fails");
+    assert!(
+        !node.state().exists(),
+        "nothing written when start-up fails"
+    );
     assert!(!node.socket().exists());
     // The NSK must be 32 bytes.
     std::fs::write(node.path().join("node_secret_key"), "short").unwrap();
-    let o = run(&["serve", "--data-dir", &dir, "--socket", sock, "--control-plane", "http://127.0.0.1:9"]);
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        &dir,
+        "--socket",
+        sock,
+        "--control-plane",
+        "http://127.0.0.1:9",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--nsk-file"));
 }
@@ -76,7 +183,10 @@ fn bind_failure_exits_1_with_the_address() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains(&addr), "{}", stderr(&o));
-    assert!(!node.socket().exists(), "socket cleaned up after a failed start");
+    assert!(
+        !node.socket().exists(),
+        "socket cleaned up after a failed start"
+    );
 }
 
 #[test]
@@ -91,8 +201,15 @@ fn config_file_values_apply_and_flags_win() {
         ),
     )
     .unwrap();
-    let d = node.daemon().args(["--config", cfg.to_str().unwrap()]).start();
-    assert_eq!(d.get("/v1/state").status, 200, "--socket flag overrides the file");
+    let d = node
+        .daemon()
+        .args(["--config", cfg.to_str().unwrap()])
+        .start();
+    assert_eq!(
+        d.get("/v1/state").status,
+        200,
+        "--socket flag overrides the file"
+    );
 }
 
 #[test]
@@ -109,7 +226,10 @@ fn state_client_end_to_end() {
     let node = Node::new();
     let cp = node.control_plane(true);
     let d = node.daemon().control_plane(&cp).start();
-    assert!(eventually(Duration::from_secs(10), || d.get("/v1/state/metadata/region").status == 200));
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/metadata/region")
+        .status
+        == 200));
     let sock = d.socket.to_str().unwrap().to_owned();
     let state = |args: &[&str]| {
         let mut all = vec!["state", "--socket", &sock];
@@ -124,7 +244,10 @@ fn state_client_end_to_end() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"value\""));
     let o = state(&["put", "health", "--data", r#"{"ok":true,"n":1.0}"#]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("1.0"), "numbers printed verbatim");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1.0"),
+        "numbers printed verbatim"
+    );
     let o = state(&["put", "health", "--data", "{}", "--if-match", "5"]);
     assert_eq!(o.status.code(), Some(4), "conflict");
     assert_eq!(stderr(&o).trim().lines().count(), 1);

@@ -20,14 +20,20 @@ fn raw(socket: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
 
 fn status_of(resp: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(resp);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
 fn malformed_requests_get_4xx_and_the_daemon_stays_up() {
     let node = Node::new();
     let d = node.daemon().start();
-    let huge_head = format!("GET /v1/state HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20 * 1024));
+    let huge_head = format!(
+        "GET /v1/state HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
     let many_headers = {
         let mut h = String::from("GET /v1/state HTTP/1.1\r\n");
         for i in 0..70 {
@@ -51,13 +57,19 @@ fn malformed_requests_get_4xx_and_the_daemon_stays_up() {
     for (bytes, want) in cases {
         let resp = raw(&d.socket, &bytes);
         let status = status_of(&resp);
-        assert!(want.contains(&status), "{:?} → {status}: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(60)]), String::from_utf8_lossy(&resp));
+        assert!(
+            want.contains(&status),
+            "{:?} → {status}: {:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(60)]),
+            String::from_utf8_lossy(&resp)
+        );
         assert_eq!(d.get("/v1/state").status, 200, "daemon still serves");
     }
     // A chunked upload that grows past 1 MiB is cut off with 413.
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s.write_all(b"PUT /v1/state/report/k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    s.write_all(b"PUT /v1/state/report/k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
     let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
     for _ in 0..20 {
         if s.write_all(chunk.as_bytes()).is_err() {
@@ -97,7 +109,11 @@ fn keep_alive_pipelining_and_100_continue() {
     let started = Instant::now();
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
     s.write_all(body.as_bytes()).unwrap();
     assert_eq!(read_response(&mut s, false).unwrap().status, 200);
@@ -115,7 +131,8 @@ fn idle_and_half_sent_connections_do_not_delay_a_fresh_request() {
         idle.push(UnixStream::connect(&d.socket).unwrap());
     }
     for s in idle.iter_mut().take(100) {
-        s.write_all(b"GET /v1/state HTTP/1.1\r\nHost: x\r\nX-Half: ").unwrap();
+        s.write_all(b"GET /v1/state HTTP/1.1\r\nHost: x\r\nX-Half: ")
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));
     let mut worst = Duration::ZERO;
@@ -124,8 +141,15 @@ fn idle_and_half_sent_connections_do_not_delay_a_fresh_request() {
         assert_eq!(d.get("/v1/state/metadata").status, 200);
         worst = worst.max(t.elapsed());
     }
-    assert!(worst < Duration::from_millis(100), "fresh request took {worst:?} with 2,000 idle connections");
-    assert_eq!(threads_of(d.pid()), threads_before, "thread count grew with connections");
+    assert!(
+        worst < Duration::from_millis(100),
+        "fresh request took {worst:?} with 2,000 idle connections"
+    );
+    assert_eq!(
+        threads_of(d.pid()),
+        threads_before,
+        "thread count grew with connections"
+    );
     drop(idle);
     assert_eq!(d.get("/v1/state").status, 200);
 }
@@ -134,7 +158,10 @@ fn threads_of(pid: u32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix("Threads:")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap()
 }
 
@@ -142,31 +169,58 @@ fn threads_of(pid: u32) -> usize {
 fn hostile_keys_from_the_control_plane_stay_inside_state() {
     let node = Node::new();
     let cp = node.control_plane(false);
-    let hostile = ["..", "../escape", "../../etc/passwd", "a/b", "/abs", ".hidden", "nul\0byte", &"k".repeat(300)];
+    let hostile = [
+        "..",
+        "../escape",
+        "../../etc/passwd",
+        "a/b",
+        "/abs",
+        ".hidden",
+        "nul\0byte",
+        &"k".repeat(300),
+    ];
     for (i, k) in hostile.iter().enumerate() {
-        cp.set_data(k, "text/plain", &format!("\"v{i}\""));
+        cp.set_data(k, "text/plain", &format!("\"v{i}\"")).unwrap();
         cp.set_metadata(k, "m");
     }
-    cp.set_data("plain", "text/plain", "\"ok\"");
+    cp.set_data("plain", "text/plain", "\"ok\"").unwrap();
     let d = node.daemon().control_plane(&cp).start();
-    assert!(eventually(Duration::from_secs(10), || d.get("/v1/state/data/plain").status == 200));
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/data/plain")
+        .status
+        == 200));
     for f in walk(node.path()) {
         let rel = f.strip_prefix(node.path()).unwrap();
         assert!(
-            rel.starts_with("state") || rel.to_string_lossy().ends_with(".log") || ["identity.json", "node_secret_key", "api.sock"].contains(&rel.to_str().unwrap()),
+            rel.starts_with("state")
+                || rel.to_string_lossy().ends_with(".log")
+                || ["identity.json", "node_secret_key", "api.sock"]
+                    .contains(&rel.to_str().unwrap()),
             "file outside state/: {}",
             f.display()
         );
     }
     for f in walk(&node.state().join("data")) {
-        assert_eq!(f.parent().unwrap(), node.state().join("data"), "{}", f.display());
+        assert_eq!(
+            f.parent().unwrap(),
+            node.state().join("data"),
+            "{}",
+            f.display()
+        );
     }
     assert!(!node.path().join("escape.json").exists());
     // Keys that fit are served under their real (percent-encoded) names.
-    assert_eq!(d.get("/v1/state/data/..").status, 404, "a literal .. path is not the key");
+    assert_eq!(
+        d.get("/v1/state/data/..").status,
+        404,
+        "a literal .. path is not the key"
+    );
     assert_eq!(d.get("/v1/state/data/%2E%2E").json()["payload"], "v0");
     assert_eq!(d.get("/v1/state/data/a%2Fb").json()["payload"], "v3");
-    assert_eq!(d.get("/v1/state/metadata/..%2F..%2Fetc%2Fpasswd").json()["value"], "m");
+    assert_eq!(
+        d.get("/v1/state/metadata/..%2F..%2Fetc%2Fpasswd").json()["value"],
+        "m"
+    );
 }
 
 #[test]
@@ -175,19 +229,34 @@ fn plaintext_secrets_never_reach_files_or_logs() {
     let cp = node.control_plane(false);
     let plaintext = "PLAINTEXT-SENTINEL-93f1";
     cp.set_secret("api-token", plaintext);
-    let d = node.daemon().control_plane(&cp).args(["--log-level", "trace"]).start();
-    assert!(eventually(Duration::from_secs(10), || d.get("/v1/state/secrets").text().contains("api-token")));
+    let d = node
+        .daemon()
+        .control_plane(&cp)
+        .args(["--log-level", "trace"])
+        .start();
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/secrets")
+        .text()
+        .contains("api-token")));
     for _ in 0..3 {
-        assert_eq!(d.get("/v1/state/secrets/api-token").json()["value"], plaintext);
+        assert_eq!(
+            d.get("/v1/state/secrets/api-token").json()["value"],
+            plaintext
+        );
     }
     let log_path = d.log.clone();
     assert_eq!(d.stop().code(), Some(0));
     for f in walk(node.path()) {
         if f.is_file() {
             let bytes = std::fs::read(&f).unwrap();
-            assert!(find(&bytes, plaintext.as_bytes()).is_none(), "plaintext in {}", f.display());
             assert!(
-                f == node.path().join("node_secret_key") || find(&bytes, NSK_HEX.as_bytes()).is_none(),
+                find(&bytes, plaintext.as_bytes()).is_none(),
+                "plaintext in {}",
+                f.display()
+            );
+            assert!(
+                f == node.path().join("node_secret_key")
+                    || find(&bytes, NSK_HEX.as_bytes()).is_none(),
                 "NSK/token in {}",
                 f.display()
             );

@@ -21,7 +21,11 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(http_token: Option<Zeroizing<String>>, secret_auth: bool, secrets_gid: Option<u32>) -> Access {
+    pub fn new(
+        http_token: Option<Zeroizing<String>>,
+        secret_auth: bool,
+        secrets_gid: Option<u32>,
+    ) -> Access {
         Access {
             http_token,
             secret_auth,
@@ -49,7 +53,10 @@ impl Access {
         let Some(expected) = &self.http_token else {
             return Err(ApiError::Unauthorized);
         };
-        let presented = req.header("authorization").and_then(bearer_token).unwrap_or("");
+        let presented = req
+            .header("authorization")
+            .and_then(bearer_token)
+            .unwrap_or("");
         if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) && !presented.is_empty() {
             Ok(())
         } else {
@@ -67,7 +74,9 @@ impl Access {
             Transport::Tcp(_) => Ok(()),
             Transport::Unix(Some(peer)) if self.peer_may_read_secrets(peer) => Ok(()),
             Transport::Unix(peer) => {
-                let (uid, pid) = peer.as_ref().map_or((None, None), |p| (Some(p.uid), Some(p.pid)));
+                let (uid, pid) = peer
+                    .as_ref()
+                    .map_or((None, None), |p| (Some(p.uid), Some(p.pid)));
                 log::warn!(uid:? = uid, pid:? = pid; "secret access denied");
                 Err(ApiError::Forbidden("not in the plexd-secrets group"))
             }
@@ -106,7 +115,12 @@ mod tests {
     #[test]
     fn secret_rules() {
         let a = Access::new(None, true, Some(1234));
-        let peer = |uid, gid, groups: Vec<u32>| PeerCred { pid: 1, uid, gid, groups };
+        let peer = |uid, gid, groups: Vec<u32>| PeerCred {
+            pid: 1,
+            uid,
+            gid,
+            groups,
+        };
         assert!(a.peer_may_read_secrets(&peer(0, 0, vec![])));
         assert!(a.peer_may_read_secrets(&peer(1000, 1234, vec![])));
         assert!(a.peer_may_read_secrets(&peer(1000, 1000, vec![5, 1234])));

@@ -50,7 +50,9 @@ impl Api {
         }
         let reply = match (&req.method, resource) {
             (Method::Put, Resource::ReportKey(key)) => reports::put(&self.store, &key, req)?.into(),
-            (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?.into(),
+            (Method::Delete, Resource::ReportKey(key)) => {
+                reports::delete(&self.store, &key)?.into()
+            }
             (_, Resource::SecretKey(key)) => self.secrets.get(&key, req)?.into(),
             (_, Resource::Health) => self.status.health(req).into(),
             (_, Resource::Metrics) => self.status.metrics().into(),
@@ -63,14 +65,18 @@ impl Api {
 impl Handler for Api {
     fn handle(&self, req: &Request) -> Reply {
         let started = Instant::now();
-        let reply = self.dispatch(req).unwrap_or_else(|e| Reply::Now(Response::from(e)));
+        let reply = self
+            .dispatch(req)
+            .unwrap_or_else(|e| Reply::Now(Response::from(e)));
         let status = match &reply {
             Reply::Now(r) => r.status,
             Reply::Park(_) => 0,
             Reply::Stream(s) => s.status,
         };
         let route = route::resolve(&req.path).map_or("unknown", |r| r.label());
-        self.status.metrics.record_request(route, status, started.elapsed());
+        self.status
+            .metrics
+            .record_request(route, status, started.elapsed());
         log::debug!(
             method = req.method.as_str(),
             path = req.path.as_str(),

@@ -96,7 +96,10 @@ impl Conditions {
     fn not_modified(&self, etag: &str, modified: SystemTime) -> bool {
         if let Some(inm) = &self.if_none_match {
             // If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
-            return inm.trim() == "*" || inm.split(',').any(|t| t.trim().trim_start_matches("W/") == etag);
+            return inm.trim() == "*"
+                || inm
+                    .split(',')
+                    .any(|t| t.trim().trim_start_matches("W/") == etag);
         }
         match self.if_modified_since {
             Some(since) => whole_seconds(modified) <= whole_seconds(since),
@@ -188,7 +191,10 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     };
     // An index ahead of the store means the client saw another store (or an older
     // daemon's counter): answer at once so it resets.
-    if current.mod_rev() > blocking.index || blocking.index > store.revision() || blocking.wait.is_zero() {
+    if current.mod_rev() > blocking.index
+        || blocking.index > store.revision()
+        || blocking.wait.is_zero()
+    {
         return Ok(Reply::Now(render(current, &conditions)));
     }
     let store = Arc::clone(store);

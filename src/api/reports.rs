@@ -42,15 +42,20 @@ pub fn parse_if_match(req: &Request) -> Result<Option<i64>, ApiError> {
         .unwrap_or(text);
     match text.parse::<i64>() {
         Ok(n) if n >= 0 => Ok(Some(n)),
-        _ => Err(ApiError::BadRequest("If-Match must be a non-negative integer version".into())),
+        _ => Err(ApiError::BadRequest(
+            "If-Match must be a non-negative integer version".into(),
+        )),
     }
 }
 
 pub fn parse_put(key: &str, req: &Request) -> Result<PutReport, ApiError> {
     let key = parse_key(key)?;
     let if_match = parse_if_match(req)?;
-    let body: PutBody = serde_json::from_slice(&req.body)
-        .map_err(|_| ApiError::BadRequest("invalid JSON body: expected {\"content_type\": …, \"payload\": …}".into()))?;
+    let body: PutBody = serde_json::from_slice(&req.body).map_err(|_| {
+        ApiError::BadRequest(
+            "invalid JSON body: expected {\"content_type\": …, \"payload\": …}".into(),
+        )
+    })?;
     let content_type = match body.content_type {
         Some(ct) if !ct.trim().is_empty() => ct,
         _ => return Err(ApiError::BadRequest("missing content_type".into())),
@@ -74,9 +79,9 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::Conflict { current: Some(v) } => {
             ApiError::Conflict(format!("version conflict: current version is {v}"))
         }
-        StoreError::Conflict { current: None } => {
-            ApiError::Conflict("version conflict: the entry does not exist (use If-Match: 0)".into())
-        }
+        StoreError::Conflict { current: None } => ApiError::Conflict(
+            "version conflict: the entry does not exist (use If-Match: 0)".into(),
+        ),
         StoreError::NotFound => ApiError::NotFound("report entry not found".into()),
         other => {
             log::error!(error:% = other; "report write failed");
@@ -90,7 +95,11 @@ pub fn put(store: &Store, key: &str, req: &Request) -> Result<Response, ApiError
     let stored = store
         .put_report(&put.key, put.content_type, put.payload, put.if_match)
         .map_err(store_error)?;
-    Ok(with_revision(Response::json(200, stored.value), stored.mod_rev, stored.modified))
+    Ok(with_revision(
+        Response::json(200, stored.value),
+        stored.mod_rev,
+        stored.modified,
+    ))
 }
 
 pub fn delete(store: &Store, key: &str) -> Result<Response, ApiError> {

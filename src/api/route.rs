@@ -85,7 +85,8 @@ pub fn resolve(path: &str) -> Result<Resource, RouteError> {
         "/metrics" => return Ok(Resource::Metrics),
         _ => {}
     }
-    let keyed: [(&str, fn(String) -> Resource); 4] = [
+    type MakeKeyed = fn(String) -> Resource;
+    let keyed: [(&str, MakeKeyed); 4] = [
         ("/v1/state/metadata/", Resource::MetadataKey),
         ("/v1/state/data/", Resource::DataKey),
         ("/v1/state/secrets/", Resource::SecretKey),
@@ -112,10 +113,22 @@ mod tests {
     #[test]
     fn resolves_every_route() {
         assert_eq!(resolve("/v1/state"), Ok(Resource::Summary));
-        assert_eq!(resolve("/v1/state/metadata/region"), Ok(Resource::MetadataKey("region".into())));
-        assert_eq!(resolve("/v1/state/secrets/db%2Fpassword"), Ok(Resource::SecretKey("db/password".into())));
-        assert_eq!(resolve("/v1/state/report/a%20b"), Ok(Resource::ReportKey("a b".into())));
-        assert_eq!(resolve("/v1/state/report/%2E%2E"), Ok(Resource::ReportKey("..".into())));
+        assert_eq!(
+            resolve("/v1/state/metadata/region"),
+            Ok(Resource::MetadataKey("region".into()))
+        );
+        assert_eq!(
+            resolve("/v1/state/secrets/db%2Fpassword"),
+            Ok(Resource::SecretKey("db/password".into()))
+        );
+        assert_eq!(
+            resolve("/v1/state/report/a%20b"),
+            Ok(Resource::ReportKey("a b".into()))
+        );
+        assert_eq!(
+            resolve("/v1/state/report/%2E%2E"),
+            Ok(Resource::ReportKey("..".into()))
+        );
         assert_eq!(resolve("/v1/state/report/"), Err(RouteError::NotFound));
         assert_eq!(resolve("/v1/state/data/a/b"), Err(RouteError::NotFound));
         assert_eq!(resolve("/v1/state/data/.."), Err(RouteError::NotFound));

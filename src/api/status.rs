@@ -36,7 +36,8 @@ fn time_or_null(t: Option<SystemTime>) -> serde_json::Value {
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Status {
@@ -97,35 +98,144 @@ impl Status {
         self.metrics.render(&mut out);
         if let Some(s) = self.server.get() {
             use std::sync::atomic::Ordering::Relaxed;
-            single(&mut out, "plexd_nodeapi_open_connections", "gauge", "Open client connections.", s.open_connections.load(Relaxed));
-            single(&mut out, "plexd_nodeapi_connections_accepted_total", "counter", "Connections accepted.", s.accepted_total.load(Relaxed));
-            single(&mut out, "plexd_nodeapi_connections_rejected_total", "counter", "Connections closed at once because the connection limit was reached.", s.rejected_connections.load(Relaxed));
-            single(&mut out, "plexd_nodeapi_parked_requests", "gauge", "Blocking queries waiting for a change.", s.parked.load(Relaxed));
+            single(
+                &mut out,
+                "plexd_nodeapi_open_connections",
+                "gauge",
+                "Open client connections.",
+                s.open_connections.load(Relaxed),
+            );
+            single(
+                &mut out,
+                "plexd_nodeapi_connections_accepted_total",
+                "counter",
+                "Connections accepted.",
+                s.accepted_total.load(Relaxed),
+            );
+            single(
+                &mut out,
+                "plexd_nodeapi_connections_rejected_total",
+                "counter",
+                "Connections closed at once because the connection limit was reached.",
+                s.rejected_connections.load(Relaxed),
+            );
+            single(
+                &mut out,
+                "plexd_nodeapi_parked_requests",
+                "gauge",
+                "Blocking queries waiting for a change.",
+                s.parked.load(Relaxed),
+            );
         }
         let counts = self.store.counts();
-        family(&mut out, "plexd_nodeapi_cache_entries", "gauge", "Entries in the state cache, by kind.");
-        for (kind, n) in [("metadata", counts.metadata), ("data", counts.data), ("secrets", counts.secrets), ("reports", counts.reports)] {
+        family(
+            &mut out,
+            "plexd_nodeapi_cache_entries",
+            "gauge",
+            "Entries in the state cache, by kind.",
+        );
+        for (kind, n) in [
+            ("metadata", counts.metadata),
+            ("data", counts.data),
+            ("secrets", counts.secrets),
+            ("reports", counts.reports),
+        ] {
             let _ = writeln!(out, "plexd_nodeapi_cache_entries{{kind=\"{kind}\"}} {n}");
         }
-        single(&mut out, "plexd_nodeapi_cache_revision", "gauge", "Store-wide revision (X-Plexd-Index).", self.store.revision());
-        single(&mut out, "plexd_nodeapi_cache_last_change_timestamp_seconds", "gauge", "Unix time of the last cache change.", unix_seconds(counts.last_change));
-        single(&mut out, "plexd_nodeapi_reports_pending", "gauge", "Report changes not yet acknowledged by the control plane.", self.store.pending_count());
+        single(
+            &mut out,
+            "plexd_nodeapi_cache_revision",
+            "gauge",
+            "Store-wide revision (X-Plexd-Index).",
+            self.store.revision(),
+        );
+        single(
+            &mut out,
+            "plexd_nodeapi_cache_last_change_timestamp_seconds",
+            "gauge",
+            "Unix time of the last cache change.",
+            unix_seconds(counts.last_change),
+        );
+        single(
+            &mut out,
+            "plexd_nodeapi_reports_pending",
+            "gauge",
+            "Report changes not yet acknowledged by the control plane.",
+            self.store.pending_count(),
+        );
         let link = self.health.snapshot();
-        single(&mut out, "plexd_nodeapi_report_sync_attempts_total", "counter", "Report sync requests sent.", link.sync_attempts);
-        single(&mut out, "plexd_nodeapi_report_sync_failures_total", "counter", "Report sync requests that failed.", link.sync_failures);
-        single(&mut out, "plexd_nodeapi_reports_dropped_total", "counter", "Report entries rejected by the control plane and dropped.", link.reports_dropped);
-        single(&mut out, "plexd_nodeapi_report_last_sync_timestamp_seconds", "gauge", "Unix time of the last acknowledged report sync (0 = never).", link.last_sync.map_or(0.0, unix_seconds));
-        family(&mut out, "plexd_nodeapi_secret_fetches_total", "counter", "Secret reads, by outcome.");
+        single(
+            &mut out,
+            "plexd_nodeapi_report_sync_attempts_total",
+            "counter",
+            "Report sync requests sent.",
+            link.sync_attempts,
+        );
+        single(
+            &mut out,
+            "plexd_nodeapi_report_sync_failures_total",
+            "counter",
+            "Report sync requests that failed.",
+            link.sync_failures,
+        );
+        single(
+            &mut out,
+            "plexd_nodeapi_reports_dropped_total",
+            "counter",
+            "Report entries rejected by the control plane and dropped.",
+            link.reports_dropped,
+        );
+        single(
+            &mut out,
+            "plexd_nodeapi_report_last_sync_timestamp_seconds",
+            "gauge",
+            "Unix time of the last acknowledged report sync (0 = never).",
+            link.last_sync.map_or(0.0, unix_seconds),
+        );
+        family(
+            &mut out,
+            "plexd_nodeapi_secret_fetches_total",
+            "counter",
+            "Secret reads, by outcome.",
+        );
         for outcome in SecretOutcome::ALL {
-            let _ = writeln!(out, "plexd_nodeapi_secret_fetches_total{{outcome=\"{}\"}} {}", outcome.as_str(), link.secret_fetches(outcome));
+            let _ = writeln!(
+                out,
+                "plexd_nodeapi_secret_fetches_total{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                link.secret_fetches(outcome)
+            );
         }
-        single(&mut out, "plexd_nodeapi_control_plane_connected", "gauge", "1 while the control plane answers.", u8::from(link.connected));
-        single(&mut out, "plexd_nodeapi_reconciliations_total", "counter", "Full-state fetches applied.", link.reconciles);
-        single(&mut out, "plexd_nodeapi_reconciliation_failures_total", "counter", "Full-state fetches that failed.", link.reconcile_failures);
+        single(
+            &mut out,
+            "plexd_nodeapi_control_plane_connected",
+            "gauge",
+            "1 while the control plane answers.",
+            u8::from(link.connected),
+        );
+        single(
+            &mut out,
+            "plexd_nodeapi_reconciliations_total",
+            "counter",
+            "Full-state fetches applied.",
+            link.reconciles,
+        );
+        single(
+            &mut out,
+            "plexd_nodeapi_reconciliation_failures_total",
+            "counter",
+            "Full-state fetches that failed.",
+            link.reconcile_failures,
+        );
         if let Some(extra) = self.extra.get() {
             extra.render(&mut out);
         }
-        family(&mut out, "plexd_nodeapi_build_info", "gauge", "Build information.");
+        family(
+            &mut out,
+            "plexd_nodeapi_build_info",
+            "gauge",
+            "Build information.",
+        );
         let _ = writeln!(
             out,
             "plexd_nodeapi_build_info{{version=\"{}\",revision=\"{}\"}} 1",

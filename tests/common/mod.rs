@@ -32,7 +32,11 @@ pub struct Node {
 impl Node {
     pub fn new() -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("identity.json"), format!("{{\"node_id\":\"{NODE_ID}\"}}")).unwrap();
+        std::fs::write(
+            dir.path().join("identity.json"),
+            format!("{{\"node_id\":\"{NODE_ID}\"}}"),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("node_secret_key"), NSK_HEX).unwrap();
         Node { dir }
     }
@@ -185,7 +189,13 @@ impl TestDaemon {
         self.req("DELETE", path, &[], None)
     }
 
-    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         try_request(&self.socket, method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log_text()))
     }
@@ -254,8 +264,12 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -263,7 +277,12 @@ impl Resp {
     }
 }
 
-pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+pub fn request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
@@ -299,10 +318,17 @@ pub fn try_request(
 }
 
 /// One request on a fresh TCP connection.
-pub fn tcp_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+pub fn tcp_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("tcp connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&request_bytes(method, path, headers, body)).unwrap();
+    s.write_all(&request_bytes(method, path, headers, body))
+        .unwrap();
     read_response(&mut s, method == "HEAD").expect("tcp response")
 }
 
@@ -320,7 +346,10 @@ pub struct ResponseReader<S: Read> {
 
 impl<S: Read> ResponseReader<S> {
     pub fn new(stream: S) -> Self {
-        ResponseReader { stream, buf: Vec::new() }
+        ResponseReader {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     fn fill(&mut self) -> std::io::Result<usize> {
@@ -341,14 +370,23 @@ impl<S: Read> ResponseReader<S> {
                 let headers: Vec<(String, String)> = r
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
                 let len = headers
                     .iter()
                     .find(|(n, _)| n == "content-length")
                     .and_then(|(_, v)| v.parse::<usize>().ok());
                 let start = end + 4;
-                let want = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+                let want = if head_only
+                    || status == 204
+                    || status == 304
+                    || (100..200).contains(&status)
+                {
                     Some(0)
                 } else {
                     len
@@ -359,21 +397,32 @@ impl<S: Read> ResponseReader<S> {
                         if have >= w {
                             let body = self.buf[start..start + w].to_vec();
                             self.buf.drain(..start + w);
-                            return Ok(Resp { status, headers, body });
+                            return Ok(Resp {
+                                status,
+                                headers,
+                                body,
+                            });
                         }
                     }
                     if self.fill()? == 0 {
                         if want.is_none() {
                             let body = self.buf[start..].to_vec();
                             self.buf.clear();
-                            return Ok(Resp { status, headers, body });
+                            return Ok(Resp {
+                                status,
+                                headers,
+                                body,
+                            });
                         }
                         return Err(std::io::Error::other("connection closed mid-body"));
                     }
                 }
             }
             if self.fill()? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before a response",
+                ));
             }
         }
     }
