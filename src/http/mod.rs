@@ -7,6 +7,14 @@
 //! in `Request::transport`. Errors the core detects itself (malformed requests, limits)
 //! are answered with the same `{"error": …}` JSON body the API uses.
 
+mod conn;
+mod parse;
+mod poller;
+mod server;
+mod write;
+
+pub use server::{Listener, Server, ServerHandle, ServerStats, Waker};
+
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,6 +101,8 @@ pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Bytes that must not outlive the response (a decrypted secret): wiped on drop.
+    Sensitive(zeroize::Zeroizing<Vec<u8>>),
 }
 
 impl Body {
@@ -101,6 +111,7 @@ impl Body {
             Body::Empty => &[],
             Body::Bytes(b) => b,
             Body::Shared(b) => b,
+            Body::Sensitive(b) => b,
         }
     }
 
