@@ -9,6 +9,12 @@
 //! subscribers outside every lock. The store does not talk to the network, know about
 //! HTTP, or decide when to sync: the syncer drives `pending_batch`/`mark_synced`.
 //!
+//! Files under `state_dir` (= `{data_dir}/state`): `metadata.json`, `secrets.json`,
+//! `data/{key}.json`, `report/{key}.json` (the Go agent's formats, key names encoded by
+//! `keys::file_name_for`), plus `revision` (see `revision`) and `report-sync.json` (see
+//! `outbox`). Lock order: a report key's mutex or the apply mutex or the marks mutex,
+//! then the cache `RwLock`; callbacks run after all are released.
+//!
 //! Invariants: a failed write leaves memory and disk as they were; a control-plane update
 //! is published in one write-lock section (never new metadata with old data); the
 //! revision never goes backwards, across restarts included; nothing acknowledged to a
