@@ -59,14 +59,6 @@ impl Store {
         if let Some(entries) = update.data {
             let mut map = BTreeMap::new();
             for e in entries {
-                if keys::file_name_for(&e.key).is_none() {
-                    log::warn!(
-                        "control plane sent data key that cannot be stored (empty or too long), skipped: {:?}",
-                        e.key.chars().take(64).collect::<String>()
-                    );
-                    outcome.skipped_keys.push(e.key);
-                    continue;
-                }
                 if map.contains_key(&e.key) {
                     log::warn!(
                         "control plane sent data key {:?} twice; keeping the last",
@@ -94,7 +86,12 @@ impl Store {
                 }
                 for (key, entry) in wanted {
                     let current = c.data.get(&key);
-                    let Some(file) = keys::file_name_for(&key) else {
+                    // A key too long to encode can still live in the plain-named file a
+                    // Go agent wrote it to; otherwise it cannot be stored.
+                    let Some(file) =
+                        keys::file_name_for(&key).or_else(|| current.map(|cur| cur.file.clone()))
+                    else {
+                        outcome.skipped_keys.push(key);
                         continue;
                     };
                     // An unchanged entry stays where it is, even in a Go agent's file name.
@@ -111,6 +108,12 @@ impl Store {
             }
             (metadata, secrets, plan)
         };
+        for key in &outcome.skipped_keys {
+            log::warn!(
+                "control plane sent a data key that cannot be stored (empty or too long), skipped: {:?}",
+                key.chars().take(64).collect::<String>()
+            );
+        }
         if metadata.is_none() && secrets.is_none() && plan.is_empty() {
             return Ok(outcome);
         }
