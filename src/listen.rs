@@ -68,10 +68,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
         }
         _ => {
             fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(perm_err)?;
-            log::warn!(
-                "msg=\"group plexd not found; socket is world-accessible\" socket={} mode=0666",
-                path.display()
-            );
+            log::warn!(socket:% = path.display(), mode = "0666"; "group plexd not found; socket is world-accessible");
         }
     }
     Ok(listener)

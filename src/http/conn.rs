@@ -219,11 +219,7 @@ fn serve_buffered(shared: &Shared, s: &mut Scratch, conn: &mut Conn, mut must_re
         let wake_gen = shared.wake_gen.load(Ordering::Acquire);
         let reply = catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&request)))
             .unwrap_or_else(|_| {
-                log::error!(
-                    "msg=\"handler panicked\" method={} path={}",
-                    request.method.as_str(),
-                    request.path
-                );
+                log::error!(method:% = request.method.as_str(), path:% = request.path; "handler panicked");
                 Reply::Now(Response::error(500, "internal error"))
             });
         conn.phase = Phase::Idle(Instant::now());

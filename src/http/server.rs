@@ -307,7 +307,7 @@ fn worker_loop(sh: &Arc<Shared>) {
             Ok(Some(ev)) => ev,
             Ok(None) => continue,
             Err(e) => {
-                log::error!("msg=\"epoll_wait failed\" error=\"{e}\"");
+                log::error!(error:% = e; "epoll_wait failed");
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
@@ -362,7 +362,7 @@ impl Shared {
                             io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                         ) => {}
                     Err(e) => {
-                        log::warn!("msg=\"accept failed\" error=\"{e}\"");
+                        log::warn!(error:% = e; "accept failed");
                         backoff = true;
                         break;
                     }
@@ -409,7 +409,7 @@ impl Shared {
         let tok = token(idx, slot.gen);
         slot.conn = Some(conn);
         if let Err(e) = self.poller.add(raw, poller::IN, tok) {
-            log::warn!("msg=\"epoll add failed\" error=\"{e}\"");
+            log::warn!(error:% = e; "epoll add failed");
             let conn = slot.conn.take();
             drop(slot);
             if let Some(conn) = conn {
@@ -528,7 +528,7 @@ impl Shared {
             Ok(None) if reason == Wake::Changed => return,
             Ok(None) => Response::error(503, "request could not be completed"),
             Err(_) => {
-                log::error!("msg=\"park check panicked\"");
+                log::error!("park check panicked");
                 Response::error(500, "internal error")
             }
         };
@@ -633,7 +633,7 @@ impl Shared {
                 sh.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            log::warn!("msg=\"cannot start stream thread\" error=\"{e}\"");
+            log::warn!(error:% = e; "cannot start stream thread");
             lock(&self.streams).remove(&id);
             self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
         }
