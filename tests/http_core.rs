@@ -74,7 +74,10 @@ fn content_length_and_chunked_bodies() {
     c.send(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5;ext=1\r\npedia\r\n");
     std::thread::sleep(Duration::from_millis(50));
     c.send(b"0\r\nTrailer: x\r\n\r\n");
-    assert_eq!(c.read_response(false).unwrap().text(), "POST /echo\nWikipedia");
+    assert_eq!(
+        c.read_response(false).unwrap().text(),
+        "POST /echo\nWikipedia"
+    );
     assert_eq!(c.get("/echo").status, 200);
 }
 
@@ -91,7 +94,10 @@ fn bad_framing_is_rejected_and_closed() {
             400,
         ),
         (b"POST /echo HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
         (
             b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             400,
@@ -135,9 +141,7 @@ fn expect_100_continue_is_answered_before_the_body() {
     assert_eq!(r.text(), "PUT /echo\ndata");
 
     let mut c = srv.client();
-    c.send(
-        b"PUT /echo HTTP/1.1\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n",
-    );
+    c.send(b"PUT /echo HTTP/1.1\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n");
     assert_eq!(c.read_response(false).unwrap().status, 413);
 }
 
@@ -175,7 +179,10 @@ fn handler_panic_is_500() {
 fn head_and_header_limits() {
     let srv = TestServer::start();
     let mut c = srv.client();
-    let big = format!("GET /echo HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(17 * 1024));
+    let big = format!(
+        "GET /echo HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(17 * 1024)
+    );
     c.send(big.as_bytes());
     assert_eq!(c.read_response(false).unwrap().status, 431);
     assert!(c.closed());
@@ -283,7 +290,10 @@ fn parked_request_answers_on_matching_wake_only() {
     wait_for(|| srv.stats().parked.load(Ordering::SeqCst) == 1);
     waker.wake();
     c.set_timeout(Duration::from_millis(200));
-    assert!(c.read_response(false).is_none(), "answered on unrelated wake");
+    assert!(
+        c.read_response(false).is_none(),
+        "answered on unrelated wake"
+    );
     srv.ready.store(true, Ordering::SeqCst);
     waker.wake();
     c.set_timeout(Duration::from_secs(5));
@@ -334,7 +344,11 @@ fn shutdown_answers_parked_and_returns_in_time() {
     let handle = srv.handle.take().unwrap();
     let t = Instant::now();
     handle.shutdown(Duration::from_secs(2));
-    assert!(t.elapsed() < Duration::from_millis(2200), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(2200),
+        "{:?}",
+        t.elapsed()
+    );
     let r = parked.read_response(false).unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.header("Connection"), Some("close"));
@@ -389,14 +403,20 @@ fn tcp_listener_serves_with_peer_address() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    assert!(out.contains(&format!("Tcp({})", s.local_addr().unwrap())), "{out}");
+    assert!(
+        out.contains(&format!("Tcp({})", s.local_addr().unwrap())),
+        "{out}"
+    );
     h.shutdown(Duration::from_secs(1));
 }
 
 fn wait_for(cond: impl Fn() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(5), "condition not reached");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "condition not reached"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

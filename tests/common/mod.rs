@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexd_nodeapi::http::{
-    Handler, Limits, Listener, Park, Reply, Request, Response, Server, ServerConfig,
-    ServerHandle, Stream, Transport, Wake,
+    Handler, Limits, Listener, Park, Reply, Request, Response, Server, ServerConfig, ServerHandle,
+    Stream, Transport, Wake,
 };
 
 #[derive(Default)]
@@ -27,7 +27,11 @@ impl Handler for TestHandler {
             "/echo" => {
                 let mut body = format!("{} {}\n", req.method.as_str(), req.path).into_bytes();
                 body.extend_from_slice(&req.body);
-                Reply::Now(Response::new(200).header("Content-Type", "text/plain").body(body))
+                Reply::Now(
+                    Response::new(200)
+                        .header("Content-Type", "text/plain")
+                        .body(body),
+                )
             }
             "/slow" => {
                 std::thread::sleep(Duration::from_millis(300));
