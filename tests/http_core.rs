@@ -410,6 +410,32 @@ fn tcp_listener_serves_with_peer_address() {
     h.shutdown(Duration::from_secs(1));
 }
 
+#[test]
+fn client_that_does_not_read_does_not_pin_the_worker() {
+    let srv = TestServer::with(|c| c.workers = 1);
+    let mut lazy = srv.client();
+    lazy.send(b"GET /big HTTP/1.1\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let mut other = srv.client();
+    assert_eq!(other.get("/echo").status, 200);
+    let waited = t.elapsed();
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    wait_for(|| srv.stats().open_connections.load(Ordering::SeqCst) == 1);
+}
+
+#[test]
+fn stalled_body_is_dropped_after_io_timeout() {
+    let srv = TestServer::with(|c| c.workers = 1);
+    let mut c = srv.client();
+    c.send(b"POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf!");
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    assert!(c.closed());
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(srv.client().get("/echo").status, 200);
+}
+
 fn wait_for(cond: impl Fn() -> bool) {
     let t = Instant::now();
     while !cond() {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Head, Reject};
 use super::poller;
 use super::server::Shared;
-use super::write::{read_some, read_timeout, render, send_all, Framing};
+use super::write::{read_some, read_timeout, render, send_all, Framing, WHOLE_TRANSFER_STALLS};
 use super::{Method, Park, Reply, Request, Response, Stream, Transport, Wake};
 
 /// Where a connection is between events.
@@ -303,6 +303,7 @@ fn read_body(
     let limits = &shared.config.limits;
     let fd = conn.fd.as_raw_fd();
     let timeout = limits.io_timeout;
+    let deadline = Instant::now() + timeout * WHOLE_TRANSFER_STALLS;
     let mut continued = false;
     let mut send_continue = || -> Result<(), Option<Reject>> {
         if head.expect_continue && !continued {
@@ -321,7 +322,8 @@ fn read_body(
             }
             while s.buf.len() < end {
                 let want = end - s.buf.len();
-                read_timeout(fd, &mut s.buf, want.max(4096), timeout).map_err(|_| None)?;
+                read_timeout(fd, &mut s.buf, want.max(4096), timeout, deadline)
+                    .map_err(|_| None)?;
             }
             Ok((s.buf[head.len..end].to_vec(), end))
         }
@@ -339,7 +341,7 @@ fn read_body(
                     s.buf.truncate(0);
                     pos = 0;
                 }
-                read_timeout(fd, &mut s.buf, 16 * 1024, timeout).map_err(|_| None)?;
+                read_timeout(fd, &mut s.buf, 16 * 1024, timeout, deadline).map_err(|_| None)?;
             }
         }
     }
