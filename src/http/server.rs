@@ -340,6 +340,10 @@ fn housekeeper_loop(sh: &Arc<Shared>) {
         .clamp(Duration::from_millis(10), Duration::from_millis(100));
     while !sh.exit.load(Ordering::SeqCst) {
         thread::park_timeout(tick);
+        // Fallback for a wake that no worker picked up (all busy in slow handlers).
+        if sh.changed.swap(false, Ordering::AcqRel) {
+            sh.recheck_parked(Wake::Changed);
+        }
         sh.housekeep(Instant::now());
     }
 }
