@@ -436,6 +436,42 @@ fn stalled_body_is_dropped_after_io_timeout() {
     assert_eq!(srv.client().get("/echo").status, 200);
 }
 
+#[test]
+fn random_bytes_never_break_the_server() {
+    let srv = TestServer::start();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let prefixes: [&[u8]; 4] = [
+        b"",
+        b"GET /echo HTTP/1.1\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\n",
+    ];
+    for i in 0..200 {
+        let mut bytes = prefixes[i % prefixes.len()].to_vec();
+        let len = (next() % 300) as usize;
+        bytes.extend((0..len).map(|_| {
+            let r = next();
+            // Bias towards bytes that matter to the parser.
+            [b'\r', b'\n', b':', b' ', b'0', b'f', b';'][(r % 7) as usize].max(if r % 3 == 0 {
+                (r >> 8) as u8
+            } else {
+                0
+            })
+        }));
+        let mut c = srv.client();
+        c.set_timeout(Duration::from_millis(50));
+        let _ = std::io::Write::write_all(&mut c.stream, &bytes);
+        let _ = c.read_response(false);
+    }
+    assert_eq!(srv.client().get("/echo").status, 200);
+}
+
 fn wait_for(cond: impl Fn() -> bool) {
     let t = Instant::now();
     while !cond() {
