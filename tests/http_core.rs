@@ -158,6 +158,17 @@ fn head_has_content_length_but_no_body() {
 }
 
 #[test]
+fn refused_head_request_gets_no_body() {
+    let srv = TestServer::start();
+    let mut c = srv.client();
+    c.send(b"HEAD /echo HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.header("Content-Length").is_some());
+    assert!(c.read_to_end().is_empty());
+}
+
+#[test]
 fn no_content_has_no_length() {
     let srv = TestServer::start();
     let mut c = srv.client();

@@ -100,14 +100,6 @@ pub(crate) fn respond(
     .is_ok()
 }
 
-fn reject_framing(head_like_http10: bool) -> Framing {
-    Framing {
-        keep_alive: false,
-        http10: head_like_http10,
-        head: false,
-    }
-}
-
 /// Drives `conn` after epoll reported `events` for it.
 pub(crate) fn drive(shared: &Shared, s: &mut Scratch, conn: &mut Conn, events: u32) -> Next {
     let hangup = events & (poller::HUP_OR_ERR | poller::RDHUP) != 0;
@@ -285,10 +277,15 @@ fn park_or_answer(
     }
 }
 
-/// Answers a rejected request and closes.
+/// Answers a rejected request and closes. A `HEAD` request gets no body even here.
 fn refuse(shared: &Shared, s: &mut Scratch, conn: &Conn, rej: Reject) -> Next {
     let resp = Response::error(rej.status, rej.message);
-    respond(shared, &mut s.out, conn, &resp, reject_framing(false));
+    let framing = Framing {
+        keep_alive: false,
+        http10: false,
+        head: s.buf.starts_with(b"HEAD "),
+    };
+    respond(shared, &mut s.out, conn, &resp, framing);
     Next::Close
 }
 
