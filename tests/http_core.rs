@@ -158,6 +158,22 @@ fn head_has_content_length_but_no_body() {
 }
 
 #[test]
+fn slow_handler_holds_only_its_worker() {
+    let srv = TestServer::with(|c| c.workers = 2);
+    let mut slow = srv.client();
+    slow.send(b"GET /slow HTTP/1.1\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(30));
+    let t = Instant::now();
+    assert_eq!(srv.client().get("/echo").status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(slow.read_response(false).unwrap().status, 200);
+}
+
+#[test]
 fn refused_head_request_gets_no_body() {
     let srv = TestServer::start();
     let mut c = srv.client();
