@@ -68,10 +68,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
         }
         _ => {
             fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(perm_err)?;
-            log::warn!(
-                "msg=\"group plexd not found; socket is world-accessible\" socket={} mode=0666",
-                path.display()
-            );
+            log::warn!(socket:% = path.display(), mode = "0666"; "group plexd not found; socket is world-accessible");
         }
     }
     Ok(listener)
@@ -114,6 +111,12 @@ mod tests {
         let path = dir.path().join("api.sock");
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
+        // Another test's fork may hold the fd until its exec: wait until it is stale.
+        let t = std::time::Instant::now();
+        while UnixStream::connect(&path).is_ok() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let l = bind_unix(&path).unwrap();
         UnixStream::connect(&path).unwrap();
         drop(l);

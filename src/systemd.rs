@@ -44,7 +44,7 @@ pub fn listen_fds() -> Vec<Listener> {
                 // SAFETY: as above.
                 out.push(Listener::Tcp(unsafe { TcpListener::from_raw_fd(fd) }))
             }
-            other => log::warn!("msg=\"ignoring passed descriptor\" fd={fd} family={other:?}"),
+            other => log::warn!(fd:% = fd, family:? = other; "ignoring passed descriptor"),
         }
     }
     out

@@ -158,6 +158,33 @@ fn head_has_content_length_but_no_body() {
 }
 
 #[test]
+fn slow_handler_holds_only_its_worker() {
+    let srv = TestServer::with(|c| c.workers = 2);
+    let mut slow = srv.client();
+    slow.send(b"GET /slow HTTP/1.1\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(30));
+    let t = Instant::now();
+    assert_eq!(srv.client().get("/echo").status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(slow.read_response(false).unwrap().status, 200);
+}
+
+#[test]
+fn refused_head_request_gets_no_body() {
+    let srv = TestServer::start();
+    let mut c = srv.client();
+    c.send(b"HEAD /echo HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.header("Content-Length").is_some());
+    assert!(c.read_to_end().is_empty());
+}
+
+#[test]
 fn no_content_has_no_length() {
     let srv = TestServer::start();
     let mut c = srv.client();
@@ -408,6 +435,68 @@ fn tcp_listener_serves_with_peer_address() {
         "{out}"
     );
     h.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn client_that_does_not_read_does_not_pin_the_worker() {
+    let srv = TestServer::with(|c| c.workers = 1);
+    let mut lazy = srv.client();
+    lazy.send(b"GET /big HTTP/1.1\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let mut other = srv.client();
+    assert_eq!(other.get("/echo").status, 200);
+    let waited = t.elapsed();
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    wait_for(|| srv.stats().open_connections.load(Ordering::SeqCst) == 1);
+}
+
+#[test]
+fn stalled_body_is_dropped_after_io_timeout() {
+    let srv = TestServer::with(|c| c.workers = 1);
+    let mut c = srv.client();
+    c.send(b"POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf!");
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    assert!(c.closed());
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(srv.client().get("/echo").status, 200);
+}
+
+#[test]
+fn random_bytes_never_break_the_server() {
+    let srv = TestServer::start();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let prefixes: [&[u8]; 4] = [
+        b"",
+        b"GET /echo HTTP/1.1\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\n",
+    ];
+    for i in 0..200 {
+        let mut bytes = prefixes[i % prefixes.len()].to_vec();
+        let len = (next() % 300) as usize;
+        bytes.extend((0..len).map(|_| {
+            let r = next();
+            // Bias towards bytes that matter to the parser.
+            [b'\r', b'\n', b':', b' ', b'0', b'f', b';'][(r % 7) as usize].max(if r % 3 == 0 {
+                (r >> 8) as u8
+            } else {
+                0
+            })
+        }));
+        let mut c = srv.client();
+        c.set_timeout(Duration::from_millis(50));
+        let _ = std::io::Write::write_all(&mut c.stream, &bytes);
+        let _ = c.read_response(false);
+    }
+    assert_eq!(srv.client().get("/echo").status, 200);
 }
 
 fn wait_for(cond: impl Fn() -> bool) {

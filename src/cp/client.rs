@@ -156,10 +156,7 @@ impl CpClient {
         if url.https {
             builder = builder.tls_config(tls_config(cfg.ca_file.as_ref())?);
         } else if cfg.ca_file.is_some() {
-            log::warn!(
-                "component=cp msg=\"ca file ignored for a plain http control plane\" url={}",
-                cfg.base_url
-            );
+            log::warn!(url:% = cfg.base_url; "ca file ignored for a plain http control plane");
         }
         let base = cfg.base_url.trim_end_matches('/').to_owned();
         Ok(CpClient {
@@ -292,14 +289,12 @@ fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, Cp
         Ok(certs) => {
             let (valid, _invalid) = roots.add_parsable_certificates(certs);
             if valid == 0 && ca_file.is_none() {
-                log::warn!("component=cp msg=\"no usable system CA certificates found\"");
+                log::warn!("no usable system CA certificates found");
             }
         }
         Err(e) => {
             if ca_file.is_none() {
-                log::warn!(
-                    "component=cp msg=\"loading system CA certificates failed\" error=\"{e}\""
-                );
+                log::warn!(error:% = e; "loading system CA certificates failed");
             }
         }
     }

@@ -69,9 +69,7 @@ impl Link {
         let thread = match thread {
             Ok(t) => Some(t),
             Err(e) => {
-                log::error!(
-                    "component=link msg=\"cannot start the control-plane link\" error=\"{e}\""
-                );
+                log::error!(error:% = e; "cannot start the control-plane link");
                 None
             }
         };
@@ -108,9 +106,7 @@ impl Link {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                log::warn!(
-                    "component=link msg=\"state fetch still in flight at shutdown; not waiting\""
-                );
+                log::warn!("state fetch still in flight at shutdown; not waiting");
             }
         }
     }
@@ -186,10 +182,7 @@ impl Worker {
                     } => (*after).min(MAX_RETRY_AFTER),
                     _ => self.options.backoff.next_delay(),
                 };
-                log::warn!(
-                    "component=link msg=\"fetching node state failed; serving the cache and retrying\" error=\"{e}\" retry_in_ms={}",
-                    delay.as_millis()
-                );
+                log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(); "fetching node state failed; serving the cache and retrying");
                 return Err(delay);
             }
         };
@@ -209,20 +202,14 @@ impl Worker {
                 }
                 self.health.record_reconcile_ok();
                 for key in &outcome.skipped_keys {
-                    log::warn!("component=link msg=\"data entry with an unusable key skipped\" key={key:?}");
+                    log::warn!(key:? = key; "data entry with an unusable key skipped");
                 }
-                log::info!(
-                    "component=link msg=\"node state applied\" metadata_changed={} data_written={} data_removed={} secrets_changed={}",
-                    outcome.metadata_changed,
-                    outcome.data_written,
-                    outcome.data_removed,
-                    outcome.secrets_changed
-                );
+                log::info!(metadata_changed:% = outcome.metadata_changed, data_written:% = outcome.data_written, data_removed:% = outcome.data_removed, secrets_changed:% = outcome.secrets_changed; "node state applied");
                 Ok(())
             }
             Err(e) => {
                 let msg = format!("applying node state failed: {e}");
-                log::error!("component=link msg=\"{msg}\"");
+                log::error!("{msg}");
                 self.health.record_reconcile_failure(&msg, false);
                 Err(self.options.backoff.next_delay())
             }

@@ -99,9 +99,7 @@ impl Syncer {
         let thread = match thread {
             Ok(t) => Some(t),
             Err(e) => {
-                log::error!(
-                    "component=syncer msg=\"cannot start the report syncer\" error=\"{e}\""
-                );
+                log::error!(error:% = e; "cannot start the report syncer");
                 None
             }
         };
@@ -144,9 +142,7 @@ impl SyncerHandle {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                log::warn!(
-                    "component=syncer msg=\"final report flush did not finish within the shutdown timeout\""
-                );
+                log::warn!("final report flush did not finish within the shutdown timeout");
             }
         }
     }
@@ -210,10 +206,7 @@ impl Worker {
                         break;
                     }
                     Flush::Retry(delay) => {
-                        log::debug!(
-                            "component=syncer msg=\"retrying report sync\" in_ms={}",
-                            delay.as_millis()
-                        );
+                        log::debug!(in_ms:% = delay.as_millis(); "retrying report sync");
                         let until = Instant::now() + delay;
                         loop {
                             let left = until.saturating_duration_since(Instant::now());
@@ -242,13 +235,12 @@ impl Worker {
         if pending == 0 {
             return;
         }
-        log::info!("component=syncer msg=\"final report flush\" pending={pending}");
+        log::info!(pending:% = pending; "final report flush");
         match self.flush(client, Some(deadline)) {
             Flush::Done => {}
-            Flush::Retry(_) | Flush::OutOfTime => log::warn!(
-                "component=syncer msg=\"reports still pending at shutdown; they are kept on disk and sent after restart\" pending={}",
-                self.store.pending_count()
-            ),
+            Flush::Retry(_) | Flush::OutOfTime => {
+                log::warn!(pending:% = self.store.pending_count(); "reports still pending at shutdown; they are kept on disk and sent after restart")
+            }
         }
     }
 
@@ -270,7 +262,7 @@ impl Worker {
                 Ok(()) => {
                     if let Err(e) = self.store.mark_synced(&batch) {
                         let msg = format!("recording synced reports failed: {e}");
-                        log::error!("component=syncer msg=\"{msg}\"");
+                        log::error!("{msg}");
                         self.health.record_error(&msg);
                         break Flush::Retry(self.options.backoff.next_delay());
                     }
@@ -283,20 +275,14 @@ impl Worker {
                 Err(CpError::Status { status, .. }) if matches!(status, 400 | 413 | 422) => {
                     if batch.len() > 1 {
                         self.limit = (batch.len() / 2).max(1);
-                        log::warn!(
-                            "component=syncer msg=\"control plane rejected a report batch; splitting it\" status={status} keys={} next_keys={}",
-                            batch.len(),
-                            self.limit
-                        );
+                        log::warn!(status:% = status, keys:% = batch.len(), next_keys:% = self.limit; "control plane rejected a report batch; splitting it");
                         continue;
                     }
                     let key = batch.keys().next().unwrap_or_default().to_owned();
-                    log::error!(
-                        "component=syncer msg=\"control plane rejected a report; dropping it\" key={key:?} status={status}"
-                    );
+                    log::error!(key:? = key, status:% = status; "control plane rejected a report; dropping it");
                     if let Err(e) = self.store.drop_rejected(&batch) {
                         let msg = format!("dropping a rejected report failed: {e}");
-                        log::error!("component=syncer msg=\"{msg}\"");
+                        log::error!("{msg}");
                         self.health.record_error(&msg);
                         break Flush::Retry(self.options.backoff.next_delay());
                     }
@@ -315,19 +301,13 @@ impl Worker {
                         } => (*after).min(MAX_RETRY_AFTER),
                         _ => self.options.backoff.next_delay(),
                     };
-                    log::warn!(
-                        "component=syncer msg=\"report sync failed; will retry\" error=\"{e}\" retry_in_ms={} pending={}",
-                        delay.as_millis(),
-                        self.store.pending_count()
-                    );
+                    log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(), pending:% = self.store.pending_count(); "report sync failed; will retry");
                     break Flush::Retry(delay);
                 }
             }
         };
         if batches > 0 {
-            log::info!(
-                "component=syncer msg=\"reports synced\" entries={sent_entries} deleted={sent_deleted} requests={batches}"
-            );
+            log::info!(entries:% = sent_entries, deleted:% = sent_deleted, requests:% = batches; "reports synced");
         }
         if matches!(result, Flush::Done) {
             self.limit = self.options.max_keys.max(1);

@@ -382,7 +382,7 @@ impl DevState {
         for (k, v) in demo_data {
             // The literals above are valid JSON.
             if let Err(e) = self.set_data(k, "application/json", v) {
-                log::error!("component=devcp msg=\"demo data rejected\" key={k} error=\"{e}\"");
+                log::error!(key:% = k, error:% = e; "demo data rejected");
             }
         }
         self.set_secret("db-password", "dev-only-password");

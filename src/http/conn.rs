@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Head, Reject};
 use super::poller;
 use super::server::Shared;
-use super::write::{read_some, read_timeout, render, send_all, Framing};
+use super::write::{read_some, read_timeout, render, send_all, Framing, WHOLE_TRANSFER_STALLS};
 use super::{Method, Park, Reply, Request, Response, Stream, Transport, Wake};
 
 /// Where a connection is between events.
@@ -98,14 +98,6 @@ pub(crate) fn respond(
         shared.config.limits.io_timeout,
     )
     .is_ok()
-}
-
-fn reject_framing(head_like_http10: bool) -> Framing {
-    Framing {
-        keep_alive: false,
-        http10: head_like_http10,
-        head: false,
-    }
 }
 
 /// Drives `conn` after epoll reported `events` for it.
@@ -219,11 +211,7 @@ fn serve_buffered(shared: &Shared, s: &mut Scratch, conn: &mut Conn, mut must_re
         let wake_gen = shared.wake_gen.load(Ordering::Acquire);
         let reply = catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&request)))
             .unwrap_or_else(|_| {
-                log::error!(
-                    "msg=\"handler panicked\" method={} path={}",
-                    request.method.as_str(),
-                    request.path
-                );
+                log::error!(method:% = request.method.as_str(), path:% = request.path; "handler panicked");
                 Reply::Now(Response::error(500, "internal error"))
             });
         conn.phase = Phase::Idle(Instant::now());
@@ -285,10 +273,15 @@ fn park_or_answer(
     }
 }
 
-/// Answers a rejected request and closes.
+/// Answers a rejected request and closes. A `HEAD` request gets no body even here.
 fn refuse(shared: &Shared, s: &mut Scratch, conn: &Conn, rej: Reject) -> Next {
     let resp = Response::error(rej.status, rej.message);
-    respond(shared, &mut s.out, conn, &resp, reject_framing(false));
+    let framing = Framing {
+        keep_alive: false,
+        http10: false,
+        head: s.buf.starts_with(b"HEAD "),
+    };
+    respond(shared, &mut s.out, conn, &resp, framing);
     Next::Close
 }
 
@@ -303,6 +296,7 @@ fn read_body(
     let limits = &shared.config.limits;
     let fd = conn.fd.as_raw_fd();
     let timeout = limits.io_timeout;
+    let deadline = Instant::now() + timeout * WHOLE_TRANSFER_STALLS;
     let mut continued = false;
     let mut send_continue = || -> Result<(), Option<Reject>> {
         if head.expect_continue && !continued {
@@ -321,7 +315,8 @@ fn read_body(
             }
             while s.buf.len() < end {
                 let want = end - s.buf.len();
-                read_timeout(fd, &mut s.buf, want.max(4096), timeout).map_err(|_| None)?;
+                read_timeout(fd, &mut s.buf, want.max(4096), timeout, deadline)
+                    .map_err(|_| None)?;
             }
             Ok((s.buf[head.len..end].to_vec(), end))
         }
@@ -339,7 +334,7 @@ fn read_body(
                     s.buf.truncate(0);
                     pos = 0;
                 }
-                read_timeout(fd, &mut s.buf, 16 * 1024, timeout).map_err(|_| None)?;
+                read_timeout(fd, &mut s.buf, 16 * 1024, timeout, deadline).map_err(|_| None)?;
             }
         }
     }

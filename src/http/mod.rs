@@ -6,6 +6,15 @@
 //! needs for access control (the Unix peer's credentials, the TCP peer's address) travel
 //! in `Request::transport`. Errors the core detects itself (malformed requests, limits)
 //! are answered with the same `{"error": …}` JSON body the API uses.
+//!
+//! Code map: `server.rs` (listeners, worker pool, connection table, parking, shutdown;
+//! the threading design is described there), `conn.rs` (what a worker does with one
+//! ready connection), `parse.rs` (request heads, chunked bodies), `write.rs` (socket
+//! I/O with timeouts, response serialization, `Date`), `poller.rs` (epoll/eventfd).
+//!
+//! Invariants: the thread count is fixed at start (plus one thread per `Reply::Stream`);
+//! a connection with no complete request holds no thread and keeps only its unparsed
+//! bytes; the core never panics on input, and a panicking handler becomes a 500.
 
 mod conn;
 mod parse;

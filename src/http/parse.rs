@@ -311,3 +311,121 @@ impl ChunkedDecoder {
         Ok(i)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<Option<Head>, Reject> {
+        parse_head(raw.as_bytes(), &Limits::default())
+    }
+
+    #[test]
+    fn parses_target_headers_and_keep_alive() {
+        let h = head("GET /v1/x?a=1&b=2 HTTP/1.1\r\nHost: h\r\nX-Y:  v  \r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.method, Method::Get);
+        assert_eq!(h.path, "/v1/x");
+        assert_eq!(h.query.as_deref(), Some("a=1&b=2"));
+        assert_eq!(h.headers[1], ("x-y".to_string(), "v".to_string()));
+        assert!(h.keep_alive && !h.http10);
+        assert_eq!(h.framing, Framing::Length(0));
+        assert_eq!(
+            h.len,
+            "GET /v1/x?a=1&b=2 HTTP/1.1\r\nHost: h\r\nX-Y:  v  \r\n\r\n".len()
+        );
+    }
+
+    #[test]
+    fn connection_rules() {
+        let h = |r: &str| head(r).unwrap().unwrap().keep_alive;
+        assert!(!h("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!h("GET / HTTP/1.0\r\n\r\n"));
+        assert!(h("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(!h(
+            "GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn partial_and_errors() {
+        assert!(head("GET / HTTP/1.1\r\nHost:").unwrap().is_none());
+        assert_eq!(head("GET / HTTP/3.0\r\n\r\n").unwrap_err().status, 505);
+        assert_eq!(head("PRI * HTTP/2.0\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(
+            head("\x00\x01\x02 garbage\r\n\r\n").unwrap_err().status,
+            400
+        );
+        assert_eq!(head("GET nope HTTP/1.1\r\n\r\n").unwrap_err().status, 400);
+        let e = |r: &str| head(r).unwrap_err().status;
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(e("POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n"), 400);
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"),
+            400
+        );
+        assert_eq!(e("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n"), 413);
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"),
+            400
+        );
+        let same = head("POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(same.unwrap().unwrap().framing, Framing::Length(2));
+    }
+
+    #[test]
+    fn absolute_form_target() {
+        let h = head("GET http://host:8080/a/b?c HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.path.as_str(), h.query.as_deref()), ("/a/b", Some("c")));
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let limits = Limits {
+            max_headers: 2,
+            ..Limits::default()
+        };
+        let raw = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(parse_head(raw, &limits).unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn chunked_byte_by_byte_and_whole() {
+        let wire = b"4\r\nWiki\r\n5;name=val\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let mut whole = ChunkedDecoder::new(1024);
+        let used = whole.feed(wire).unwrap();
+        assert!(whole.is_done());
+        assert_eq!(&wire[used..], b"NEXT");
+        assert_eq!(whole.body, b"Wikipedia in\r\n\r\nchunks.");
+
+        let mut slow = ChunkedDecoder::new(1024);
+        let mut i = 0;
+        while !slow.is_done() {
+            i += slow.feed(&wire[i..i + 1]).unwrap();
+        }
+        assert_eq!(i, used);
+        assert_eq!(slow.body, whole.body);
+    }
+
+    #[test]
+    fn chunked_errors() {
+        let bad = |w: &[u8]| ChunkedDecoder::new(16).feed(w).unwrap_err().status;
+        assert_eq!(bad(b"x\r\n"), 400);
+        assert_eq!(bad(b"\r\n"), 400);
+        assert_eq!(bad(b"3\r\nabcX"), 400);
+        assert_eq!(bad(b"3\nabc"), 400);
+        assert_eq!(bad(b"11\r\n"), 413);
+        assert_eq!(bad(b"8\r\n12345678\r\n9\r\n"), 413);
+        assert_eq!(bad(b"fffffffffffffffffffff\r\n"), 413);
+    }
+}

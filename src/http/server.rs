@@ -80,10 +80,14 @@ impl Listener {
 /// Counters for metrics; all monotonic except `open_connections` and `parked`.
 #[derive(Debug, Default)]
 pub struct ServerStats {
+    /// Connections accepted and not yet closed (streams included).
     pub open_connections: AtomicU64,
     pub accepted_total: AtomicU64,
+    /// Connections closed at accept because `max_connections` were open.
     pub rejected_connections: AtomicU64,
+    /// Requests parked right now.
     pub parked: AtomicU64,
+    /// Requests handed to the handler (not those the core refused itself).
     pub requests_total: AtomicU64,
 }
 
@@ -117,6 +121,12 @@ impl Server {
         listeners: Vec<Listener>,
         handler: Arc<dyn Handler>,
     ) -> io::Result<ServerHandle> {
+        if listeners.len() as u64 > MAX_LISTENERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("at most {MAX_LISTENERS} listeners"),
+            ));
+        }
         let poller = Poller::new()?;
         let doorbell = EventFd::new()?;
         poller.add(doorbell.raw(), poller::IN, WAKE_TOKEN)?;
@@ -307,7 +317,7 @@ fn worker_loop(sh: &Arc<Shared>) {
             Ok(Some(ev)) => ev,
             Ok(None) => continue,
             Err(e) => {
-                log::error!("msg=\"epoll_wait failed\" error=\"{e}\"");
+                log::error!(error:% = e; "epoll_wait failed");
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
@@ -340,6 +350,10 @@ fn housekeeper_loop(sh: &Arc<Shared>) {
         .clamp(Duration::from_millis(10), Duration::from_millis(100));
     while !sh.exit.load(Ordering::SeqCst) {
         thread::park_timeout(tick);
+        // Fallback for a wake that no worker picked up (all busy in slow handlers).
+        if sh.changed.swap(false, Ordering::AcqRel) {
+            sh.recheck_parked(Wake::Changed);
+        }
         sh.housekeep(Instant::now());
     }
 }
@@ -362,7 +376,7 @@ impl Shared {
                             io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                         ) => {}
                     Err(e) => {
-                        log::warn!("msg=\"accept failed\" error=\"{e}\"");
+                        log::warn!(error:% = e; "accept failed");
                         backoff = true;
                         break;
                     }
@@ -409,7 +423,7 @@ impl Shared {
         let tok = token(idx, slot.gen);
         slot.conn = Some(conn);
         if let Err(e) = self.poller.add(raw, poller::IN, tok) {
-            log::warn!("msg=\"epoll add failed\" error=\"{e}\"");
+            log::warn!(error:% = e; "epoll add failed");
             let conn = slot.conn.take();
             drop(slot);
             if let Some(conn) = conn {
@@ -528,7 +542,7 @@ impl Shared {
             Ok(None) if reason == Wake::Changed => return,
             Ok(None) => Response::error(503, "request could not be completed"),
             Err(_) => {
-                log::error!("msg=\"park check panicked\"");
+                log::error!("park check panicked");
                 Response::error(500, "internal error")
             }
         };
@@ -633,7 +647,7 @@ impl Shared {
                 sh.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            log::warn!("msg=\"cannot start stream thread\" error=\"{e}\"");
+            log::warn!(error:% = e; "cannot start stream thread");
             lock(&self.streams).remove(&id);
             self.stats.open_connections.fetch_sub(1, Ordering::AcqRel);
         }
@@ -692,5 +706,25 @@ fn peer_groups(fd: RawFd) -> Vec<u32> {
             continue;
         }
         return Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_thread_safe() {
+        fn check<T: Send + Sync>() {}
+        check::<Waker>();
+        check::<ServerStats>();
+        check::<ServerHandle>();
+    }
+
+    #[test]
+    fn tokens_round_trip_below_reserved_range() {
+        let t = token(8191, GEN_MASK);
+        assert_eq!(split(t), (8191, GEN_MASK));
+        assert!(t < LISTENER_BASE);
     }
 }

@@ -40,19 +40,24 @@ pub(crate) fn read_some(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<
     }
 }
 
-/// Reads at least one byte, waiting up to `timeout` for it.
+/// A whole request body, or a whole response, must move within this many
+/// `io_timeout`s, so a peer trickling one byte per timeout cannot hold a worker for long.
+pub(crate) const WHOLE_TRANSFER_STALLS: u32 = 6;
+
+/// Reads at least one byte, waiting up to `stall` for it but never past `deadline`.
 pub(crate) fn read_timeout(
     fd: RawFd,
     buf: &mut Vec<u8>,
     max: usize,
-    timeout: Duration,
+    stall: Duration,
+    deadline: Instant,
 ) -> io::Result<usize> {
-    let deadline = Instant::now() + timeout;
+    let until = deadline.min(Instant::now() + stall);
     loop {
         match read_some(fd, buf, max) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(fd, libc::POLLIN, deadline)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(fd, libc::POLLIN, until)?,
             Err(e) => return Err(e),
         }
     }
@@ -85,11 +90,14 @@ fn wait_fd(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<()
     }
 }
 
-/// Sends all of `parts`; a peer that takes no bytes for `timeout` gets `TimedOut`.
+/// Sends all of `parts`; a peer that takes no bytes for `timeout`, or has not taken
+/// everything within `WHOLE_TRANSFER_STALLS` of them, gets `TimedOut`.
 pub(crate) fn send_all(fd: RawFd, parts: &[&[u8]], timeout: Duration) -> io::Result<()> {
     let mut idx = 0;
     let mut off = 0;
-    let mut deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let whole = start + timeout * WHOLE_TRANSFER_STALLS;
+    let mut deadline = start + timeout;
     while idx < parts.len() {
         if off == parts[idx].len() {
             idx += 1;
@@ -119,7 +127,7 @@ pub(crate) fn send_all(fd: RawFd, parts: &[&[u8]], timeout: Duration) -> io::Res
                 _ => return Err(err),
             }
         }
-        deadline = Instant::now() + timeout;
+        deadline = whole.min(Instant::now() + timeout);
         let mut n = n as usize;
         while n > 0 && idx < parts.len() {
             let left = parts[idx].len() - off;

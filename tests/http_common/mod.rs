@@ -38,6 +38,7 @@ impl Handler for TestHandler {
                 Reply::Now(Response::json(200, b"{\"slow\":true}".to_vec()))
             }
             "/json" => Reply::Now(Response::json(200, b"{\"ok\":true}".to_vec())),
+            "/big" => Reply::Now(Response::new(200).body(vec![b'x'; 8 << 20])),
             "/nocontent" => Reply::Now(Response::new(204)),
             "/panic" => panic!("test handler panics on purpose"),
             "/creds" => {
