@@ -471,6 +471,8 @@ fn start_env(n_data: usize, tcp: bool) -> Result<Env, BenchError> {
 struct RunFigures {
     load: LoadResult,
     cpu_us_per_req: f64,
+    /// CPU of the harness's load-generator threads (all of them, this process).
+    client_cpu_us_per_req: f64,
 }
 
 fn load_config(opts: &Options, target: Target, conns: usize, requests: Vec<Vec<u8>>) -> LoadConfig {
@@ -500,9 +502,11 @@ fn measure(cfg: &LoadConfig, pid: u32) -> Result<RunFigures, BenchError> {
         )));
     }
     let cpu_us_per_req = procstat::cpu_us_between(&before, &after) / load.completed as f64;
+    let client_cpu_us_per_req = load.client_cpu_us_per_req();
     Ok(RunFigures {
         load,
         cpu_us_per_req,
+        client_cpu_us_per_req,
     })
 }
 
@@ -528,6 +532,13 @@ fn record_load(
 ) {
     r.push("throughput", "req/s", rps_goal, rps_go, f.load.rps());
     r.push("server CPU", "µs/req", cpu_goal, cpu_go, f.cpu_us_per_req);
+    r.push(
+        "client CPU",
+        "µs/req",
+        Goal::Info,
+        None,
+        f.client_cpu_us_per_req,
+    );
     r.push("p50", "µs", Goal::Info, None, f.load.percentile_us(50.0));
     r.push(
         "p99",
@@ -1020,8 +1031,10 @@ fn test_handler(req: &Req) -> Reply {
 
 fn describe(l: &LoadResult) -> String {
     format!(
-        "{:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {} ok, {} errors{}",
+        "{:.0} req/s, mean {:.0} µs, p50 {:.0} µs, p99 {:.0} µs, {} ok, {} errors{}",
         l.rps(),
+        l.latencies_us.iter().map(|&u| f64::from(u)).sum::<f64>()
+            / l.latencies_us.len().max(1) as f64,
         l.percentile_us(50.0),
         l.percentile_us(99.0),
         l.completed,
@@ -1031,6 +1044,16 @@ fn describe(l: &LoadResult) -> String {
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     )
+}
+
+fn mean_us(l: &LoadResult) -> f64 {
+    l.latencies_us.iter().map(|&u| f64::from(u)).sum::<f64>() / l.latencies_us.len().max(1) as f64
+}
+
+/// In a closed loop with every connection busy, mean latency ≈ connections / throughput.
+fn littles_law_holds(l: &LoadResult, conns: usize) -> bool {
+    let expected_us = conns as f64 / l.rps().max(1.0) * 1e6;
+    (mean_us(l) - expected_us).abs() <= 0.2 * expected_us
 }
 
 fn self_test(opts: &Options) -> bool {
@@ -1148,21 +1171,28 @@ fn self_test_load(c: &mut Checks, opts: &Options) -> Result<(), BenchError> {
     let unix = server.target().clone();
     let metadata = get("/v1/state/metadata/region");
 
-    // 1. Throughput over Unix, 32 connections; also exercises the CPU probe (on us).
+    // 1. Throughput over Unix, 32 connections; also exercises the CPU probes (on us:
+    //    process = test server + load generator; the loadgen threads alone). Little's
+    //    law (mean latency = connections / throughput in a closed loop) shows that every
+    //    connection kept working: a stalled one would pull the mean below it.
     let (l, a, b) = loadgen::run(&cfg(&unix, 32, vec![metadata.clone()], window), || {
         procstat::sample(me)
     })
     .map_err(|e| BenchError::Load(e.to_string()))?;
     let cpu = match (a, b) {
         (Ok(a), Ok(b)) => format!(
-            ", harness process CPU {:.1} µs/req",
-            procstat::cpu_us_between(&a, &b) / l.completed.max(1) as f64
+            ", process CPU {:.1} µs/req, of which load generator {:.1} µs/req",
+            procstat::cpu_us_between(&a, &b) / l.completed.max(1) as f64,
+            l.client_cpu_us_per_req()
         ),
         _ => String::new(),
     };
     c.check(
         "unix, 32 conns",
-        l.errors == 0 && l.completed > 1000 && l.latencies_us.len() as u64 == l.completed,
+        l.errors == 0
+            && l.completed > 1000
+            && l.latencies_us.len() as u64 == l.completed
+            && littles_law_holds(&l, 32),
         format!("{}{cpu}", describe(&l)),
     );
 
@@ -1174,7 +1204,7 @@ fn self_test_load(c: &mut Checks, opts: &Options) -> Result<(), BenchError> {
             "unix, 256 conns on {} client thread(s)",
             opts.client_threads
         ),
-        l.errors == 0 && l.completed > 256,
+        l.errors == 0 && l.completed > 256 && littles_law_holds(&l, 256),
         describe(&l),
     );
 
@@ -1265,32 +1295,39 @@ fn self_test_load(c: &mut Checks, opts: &Options) -> Result<(), BenchError> {
 }
 
 fn probe_checks(c: &mut Checks) {
+    // The tick counts from /proc/self/stat must agree with getrusage over a busy loop
+    // (within two ticks), which pins down the field positions and CLK_TCK scaling.
     let me = std::process::id();
-    let a = procstat::sample(me);
+    let (a, ra) = (procstat::sample(me), procstat::own_rusage_cpu_us());
     let t = Instant::now();
     let mut x = 0u64;
     while t.elapsed() < Duration::from_millis(300) {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
-    let b = procstat::sample(me);
-    match (a, b) {
-        (Ok(a), Ok(b)) => {
-            let cpu_ms = procstat::cpu_us_between(&a, &b) / 1000.0;
+    let (b, rb) = (procstat::sample(me), procstat::own_rusage_cpu_us());
+    match (a, b, ra, rb) {
+        (Ok(a), Ok(b), Ok(ra), Ok(rb)) => {
+            let proc_ms = procstat::cpu_us_between(&a, &b) / 1000.0;
+            let rusage_ms = (rb - ra) / 1000.0;
+            let tick_ms = 1000.0 / procstat::clk_tck() as f64;
             c.check(
                 "/proc probes on this process",
-                cpu_ms >= 150.0 && b.rss_kb > 0 && b.threads >= 1,
+                rusage_ms > 0.0
+                    && (proc_ms - rusage_ms).abs() <= 2.0 * tick_ms + 1.0
+                    && b.rss_kb > 0
+                    && b.threads >= 1,
                 format!(
-                    "300 ms busy loop → {cpu_ms:.0} ms CPU, RSS {} kB, {} threads, CLK_TCK {}",
+                    "busy loop: /proc {proc_ms:.0} ms CPU, getrusage {rusage_ms:.1} ms; RSS {} kB, {} threads, CLK_TCK {}",
                     b.rss_kb,
                     b.threads,
                     procstat::clk_tck()
                 ),
             );
         }
-        (a, b) => c.check(
+        (a, b, ra, rb) => c.check(
             "/proc probes on this process",
             false,
-            format!("{:?} {:?}", a.err(), b.err()),
+            format!("{:?} {:?} {:?} {:?}", a.err(), b.err(), ra.err(), rb.err()),
         ),
     }
     match procstat::raise_nofile_limit() {

@@ -1,6 +1,6 @@
 //! Closed-loop HTTP/1.1 load generator for the benchmarks: many keep-alive connections
 //! (Unix socket or TCP) driven by a few threads, each thread multiplexing its share of
-//! the connections with one edge-triggered epoll instance (`nix`). Every connection has
+//! the connections with one level-triggered epoll instance (`nix`). Every connection has
 //! exactly one request outstanding; request bytes are pre-built and sent round-robin
 //! from a list of templates. Responses are parsed just enough to frame them: status
 //! line, end of head, `Content-Length` (bodies are skipped, not stored), and
@@ -154,9 +154,16 @@ pub struct LoadResult {
     pub first_error: Option<String>,
     /// Connections that could not be (re)opened and were abandoned.
     pub dead_connections: usize,
+    /// CPU time the load generator's own threads used inside the window.
+    pub client_cpu: Duration,
 }
 
 impl LoadResult {
+    /// The load generator's own CPU per completed request, µs.
+    pub fn client_cpu_us_per_req(&self) -> f64 {
+        self.client_cpu.as_secs_f64() * 1e6 / self.completed.max(1) as f64
+    }
+
     pub fn rps(&self) -> f64 {
         let s = self.window.as_secs_f64();
         if s > 0.0 {
@@ -222,6 +229,7 @@ pub fn run<S>(cfg: &LoadConfig, mut probe: impl FnMut() -> S) -> io::Result<(Loa
                 total.completed += r.completed;
                 total.errors += r.errors;
                 total.dead_connections += r.dead_connections;
+                total.client_cpu += r.client_cpu;
                 total.latencies_us.extend_from_slice(&r.latencies_us);
                 if total.first_error.is_none() {
                     total.first_error = r.first_error;
@@ -238,12 +246,30 @@ pub fn run<S>(cfg: &LoadConfig, mut probe: impl FnMut() -> S) -> io::Result<(Loa
     Ok((total, before, after))
 }
 
+/// CPU time used so far by the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// One connection's client state.
 struct Conn {
     stream: Option<Stream>,
     /// Index of the request template in flight.
     req: usize,
     written: usize,
+    /// Whether EPOLLOUT is in the interest set (only while a write is incomplete).
+    want_out: bool,
     sent_at: Instant,
     parser: ResponseParser,
 }
@@ -255,6 +281,8 @@ struct Worker<'a> {
     window_start: Instant,
     window_end: Instant,
     result: LoadResult,
+    /// Read buffer shared by this thread's connections (bodies are not kept).
+    buf: Vec<u8>,
 }
 
 fn worker(
@@ -272,6 +300,7 @@ fn worker(
                 stream: Some(s),
                 req: 0,
                 written: 0,
+                want_out: false,
                 sent_at: Instant::now(),
                 parser: ResponseParser::default(),
             }),
@@ -298,6 +327,7 @@ fn worker(
         window_start: start + cfg.warmup,
         window_end: start + cfg.warmup + cfg.duration,
         result: LoadResult::default(),
+        buf: vec![0u8; 65536],
     };
     for (i, c) in conns.iter_mut().enumerate() {
         if let Some(s) = &c.stream {
@@ -305,14 +335,18 @@ fn worker(
             w.register(s, i)?;
         }
         w.start_request(c);
-        w.drive(c, i);
+        w.flush(c, i);
     }
 
     let mut events = vec![EpollEvent::empty(); 256];
+    let mut cpu_at_window_start = None;
     loop {
         let now = Instant::now();
         if now >= w.window_end {
             break;
+        }
+        if cpu_at_window_start.is_none() && now >= w.window_start {
+            cpu_at_window_start = Some(thread_cpu_time());
         }
         if conns.iter().all(|c| c.stream.is_none()) {
             w.result.dead_connections = conns.len();
@@ -331,18 +365,38 @@ fn worker(
         }
     }
     w.result.dead_connections = conns.iter().filter(|c| c.stream.is_none()).count();
+    if let Some(start) = cpu_at_window_start {
+        w.result.client_cpu = thread_cpu_time().saturating_sub(start);
+    }
     Ok(w.result)
 }
 
 impl Worker<'_> {
+    // Level-triggered EPOLLIN only: one read per readiness event, and with one request
+    // outstanding per connection that is usually one read per response. EPOLLOUT is
+    // added only while a request could not be written whole (rare: requests are small).
     fn register(&self, s: &Stream, i: usize) -> io::Result<()> {
-        let flags = EpollFlags::EPOLLIN
-            | EpollFlags::EPOLLOUT
-            | EpollFlags::EPOLLRDHUP
-            | EpollFlags::EPOLLET;
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         self.epoll
             .add(s, EpollEvent::new(flags, i as u64))
             .map_err(io::Error::from)
+    }
+
+    fn set_want_out(&mut self, c: &mut Conn, i: usize, on: bool) -> bool {
+        let Some(s) = c.stream.as_ref() else {
+            return false;
+        };
+        let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        if on {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        let mut ev = EpollEvent::new(flags, i as u64);
+        if let Err(e) = self.epoll.modify(s, &mut ev) {
+            self.error(format!("epoll modify: {e}"));
+            return false;
+        }
+        c.want_out = on;
+        true
     }
 
     fn start_request(&mut self, c: &mut Conn) {
@@ -369,6 +423,7 @@ impl Worker<'_> {
     /// Replaces a failed or closed connection and sends the next request on it.
     fn reconnect(&mut self, c: &mut Conn, i: usize) {
         c.stream = None;
+        c.want_out = false;
         if Instant::now() >= self.window_end {
             return;
         }
@@ -380,6 +435,7 @@ impl Worker<'_> {
                 }
                 c.stream = Some(s);
                 self.start_request(c);
+                self.flush(c, i);
             }
             Err(e) => {
                 self.error(format!("reconnect failed: {e}"));
@@ -387,87 +443,104 @@ impl Worker<'_> {
         }
     }
 
-    /// Makes all the progress possible on one connection (edge-triggered: until the
-    /// socket would block).
-    fn drive(&mut self, c: &mut Conn, i: usize) {
+    /// Writes what is left of the request; false if the connection failed.
+    fn flush(&mut self, c: &mut Conn, i: usize) -> bool {
         let requests = Arc::clone(&self.cfg.requests);
-        let mut buf = [0u8; 65536];
-        loop {
+        let req = &requests[c.req];
+        while c.written < req.len() {
             let Some(stream) = c.stream.as_mut() else {
-                return;
+                return false;
             };
-            let req = &requests[c.req];
-            while c.written < req.len() {
-                match stream.write(&req[c.written..]) {
-                    Ok(0) => {
-                        self.error("write returned 0".into());
-                        self.reconnect(c, i);
-                        return;
-                    }
-                    Ok(n) => c.written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        self.error(format!("write: {e}"));
-                        self.reconnect(c, i);
-                        return;
-                    }
+            match stream.write(&req[c.written..]) {
+                Ok(0) => {
+                    self.error("write returned 0".into());
+                    self.reconnect(c, i);
+                    return false;
+                }
+                Ok(n) => c.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return c.want_out || self.set_want_out(c, i, true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.error(format!("write: {e}"));
+                    self.reconnect(c, i);
+                    return false;
                 }
             }
-            let n = match stream.read(&mut buf) {
-                Ok(0) => {
-                    self.error("connection closed by server mid-request".into());
+        }
+        if c.want_out {
+            return self.set_want_out(c, i, false);
+        }
+        true
+    }
+
+    /// Handles one readiness event of a connection.
+    fn drive(&mut self, c: &mut Conn, i: usize) {
+        if c.written < self.cfg.requests[c.req].len() {
+            // Still writing: nothing can be answered yet.
+            self.flush(c, i);
+            return;
+        }
+        let Some(stream) = c.stream.as_mut() else {
+            return;
+        };
+        let n = match stream.read(&mut self.buf) {
+            Ok(0) => {
+                self.error("connection closed by server mid-request".into());
+                self.reconnect(c, i);
+                return;
+            }
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return
+            }
+            Err(e) => {
+                self.error(format!("read: {e}"));
+                self.reconnect(c, i);
+                return;
+            }
+        };
+        let fed = c.parser.feed(&self.buf[..n]);
+        match fed {
+            Ok(Feed::More) => {}
+            Ok(Feed::Done {
+                status,
+                extra,
+                close,
+            }) => {
+                let done = Instant::now();
+                if extra != 0 {
+                    self.error(format!("{extra} unexpected bytes after a response"));
                     self.reconnect(c, i);
                     return;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.error(format!("read: {e}"));
-                    self.reconnect(c, i);
-                    return;
-                }
-            };
-            match c.parser.feed(&buf[..n]) {
-                Ok(Feed::More) => {}
-                Ok(Feed::Done {
-                    status,
-                    extra,
-                    close,
-                }) => {
-                    let done = Instant::now();
-                    if extra != 0 {
-                        self.error(format!("{extra} unexpected bytes after a response"));
-                        self.reconnect(c, i);
-                        return;
-                    }
-                    if self.in_window(done) {
-                        if (200..300).contains(&status) {
-                            self.result.completed += 1;
-                            let us = done.duration_since(c.sent_at).as_micros();
-                            self.result
-                                .latencies_us
-                                .push(u32::try_from(us).unwrap_or(u32::MAX));
-                        } else {
-                            self.error(format!("status {status}"));
-                        }
-                    }
-                    if done >= self.window_end {
-                        c.stream = None;
-                        return;
-                    }
-                    if close {
-                        self.reconnect(c, i);
+                if self.in_window(done) {
+                    if (200..300).contains(&status) {
+                        self.result.completed += 1;
+                        let us = done.duration_since(c.sent_at).as_micros();
+                        self.result
+                            .latencies_us
+                            .push(u32::try_from(us).unwrap_or(u32::MAX));
                     } else {
-                        self.start_request(c);
+                        self.error(format!("status {status}"));
                     }
                 }
-                Err(e) => {
-                    self.error(format!("bad response: {e}"));
+                if done >= self.window_end {
+                    c.stream = None;
+                } else if close {
                     self.reconnect(c, i);
-                    return;
+                } else {
+                    self.start_request(c);
+                    self.flush(c, i);
                 }
+            }
+            Err(e) => {
+                self.error(format!("bad response: {e}"));
+                self.reconnect(c, i);
             }
         }
     }

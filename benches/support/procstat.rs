@@ -66,7 +66,11 @@ fn parse_stat_cpu(stat: &str) -> Option<u64> {
 
 /// CPU time between two samples, in µs.
 pub fn cpu_us_between(a: &ProcSample, b: &ProcSample) -> f64 {
-    let ticks = b.cpu_ticks.saturating_sub(a.cpu_ticks);
+    ticks_to_us(b.cpu_ticks.saturating_sub(a.cpu_ticks))
+}
+
+/// Clock ticks → µs.
+pub fn ticks_to_us(ticks: u64) -> f64 {
     ticks as f64 * 1_000_000.0 / clk_tck() as f64
 }
 
@@ -89,4 +93,17 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// This process's user + system CPU time from `getrusage`, µs (µs resolution; used to
+/// cross-check the tick counts read from /proc).
+pub fn own_rusage_cpu_us() -> io::Result<f64> {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    Ok(us(ru.ru_utime) + us(ru.ru_stime))
 }
