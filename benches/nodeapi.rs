@@ -317,19 +317,10 @@ fn render_table(reports: &[ScenarioReport]) -> String {
         "ok".into(),
     ]];
     for r in reports {
-        if let Some(e) = &r.error {
-            let mut msg = e.clone();
-            if msg.len() > 100 {
-                let mut cut = 100;
-                while !msg.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                msg.truncate(cut);
-                msg.push('…');
-            }
+        if r.error.is_some() {
             rows.push([
                 r.name.clone(),
-                format!("ERROR: {msg}"),
+                "ERROR (see below)".into(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -388,6 +379,9 @@ fn render_table(reports: &[ScenarioReport]) -> String {
         }
     }
     for r in reports {
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "error: {}: {e}", r.name);
+        }
         for n in &r.notes {
             let _ = writeln!(out, "note: {}: {n}", r.name);
         }
@@ -676,6 +670,13 @@ fn sc_get_state_10k(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchE
             Goal::Info,
             Some(6.2),
             f.cpu_us_per_req / 1000.0,
+        );
+        r.push(
+            "client CPU",
+            "µs/req",
+            Goal::Info,
+            None,
+            f.client_cpu_us_per_req,
         );
         r.push("p50", "µs", Goal::Info, None, f.load.percentile_us(50.0));
         r.push(

@@ -28,9 +28,12 @@ pub const NODE_ID: &str = "bench-node";
 pub const NSK_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const HTTP_TOKEN: &str = "bench-http-token";
 
-/// The binary cargo built for this bench (release profile under `cargo bench`).
+/// The binary cargo built for this bench (release profile under `cargo bench`), or
+/// `$PLEXD_NODEAPI_BIN` when set (e.g. to measure the static musl build).
 pub fn daemon_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_plexd-nodeapi"))
+    std::env::var_os("PLEXD_NODEAPI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_plexd-nodeapi")))
 }
 
 /// The cache content every daemon fixture starts from.
