@@ -13,6 +13,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,28 @@ pub fn free_port() -> Result<SocketAddr, BenchError> {
     l.local_addr().map_err(io_err("finding a free port"))
 }
 
+/// Pids of daemons started and not yet reaped, for `kill_all_live` (the watchdog).
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn set_live(pid: u32, live: bool) {
+    if let Ok(mut l) = LIVE.lock() {
+        l.retain(|&p| p != pid);
+        if live {
+            l.push(pid);
+        }
+    }
+}
+
+/// SIGKILLs every daemon still running (used before aborting a stuck bench).
+pub fn kill_all_live() {
+    let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+    for pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// How to start one daemon.
 pub struct DaemonConfig<'a> {
     pub dir: &'a Path,
@@ -159,6 +182,7 @@ impl Daemon {
         let child = cmd
             .spawn()
             .map_err(io_err(format!("spawning {}", bin.display())))?;
+        set_live(child.id(), true);
         Ok(Daemon {
             child: Some(child),
             socket,
@@ -190,6 +214,7 @@ impl Daemon {
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
+                    set_live(child.id(), false);
                     self.child = None;
                     return Err(BenchError::Daemon(format!(
                         "daemon exited ({status}) before answering GET /v1/state; log tail: {}",
@@ -228,6 +253,7 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        set_live(child.id(), false);
         if let Ok(pid) = i32::try_from(child.id()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }

@@ -18,6 +18,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -201,21 +202,28 @@ pub fn run<S>(cfg: &LoadConfig, mut probe: impl FnMut() -> S) -> io::Result<(Loa
     }
     let threads = cfg.threads.clamp(1, cfg.connections);
     let barrier = Arc::new(Barrier::new(threads + 1));
+    let setup_failed = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let share = cfg.connections / threads + usize::from(t < cfg.connections % threads);
         let cfg = cfg.clone();
         let barrier = Arc::clone(&barrier);
+        let failed = Arc::clone(&setup_failed);
         let h = thread::Builder::new()
             .name(format!("loadgen-{t}"))
-            .spawn(move || worker(&cfg, t, share, &barrier))?;
+            .spawn(move || worker(&cfg, t, share, &barrier, &failed))?;
         handles.push(h);
     }
     // Every worker has connected (or failed to) once the barrier opens.
     barrier.wait();
-    thread::sleep(cfg.warmup);
+    let ok = !setup_failed.load(Ordering::SeqCst);
+    if ok {
+        thread::sleep(cfg.warmup);
+    }
     let before = probe();
-    thread::sleep(cfg.duration);
+    if ok {
+        thread::sleep(cfg.duration);
+    }
     let after = probe();
 
     let mut total = LoadResult {
@@ -290,6 +298,7 @@ fn worker(
     thread_no: usize,
     share: usize,
     barrier: &Barrier,
+    setup_failed: &AtomicBool,
 ) -> io::Result<LoadResult> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from);
     let mut conns = Vec::with_capacity(share);
@@ -310,8 +319,15 @@ fn worker(
             }
         }
     }
-    // Always reach the barrier, even on failure, so the coordinator is not stuck.
+    // Always reach the barrier, even on failure, so the coordinator is not stuck; a
+    // failure anywhere ends the run for everyone.
+    if setup_err.is_some() {
+        setup_failed.store(true, Ordering::SeqCst);
+    }
     barrier.wait();
+    if setup_err.is_none() && setup_failed.load(Ordering::SeqCst) {
+        return Ok(LoadResult::default());
+    }
     let epoll = epoll?;
     if let Some(e) = setup_err {
         return Err(io::Error::new(
