@@ -1,9 +1,18 @@
 //! `cargo bench --bench nodeapi [-- SCENARIO… --runs N --duration SECS --json FILE]`:
 //! drives the release `plexd-nodeapi serve` over its Unix socket and loopback TCP with
 //! the harness's own epoll load generator and reports, per scenario, the median, min and
-//! max over N runs of req/s, latency percentiles, server CPU µs per request and RSS,
-//! next to the Go reference and our target. Each scenario starts its own daemon on a
-//! fresh temporary data directory, with an in-process control plane on loopback.
+//! max over N runs (default 3; 1 s warm-up + 3 s window each) of req/s, latency
+//! percentiles, server CPU µs per request (from `/proc/<pid>/stat`), the load
+//! generator's own CPU, RSS and threads, next to the Go reference median and our target.
+//! Each scenario starts its own daemon on a fresh temporary data directory (cache files
+//! pre-written), with an in-process control plane on loopback (`support/upstream.rs`).
+//!
+//! Options: `--runs N`, `--duration SECS`, `--warmup SECS`, `--client-threads N`
+//! (default 1: client and daemon share the cores), `--json FILE`, `--list`,
+//! `--self-test`. `PLEXD_NODEAPI_BIN=PATH` benchmarks another build of the binary (e.g.
+//! the static musl one). Exit status: 0 all scenarios ran (targets missed are shown as
+//! `MISS`, not failures), 1 a scenario could not run, 2 usage, 3 the per-scenario
+//! watchdog fired (all daemons are killed first).
 //!
 //! `-- --self-test` (and a run with no arguments at all, which is how `cargo test
 //! --benches` invokes a harness-less bench) checks the harness itself against a tiny

@@ -343,7 +343,7 @@ fn worker(
         window_start: start + cfg.warmup,
         window_end: start + cfg.warmup + cfg.duration,
         result: LoadResult::default(),
-        buf: vec![0u8; 65536],
+        buf: vec![0u8; 256 * 1024],
     };
     for (i, c) in conns.iter_mut().enumerate() {
         if let Some(s) = &c.stream {
