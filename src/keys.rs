@@ -162,15 +162,24 @@ mod tests {
 
     #[test]
     fn file_names_stay_in_their_folder() {
-        assert_eq!(file_name_for("database-config").unwrap(), "database-config.json");
-        assert_eq!(file_name_for("tls/server.key").unwrap(), "tls%2Fserver.key.json");
+        assert_eq!(
+            file_name_for("database-config").unwrap(),
+            "database-config.json"
+        );
+        assert_eq!(
+            file_name_for("tls/server.key").unwrap(),
+            "tls%2Fserver.key.json"
+        );
         assert_eq!(file_name_for("..").unwrap(), "%2E..json");
         assert_eq!(file_name_for(".hidden").unwrap(), "%2Ehidden.json");
         assert_eq!(file_name_for("a\0b").unwrap(), "a%00b.json");
         assert_eq!(file_name_for("ü").unwrap(), "%C3%BC.json");
         for k in ["..", ".", "/", "../../etc/passwd", "a/../../b", "\0"] {
             let n = file_name_for(k).unwrap();
-            assert!(!n.contains('/') && !n.contains('\0') && !n.starts_with('.'), "{k:?} -> {n}");
+            assert!(
+                !n.contains('/') && !n.contains('\0') && !n.starts_with('.'),
+                "{k:?} -> {n}"
+            );
         }
         assert_eq!(file_name_for(""), None);
         assert_eq!(file_name_for(&"/".repeat(100)), None);
@@ -179,7 +188,10 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("db%2Fpassword").as_deref(), Some("db/password"));
+        assert_eq!(
+            percent_decode("db%2Fpassword").as_deref(),
+            Some("db/password")
+        );
         assert_eq!(percent_decode("a%2fb").as_deref(), Some("a/b"));
         assert_eq!(percent_decode("plain+key").as_deref(), Some("plain+key"));
         assert_eq!(percent_decode("%C3%BC").as_deref(), Some("ü"));

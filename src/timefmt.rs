@@ -133,7 +133,11 @@ pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     }
     let month_days = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let max_day = if month == 2 && leap { 29 } else { month_days[month as usize - 1] };
+    let max_day = if month == 2 && leap {
+        29
+    } else {
+        month_days[month as usize - 1]
+    };
     if day == 0 || day > max_day {
         return None;
     }

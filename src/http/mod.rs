@@ -6,6 +6,23 @@
 //! needs for access control (the Unix peer's credentials, the TCP peer's address) travel
 //! in `Request::transport`. Errors the core detects itself (malformed requests, limits)
 //! are answered with the same `{"error": …}` JSON body the API uses.
+//!
+//! Code map: `server.rs` (listeners, worker pool, connection table, parking, shutdown;
+//! the threading design is described there), `conn.rs` (what a worker does with one
+//! ready connection), `parse.rs` (request heads, chunked bodies), `write.rs` (socket
+//! I/O with timeouts, response serialization, `Date`), `poller.rs` (epoll/eventfd).
+//!
+//! Invariants: the thread count is fixed at start (plus one thread per `Reply::Stream`);
+//! a connection with no complete request holds no thread and keeps only its unparsed
+//! bytes; the core never panics on input, and a panicking handler becomes a 500.
+
+mod conn;
+mod parse;
+mod poller;
+mod server;
+mod write;
+
+pub use server::{Listener, Server, ServerHandle, ServerStats, Waker};
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -93,6 +110,8 @@ pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Bytes that must not outlive the response (a decrypted secret): wiped on drop.
+    Sensitive(zeroize::Zeroizing<Vec<u8>>),
 }
 
 impl Body {
@@ -101,6 +120,7 @@ impl Body {
             Body::Empty => &[],
             Body::Bytes(b) => b,
             Body::Shared(b) => b,
+            Body::Sensitive(b) => b,
         }
     }
 

@@ -1,0 +1,131 @@
+//! Who may call what (SPEC §9): the bearer token on TCP, and `--secret-auth` on the
+//! Unix socket, decided from the credentials the kernel recorded at connect time.
+//!
+//! Never looks at anything a client can forge on the Unix socket (headers, pid files);
+//! never logs the token.
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::api::error::ApiError;
+use crate::http::{PeerCred, Request, Transport};
+
+/// Name of the group whose members may read secrets when `--secret-auth` is on.
+pub const SECRETS_GROUP: &str = "plexd-secrets";
+
+pub struct Access {
+    http_token: Option<Zeroizing<String>>,
+    secret_auth: bool,
+    /// gid of `plexd-secrets`, if that group exists; otherwise only root may read secrets.
+    secrets_gid: Option<u32>,
+}
+
+impl Access {
+    pub fn new(
+        http_token: Option<Zeroizing<String>>,
+        secret_auth: bool,
+        secrets_gid: Option<u32>,
+    ) -> Access {
+        Access {
+            http_token,
+            secret_auth,
+            secrets_gid,
+        }
+    }
+
+    /// Looks up the `plexd-secrets` group's gid.
+    pub fn lookup_secrets_gid() -> Option<u32> {
+        nix::unistd::Group::from_name(SECRETS_GROUP)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    }
+
+    pub fn secret_auth(&self) -> bool {
+        self.secret_auth
+    }
+
+    /// TCP requests need `Authorization: Bearer <token>`; Unix requests pass.
+    pub fn check_transport(&self, req: &Request) -> Result<(), ApiError> {
+        if !matches!(*req.transport, Transport::Tcp(_)) {
+            return Ok(());
+        }
+        let Some(expected) = &self.http_token else {
+            return Err(ApiError::Unauthorized);
+        };
+        let presented = req
+            .header("authorization")
+            .and_then(bearer_token)
+            .unwrap_or("");
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) && !presented.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    /// With `--secret-auth`, secret routes on the Unix socket need uid 0 or membership
+    /// (effective or supplementary gid) in `plexd-secrets`.
+    pub fn check_secret(&self, req: &Request) -> Result<(), ApiError> {
+        if !self.secret_auth {
+            return Ok(());
+        }
+        match &*req.transport {
+            Transport::Tcp(_) => Ok(()),
+            Transport::Unix(Some(peer)) if self.peer_may_read_secrets(peer) => Ok(()),
+            Transport::Unix(peer) => {
+                let (uid, pid) = peer
+                    .as_ref()
+                    .map_or((None, None), |p| (Some(p.uid), Some(p.pid)));
+                log::warn!(uid:? = uid, pid:? = pid; "secret access denied");
+                Err(ApiError::Forbidden("not in the plexd-secrets group"))
+            }
+        }
+    }
+
+    fn peer_may_read_secrets(&self, peer: &PeerCred) -> bool {
+        if peer.uid == 0 {
+            return true;
+        }
+        match self.secrets_gid {
+            Some(gid) => peer.gid == gid || peer.groups.contains(&gid),
+            None => false,
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bEaReR   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn secret_rules() {
+        let a = Access::new(None, true, Some(1234));
+        let peer = |uid, gid, groups: Vec<u32>| PeerCred {
+            pid: 1,
+            uid,
+            gid,
+            groups,
+        };
+        assert!(a.peer_may_read_secrets(&peer(0, 0, vec![])));
+        assert!(a.peer_may_read_secrets(&peer(1000, 1234, vec![])));
+        assert!(a.peer_may_read_secrets(&peer(1000, 1000, vec![5, 1234])));
+        assert!(!a.peer_may_read_secrets(&peer(1000, 1000, vec![5])));
+        let no_group = Access::new(None, true, None);
+        assert!(!no_group.peer_may_read_secrets(&peer(1000, 1000, vec![1234])));
+    }
+}

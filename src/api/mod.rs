@@ -1,0 +1,89 @@
+//! The local API (SPEC §4): one exhaustive match from (method, resource) to a handler.
+//!
+//! Flow: the HTTP core hands a `Request` to `Api::handle` → access checks (`access`) →
+//! `route::resolve` → a handler in `reads`, `reports`, `secrets` or `status` → the
+//! store or the control-plane client. Every failure is an `ApiError`, turned into a
+//! JSON response in one place (`error`). Nothing here parses HTTP or touches a file.
+
+pub mod access;
+pub mod error;
+pub mod reads;
+pub mod reports;
+pub mod route;
+pub mod secrets;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::http::{Handler, Method, Reply, Request, Response};
+use crate::store::Store;
+
+use access::Access;
+use error::ApiError;
+use route::{Resource, RouteError};
+use secrets::SecretSource;
+use status::Status;
+
+/// The daemon's request handler.
+pub struct Api {
+    pub store: Arc<Store>,
+    pub access: Access,
+    pub secrets: SecretSource,
+    pub status: Status,
+}
+
+impl Api {
+    fn dispatch(&self, req: &Request) -> Result<Reply, ApiError> {
+        self.access.check_transport(req)?;
+        let resource = route::resolve(&req.path).map_err(|e| match e {
+            RouteError::NotFound => ApiError::NotFound("not found".into()),
+            RouteError::BadKey => ApiError::BadRequest("invalid key: bad percent-encoding".into()),
+        })?;
+        if !resource.allowed().contains(&req.method) {
+            return Err(ApiError::MethodNotAllowed {
+                allow: resource.allow_header(),
+            });
+        }
+        if resource.is_secret() {
+            self.access.check_secret(req)?;
+        }
+        let reply = match (&req.method, resource) {
+            (Method::Put, Resource::ReportKey(key)) => reports::put(&self.store, &key, req)?.into(),
+            (Method::Delete, Resource::ReportKey(key)) => {
+                reports::delete(&self.store, &key)?.into()
+            }
+            (_, Resource::SecretKey(key)) => self.secrets.get(&key, req)?.into(),
+            (_, Resource::Health) => self.status.health(req).into(),
+            (_, Resource::Metrics) => self.status.metrics().into(),
+            (_, resource) => reads::read(&self.store, resource, req)?,
+        };
+        Ok(reply)
+    }
+}
+
+impl Handler for Api {
+    fn handle(&self, req: &Request) -> Reply {
+        let started = Instant::now();
+        let reply = self
+            .dispatch(req)
+            .unwrap_or_else(|e| Reply::Now(Response::from(e)));
+        let status = match &reply {
+            Reply::Now(r) => r.status,
+            Reply::Park(_) => 0,
+            Reply::Stream(s) => s.status,
+        };
+        let route = route::resolve(&req.path).map_or("unknown", |r| r.label());
+        self.status
+            .metrics
+            .record_request(route, status, started.elapsed());
+        log::debug!(
+            method = req.method.as_str(),
+            path = req.path.as_str(),
+            status = status,
+            duration_us = started.elapsed().as_micros() as u64;
+            "request"
+        );
+        reply
+    }
+}

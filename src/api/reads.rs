@@ -1,0 +1,239 @@
+//! Read routes: look a resource up in the store, answer with its pre-rendered JSON and
+//! its revision headers (`ETag`, `X-Plexd-Index`, `Last-Modified`), answer conditional
+//! requests with 304, and park blocking queries (`?index=N&wait=DUR`) until the
+//! resource's modify-revision passes `N`.
+//!
+//! Reads never touch the disk or the network: everything comes from the store's cache.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::api::error::ApiError;
+use crate::api::route::Resource;
+use crate::duration;
+use crate::http::{Park, Reply, Request, Response, Wake};
+use crate::keys::ReportKey;
+use crate::store::{Json, Store, Versioned};
+
+/// Longest `wait` a blocking query may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// `wait` when a blocking query names none.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+/// What the store holds for a read resource right now.
+pub enum Lookup {
+    Found(Versioned<Json>),
+    /// The key does not exist; the revision is its containing list's.
+    Missing {
+        mod_rev: u64,
+        modified: SystemTime,
+        message: &'static str,
+    },
+}
+
+impl Lookup {
+    fn mod_rev(&self) -> u64 {
+        match self {
+            Lookup::Found(v) => v.mod_rev,
+            Lookup::Missing { mod_rev, .. } => *mod_rev,
+        }
+    }
+}
+
+fn missing(list: Versioned<Json>, message: &'static str) -> Lookup {
+    Lookup::Missing {
+        mod_rev: list.mod_rev,
+        modified: list.modified,
+        message,
+    }
+}
+
+/// Looks a read resource up. `None` for resources that are not cache reads.
+pub fn lookup(store: &Store, resource: &Resource) -> Result<Option<Lookup>, ApiError> {
+    let found = Lookup::Found;
+    Ok(Some(match resource {
+        Resource::Summary => found(store.summary()),
+        Resource::Metadata => found(store.metadata()),
+        Resource::MetadataKey(k) => match store.metadata_value(k) {
+            Some(v) => found(v),
+            None => missing(store.metadata(), "metadata key not found"),
+        },
+        Resource::Data => found(store.data_list()),
+        Resource::DataKey(k) => match store.data_entry(k) {
+            Some(v) => found(v),
+            None => missing(store.data_list(), "data entry not found"),
+        },
+        Resource::Secrets => found(store.secret_list()),
+        Resource::Reports => found(store.report_list()),
+        Resource::ReportKey(k) => {
+            let key = ReportKey::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            match store.report(&key) {
+                Some(v) => found(v),
+                None => missing(store.report_list(), "report entry not found"),
+            }
+        }
+        Resource::SecretKey(_) | Resource::Health | Resource::Metrics => return Ok(None),
+    }))
+}
+
+/// The validators a client sent, kept so a parked request can be answered later.
+#[derive(Clone, Default)]
+struct Conditions {
+    if_none_match: Option<String>,
+    if_modified_since: Option<SystemTime>,
+}
+
+impl Conditions {
+    fn from_request(req: &Request) -> Conditions {
+        Conditions {
+            if_none_match: req.header("if-none-match").map(str::to_owned),
+            if_modified_since: req
+                .header("if-modified-since")
+                .and_then(|v| httpdate::parse_http_date(v).ok()),
+        }
+    }
+
+    fn not_modified(&self, etag: &str, modified: SystemTime) -> bool {
+        if let Some(inm) = &self.if_none_match {
+            // If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
+            return inm.trim() == "*"
+                || inm
+                    .split(',')
+                    .any(|t| t.trim().trim_start_matches("W/") == etag);
+        }
+        match self.if_modified_since {
+            Some(since) => whole_seconds(modified) <= whole_seconds(since),
+            None => false,
+        }
+    }
+}
+
+fn whole_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A strong entity tag for a modify-revision.
+pub fn etag(mod_rev: u64) -> String {
+    format!("\"{mod_rev}\"")
+}
+
+/// Adds `ETag`, `X-Plexd-Index` and `Last-Modified` for a resource at `mod_rev`.
+pub fn with_revision(response: Response, mod_rev: u64, modified: SystemTime) -> Response {
+    response
+        .header("ETag", etag(mod_rev))
+        .header("X-Plexd-Index", mod_rev.to_string())
+        .header("Last-Modified", httpdate::fmt_http_date(modified))
+}
+
+fn render(lookup: Lookup, conditions: &Conditions) -> Response {
+    match lookup {
+        Lookup::Found(v) => {
+            let tag = etag(v.mod_rev);
+            if conditions.not_modified(&tag, v.modified) {
+                with_revision(Response::new(304), v.mod_rev, v.modified)
+            } else {
+                with_revision(Response::json(200, v.value), v.mod_rev, v.modified)
+            }
+        }
+        Lookup::Missing {
+            mod_rev,
+            modified,
+            message,
+        } => Response::error(404, message)
+            .header("X-Plexd-Index", mod_rev.to_string())
+            .header("Last-Modified", httpdate::fmt_http_date(modified)),
+    }
+}
+
+/// A blocking query's parameters.
+struct Blocking {
+    index: u64,
+    wait: Duration,
+}
+
+fn blocking_params(req: &Request) -> Result<Option<Blocking>, ApiError> {
+    let Some(index) = req.query_param("index") else {
+        return Ok(None);
+    };
+    let index: u64 = index
+        .parse()
+        .map_err(|_| ApiError::BadRequest("index must be a non-negative integer".into()))?;
+    let wait = match req.query_param("wait") {
+        Some(w) => duration::parse(w)
+            .map_err(|e| ApiError::BadRequest(format!("invalid wait: {e}")))?
+            .min(MAX_WAIT),
+        None => DEFAULT_WAIT,
+    };
+    Ok(Some(Blocking { index, wait }))
+}
+
+/// Up to 1/16 of `wait` extra, so many clients woken together do not return together.
+fn jitter(wait: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let spread = wait.as_millis() as u64 / 16;
+    if spread == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(u64::from(nanos) % spread)
+}
+
+/// Answers a read resource: now, or — for a blocking query whose resource has not
+/// changed past `index` — later, without holding a worker.
+pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Reply, ApiError> {
+    let conditions = Conditions::from_request(req);
+    let Some(current) = lookup(store, &resource)? else {
+        return Err(ApiError::NotFound("not found".into()));
+    };
+    let Some(blocking) = blocking_params(req)? else {
+        return Ok(Reply::Now(render(current, &conditions)));
+    };
+    // An index ahead of the store means the client saw another store (or an older
+    // daemon's counter): answer at once so it resets.
+    if current.mod_rev() > blocking.index
+        || blocking.index > store.revision()
+        || blocking.wait.is_zero()
+    {
+        return Ok(Reply::Now(render(current, &conditions)));
+    }
+    let store = Arc::clone(store);
+    let index = blocking.index;
+    let deadline = Instant::now() + blocking.wait + jitter(blocking.wait);
+    let check = move |wake: Wake| -> Option<Response> {
+        let now = match lookup(&store, &resource) {
+            Ok(Some(l)) => l,
+            _ => return Some(Response::error(500, "resource vanished")),
+        };
+        match wake {
+            Wake::Changed if now.mod_rev() <= index => None,
+            _ => Some(render(now, &conditions)),
+        }
+    };
+    Ok(Reply::Park(Park {
+        deadline,
+        check: Box::new(check),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditional_matching() {
+        let t = UNIX_EPOCH + Duration::from_secs(1000);
+        let c = Conditions {
+            if_none_match: Some("\"7\", \"9\"".into()),
+            if_modified_since: None,
+        };
+        assert!(c.not_modified("\"9\"", t));
+        assert!(!c.not_modified("\"8\"", t));
+        let c = Conditions {
+            if_none_match: None,
+            if_modified_since: Some(t),
+        };
+        assert!(c.not_modified("\"1\"", t));
+        assert!(!c.not_modified("\"1\"", t + Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,14 @@
+//! The daemon's side of the control-plane link: the NSK and secret decryption, the
+//! HTTP client, the report syncer, the initial state fetch, backoff and link health.
+//!
+//! Data flows one way: the store feeds the syncer, the link feeds the store, and
+//! handlers call the client for secrets. Nothing here serves HTTP or knows the local
+//! API's routes; the development control plane lives apart in `crate::devcp`.
+
+pub mod backoff;
+pub mod client;
+pub mod health;
+pub mod link;
+pub mod nsk;
+pub mod secret;
+pub mod syncer;

@@ -1,0 +1,154 @@
+//! Request counters and the Prometheus text exposition (format 0.0.4) helpers.
+//!
+//! Counting is lock-free (fixed arrays of atomics indexed by route and status class),
+//! so it costs a few atomic adds per request. Rendering the whole `/metrics` page is
+//! `api::status`'s job; this module only knows how to write families and samples.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Route labels, in a fixed order (index = position).
+pub const ROUTES: [&str; 12] = [
+    "/v1/state",
+    "/v1/state/metadata",
+    "/v1/state/metadata/{key}",
+    "/v1/state/data",
+    "/v1/state/data/{key}",
+    "/v1/state/secrets",
+    "/v1/state/secrets/{key}",
+    "/v1/state/report",
+    "/v1/state/report/{key}",
+    "/v1/health",
+    "/metrics",
+    "unknown",
+];
+
+/// Status codes counted individually; anything else is counted as `other`.
+const CODES: [u16; 17] = [
+    200, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 429, 431, 500, 501, 503, 505,
+];
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+];
+
+pub struct RequestMetrics {
+    counts: Vec<AtomicU64>,
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        RequestMetrics {
+            counts: (0..ROUTES.len() * (CODES.len() + 1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            buckets: Default::default(),
+            sum_micros: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+}
+
+fn route_index(route: &str) -> usize {
+    ROUTES
+        .iter()
+        .position(|r| *r == route)
+        .unwrap_or(ROUTES.len() - 1)
+}
+
+fn code_index(code: u16) -> usize {
+    CODES.iter().position(|c| *c == code).unwrap_or(CODES.len())
+}
+
+impl RequestMetrics {
+    /// Counts one answered request (`status` 0 = parked, counted when not yet answered).
+    pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
+        if status == 0 {
+            return;
+        }
+        let i = route_index(route) * (CODES.len() + 1) + code_index(status);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes `plexd_nodeapi_requests_total` and `plexd_nodeapi_request_duration_seconds`.
+    pub fn render(&self, out: &mut String) {
+        family(
+            out,
+            "plexd_nodeapi_requests_total",
+            "counter",
+            "Requests answered, by route and status code.",
+        );
+        for (r, route) in ROUTES.iter().enumerate() {
+            for c in 0..=CODES.len() {
+                let n = self.counts[r * (CODES.len() + 1) + c].load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let code = CODES.get(c).map_or("other".to_owned(), u16::to_string);
+                let _ = writeln!(
+                    out,
+                    "plexd_nodeapi_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        family(
+            out,
+            "plexd_nodeapi_request_duration_seconds",
+            "histogram",
+            "Time from a parsed request to its response, in seconds.",
+        );
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "plexd_nodeapi_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "plexd_nodeapi_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "plexd_nodeapi_request_duration_seconds_sum {sum}");
+        let _ = writeln!(
+            out,
+            "plexd_nodeapi_request_duration_seconds_count {cumulative}"
+        );
+    }
+}
+
+/// Writes a family's `# HELP` and `# TYPE` lines.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Writes a one-sample family.
+pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Escapes a label value (`\`, `"`, newline).
+pub fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,329 @@
+//! `plexd-nodeapi state …`: the daemon's API for shell scripts. Pretty JSON on stdout,
+//! one-line errors on stderr, and exit statuses a script can branch on:
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the daemon answered with another error (400, 500, 503, …) |
+//! | 2 | usage error (bad arguments, `--data` not JSON) |
+//! | 3 | not found (404) |
+//! | 4 | version conflict (409) |
+//! | 5 | the daemon is unreachable (no socket, refused, timed out) |
+//! | 6 | access denied (401, 403) |
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use lexopt::prelude::*;
+
+use crate::client::{ClientError, ClientResponse, LocalClient};
+use crate::config::DEFAULT_SOCKET;
+use crate::keys::percent_encode_segment;
+
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_NOT_FOUND: i32 = 3;
+pub const EXIT_CONFLICT: i32 = 4;
+pub const EXIT_UNREACHABLE: i32 = 5;
+pub const EXIT_DENIED: i32 = 6;
+
+pub const STATE_USAGE: &str = "\
+usage: plexd-nodeapi state [--socket PATH] [SUBCOMMAND]
+
+    (no subcommand)                      the summary: metadata, data, secret and report keys
+    get metadata|data|report|secret KEY  one entry (without KEY: the list)
+    put KEY --data JSON [--content-type T] [--if-match N]
+                                         write report KEY (--data @FILE or --data - reads a file or stdin)
+    delete KEY                           delete report KEY
+
+The socket defaults to $PLEXD_NODEAPI_SOCKET, else /var/run/plexd/api.sock.
+Exit status: 0 ok, 1 other error, 2 usage, 3 not found, 4 conflict, 5 daemon unreachable, 6 denied.
+";
+
+enum Command {
+    Summary,
+    Get {
+        kind: String,
+        key: Option<String>,
+    },
+    Put {
+        key: String,
+        data: String,
+        content_type: String,
+        if_match: Option<String>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+struct Usage(String);
+
+fn parse(mut parser: lexopt::Parser) -> Result<(PathBuf, Command), Usage> {
+    let mut socket: Option<PathBuf> = std::env::var_os("PLEXD_NODEAPI_SOCKET").map(PathBuf::from);
+    let mut positional: Vec<String> = Vec::new();
+    let mut data = None;
+    let mut content_type = None;
+    let mut if_match = None;
+    let err = |e: lexopt::Error| Usage(e.to_string());
+    while let Some(arg) = parser.next().map_err(err)? {
+        match arg {
+            Long("socket") => socket = Some(parser.value().map_err(err)?.into()),
+            Long("data") => data = Some(text(parser.value().map_err(err)?)?),
+            Long("content-type") => content_type = Some(text(parser.value().map_err(err)?)?),
+            Long("if-match") => if_match = Some(text(parser.value().map_err(err)?)?),
+            Long("help") | Short('h') => return Err(Usage(String::new())),
+            Value(v) => positional.push(text(v)?),
+            other => return Err(Usage(format!("unexpected {other:?}"))),
+        }
+    }
+    let socket = socket.unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let mut words = positional.into_iter();
+    let command = match words.next().as_deref() {
+        None => Command::Summary,
+        Some("get") => {
+            let kind = words
+                .next()
+                .ok_or_else(|| Usage("get: which kind? metadata|data|report|secret".into()))?;
+            if !matches!(
+                kind.as_str(),
+                "metadata" | "data" | "report" | "secret" | "secrets"
+            ) {
+                return Err(Usage(format!("get: unknown kind {kind:?}")));
+            }
+            Command::Get {
+                kind,
+                key: words.next(),
+            }
+        }
+        Some("put") => {
+            let key = words
+                .next()
+                .ok_or_else(|| Usage("put: missing KEY".into()))?;
+            let data = data.ok_or_else(|| Usage("put: --data JSON is required".into()))?;
+            Command::Put {
+                key,
+                data,
+                content_type: content_type.unwrap_or_else(|| "application/json".into()),
+                if_match,
+            }
+        }
+        Some("delete") => Command::Delete {
+            key: words
+                .next()
+                .ok_or_else(|| Usage("delete: missing KEY".into()))?,
+        },
+        Some(other) => return Err(Usage(format!("unknown subcommand {other:?}"))),
+    };
+    if let Some(extra) = words.next() {
+        return Err(Usage(format!("unexpected argument {extra:?}")));
+    }
+    Ok((socket, command))
+}
+
+fn text(v: std::ffi::OsString) -> Result<String, Usage> {
+    v.into_string()
+        .map_err(|_| Usage("arguments must be UTF-8".into()))
+}
+
+/// Reads `--data`: literal JSON, `@FILE`, or `-` for stdin.
+fn read_data(data: &str) -> Result<String, Usage> {
+    if data == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Usage(format!("--data -: cannot read stdin: {e}")))?;
+        return Ok(s);
+    }
+    if let Some(path) = data.strip_prefix('@') {
+        return std::fs::read_to_string(path).map_err(|e| Usage(format!("--data @{path}: {e}")));
+    }
+    Ok(data.to_owned())
+}
+
+pub fn main(parser: lexopt::Parser) -> i32 {
+    let (socket, command) = match parse(parser) {
+        Ok(p) => p,
+        Err(Usage(m)) if m.is_empty() => {
+            print!("{STATE_USAGE}");
+            return 0;
+        }
+        Err(Usage(m)) => {
+            eprintln!("plexd-nodeapi state: {m}");
+            return EXIT_USAGE;
+        }
+    };
+    let client = LocalClient::new(&socket);
+    let result = match command {
+        Command::Summary => client.request("GET", "/v1/state", &[], None),
+        Command::Get { kind, key } => {
+            let kind = if kind == "secret" {
+                "secrets"
+            } else {
+                kind.as_str()
+            };
+            let path = match key {
+                Some(k) => format!("/v1/state/{kind}/{}", percent_encode_segment(&k)),
+                None => format!("/v1/state/{kind}"),
+            };
+            client.request("GET", &path, &[], None)
+        }
+        Command::Put {
+            key,
+            data,
+            content_type,
+            if_match,
+        } => {
+            let data = match read_data(&data) {
+                Ok(d) => d,
+                Err(Usage(m)) => {
+                    eprintln!("plexd-nodeapi state: {m}");
+                    return EXIT_USAGE;
+                }
+            };
+            let payload: serde_json::Value = match serde_json::from_str(&data) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("plexd-nodeapi state: --data is not valid JSON: {e}");
+                    return EXIT_USAGE;
+                }
+            };
+            let body =
+                serde_json::json!({ "content_type": content_type, "payload": payload }).to_string();
+            let mut headers = Vec::new();
+            if let Some(v) = &if_match {
+                headers.push(("If-Match", v.as_str()));
+            }
+            let path = format!("/v1/state/report/{}", percent_encode_segment(&key));
+            client.request("PUT", &path, &headers, Some(body.as_bytes()))
+        }
+        Command::Delete { key } => {
+            let path = format!("/v1/state/report/{}", percent_encode_segment(&key));
+            client.request("DELETE", &path, &[], None)
+        }
+    };
+    report(result)
+}
+
+/// Prints a response the way scripts expect and returns the exit status.
+fn report(result: Result<ClientResponse, ClientError>) -> i32 {
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("plexd-nodeapi state: daemon unreachable: {e}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    if (200..300).contains(&response.status) {
+        if !response.body.is_empty() {
+            print_pretty(&response.body);
+        }
+        return 0;
+    }
+    eprintln!(
+        "plexd-nodeapi state: {} (HTTP {})",
+        response.error_message(),
+        response.status
+    );
+    exit_for_status(response.status)
+}
+
+pub fn exit_for_status(status: u16) -> i32 {
+    match status {
+        404 => EXIT_NOT_FOUND,
+        409 => EXIT_CONFLICT,
+        401 | 403 => EXIT_DENIED,
+        _ => EXIT_ERROR,
+    }
+}
+
+/// Prints JSON indented, keeping every number and string exactly as the daemon sent it.
+pub fn print_pretty(body: &[u8]) {
+    let valid = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    match std::str::from_utf8(body) {
+        Ok(text) if valid => println!("{}", indent_json(text)),
+        _ => println!("{}", String::from_utf8_lossy(body)),
+    }
+}
+
+/// Re-indents valid JSON text token by token (no re-encoding of numbers or strings).
+pub fn indent_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                // Keep empty containers on one line.
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}') | Some(']')) {
+                    if let Some(close) = chars.next() {
+                        out.push(close);
+                    }
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indents_without_reencoding() {
+        let text = r#"{"a":[1.0,1e3,12345678901234567890],"b":{},"c":"x, {y}: \"z\"","d":[]}"#;
+        let pretty = indent_json(text);
+        assert!(
+            pretty.contains("1.0")
+                && pretty.contains("1e3")
+                && pretty.contains("12345678901234567890")
+        );
+        assert!(pretty.contains(r#""x, {y}: \"z\"""#));
+        let again: serde_json::Value = serde_json::from_str(&pretty).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+        assert!(pretty.contains("\"b\": {}"));
+    }
+}

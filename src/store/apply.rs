@@ -1,0 +1,236 @@
+//! Applying state pushed by the control plane (events and reconciliation).
+//!
+//! Applies are serialized on one mutex. Each compares the update with the cache, writes
+//! only what changed (data files whose content type, payload text, version or timestamp
+//! differ; `metadata.json` / `secrets.json` only when they differ), deletes the files of
+//! vanished data keys, and then swaps metadata, data and the secret index into the cache
+//! in one write-lock section, under one new revision. Keys that cannot name a file are
+//! skipped and reported, never written. If any write fails nothing is published and the
+//! error is returned; the next reconcile retries. This module does not fetch anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use crate::keys;
+use crate::model::{DataEntry, SecretRef};
+
+use super::cache::{render, render_meta_item, DataItem, MetaItem, Stamp};
+use super::{io_err, lock, ApplyOutcome, Change, ChangeKind, CpUpdate, Json, Store, StoreError};
+
+/// A data entry to write: the entry, its canonical file name, its body (= file content),
+/// and a differently named old file of the same key to remove.
+struct DataWrite {
+    entry: DataEntry,
+    file: String,
+    body: Json,
+    old_file: Option<String>,
+}
+
+#[derive(Default)]
+struct DataPlan {
+    writes: Vec<DataWrite>,
+    /// (key, file) of data keys that vanished.
+    removals: Vec<(String, String)>,
+}
+
+impl DataPlan {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.removals.is_empty()
+    }
+}
+
+/// Sorted by key, one entry per key (the last one wins).
+pub(super) fn normalize_secrets(refs: Vec<SecretRef>) -> Vec<SecretRef> {
+    let map: BTreeMap<String, i64> = refs.into_iter().map(|r| (r.key, r.version)).collect();
+    map.into_iter()
+        .map(|(key, version)| SecretRef { key, version })
+        .collect()
+}
+
+impl Store {
+    /// Applies a control-plane update durably, then publishes it atomically.
+    pub fn apply_control_plane(&self, update: CpUpdate) -> Result<ApplyOutcome, StoreError> {
+        let serial = lock(&self.apply_lock);
+        let mut outcome = ApplyOutcome::default();
+
+        // Plan: compare with the cache (CPU only, under the read lock).
+        let secrets = update.secret_refs.map(normalize_secrets);
+        let mut wanted_data: Option<BTreeMap<String, DataEntry>> = None;
+        if let Some(entries) = update.data {
+            let mut map = BTreeMap::new();
+            for e in entries {
+                if keys::file_name_for(&e.key).is_none() {
+                    log::warn!(
+                        "control plane sent data key that cannot be stored (empty or too long), skipped: {:?}",
+                        e.key.chars().take(64).collect::<String>()
+                    );
+                    outcome.skipped_keys.push(e.key);
+                    continue;
+                }
+                if map.contains_key(&e.key) {
+                    log::warn!(
+                        "control plane sent data key {:?} twice; keeping the last",
+                        e.key
+                    );
+                }
+                map.insert(e.key.clone(), e);
+            }
+            wanted_data = Some(map);
+        }
+        let (metadata, secrets, mut plan) = {
+            let c = self.read();
+            let metadata = update.metadata.filter(|m| {
+                m.len() != c.metadata.len()
+                    || m.iter()
+                        .any(|(k, v)| c.metadata.get(k).map(|i| &i.value) != Some(v))
+            });
+            let secrets = secrets.filter(|s| *s != c.secrets);
+            let mut plan = DataPlan::default();
+            if let Some(wanted) = wanted_data {
+                for (key, item) in &c.data {
+                    if !wanted.contains_key(key) {
+                        plan.removals.push((key.clone(), item.file.clone()));
+                    }
+                }
+                for (key, entry) in wanted {
+                    let current = c.data.get(&key);
+                    let Some(file) = keys::file_name_for(&key) else {
+                        continue;
+                    };
+                    // An unchanged entry stays where it is, even in a Go agent's file name.
+                    if current.is_some_and(|cur| cur.entry == entry) {
+                        continue;
+                    }
+                    plan.writes.push(DataWrite {
+                        old_file: current.map(|cur| cur.file.clone()).filter(|f| *f != file),
+                        body: Json::from(&[][..]),
+                        entry,
+                        file,
+                    });
+                }
+            }
+            (metadata, secrets, plan)
+        };
+        if metadata.is_none() && secrets.is_none() && plan.is_empty() {
+            return Ok(outcome);
+        }
+        // Rendered outside the lock; the body is also the file content.
+        for w in &mut plan.writes {
+            w.body = render(&w.entry);
+        }
+        let jump = self.epoch_jump()?;
+
+        // Persist, outside every cache lock.
+        if !plan.is_empty() {
+            let files: Vec<(&str, &[u8])> = plan
+                .writes
+                .iter()
+                .map(|w| (w.file.as_str(), &*w.body))
+                .collect();
+            self.data.replace_many(&files).map_err(io_err(format!(
+                "writing {} data entries failed",
+                files.len()
+            )))?;
+            for w in &plan.writes {
+                if let Some(old) = &w.old_file {
+                    self.data
+                        .remove_no_dir_sync(old)
+                        .map_err(io_err(format!("removing old data file {old:?} failed")))?;
+                }
+            }
+            for (key, file) in &plan.removals {
+                self.data
+                    .remove_no_dir_sync(file)
+                    .map_err(io_err(format!("removing data entry {key:?} failed")))?;
+            }
+            self.data
+                .sync()
+                .map_err(io_err("syncing the data folder failed"))?;
+        }
+        let secrets_body = secrets.as_ref().map(render);
+        let metadata_items = metadata.map(|m| {
+            m.into_iter()
+                .map(|(k, v)| {
+                    let body = render_meta_item(&k, &v);
+                    (k, v, body)
+                })
+                .collect::<Vec<_>>()
+        });
+        let metadata_body = metadata_items.as_ref().map(|items| {
+            let map: BTreeMap<&str, &str> = items
+                .iter()
+                .map(|(k, v, _)| (k.as_str(), v.as_str()))
+                .collect();
+            render(&map)
+        });
+        let mut state_files: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(body) = &secrets_body {
+            state_files.push((super::load::SECRETS_FILE, body));
+        }
+        if let Some(body) = &metadata_body {
+            state_files.push((super::load::METADATA_FILE, body));
+        }
+        self.state
+            .replace_many(&state_files)
+            .map_err(io_err("writing metadata or the secret index failed"))?;
+
+        // Publish, in one write-lock section.
+        outcome.metadata_changed = metadata_items.is_some();
+        outcome.secrets_changed = secrets.is_some();
+        outcome.data_written = plan.writes.len();
+        outcome.data_removed = plan.removals.len();
+        let mut kinds = Vec::new();
+        let rev = {
+            let mut c = self.write();
+            let stamp: Stamp = c.next_stamp(SystemTime::now(), jump);
+            if let Some(items) = metadata_items {
+                let mut old = std::mem::take(&mut c.metadata);
+                let new = items
+                    .into_iter()
+                    .map(|(k, value, body)| {
+                        let item = match old.remove(&k) {
+                            Some(o) if o.value == value => o,
+                            _ => MetaItem { value, body, stamp },
+                        };
+                        (k, item)
+                    })
+                    .collect();
+                c.set_metadata(new, stamp);
+                kinds.push(ChangeKind::Metadata);
+            }
+            if !plan.is_empty() {
+                let mut data = std::mem::take(&mut c.data);
+                let removed: BTreeSet<&String> = plan.removals.iter().map(|(k, _)| k).collect();
+                data.retain(|k, _| !removed.contains(k));
+                for w in plan.writes {
+                    data.insert(
+                        w.entry.key.clone(),
+                        DataItem {
+                            entry: w.entry,
+                            body: w.body,
+                            file: w.file,
+                            stamp,
+                        },
+                    );
+                }
+                c.set_data(data, stamp);
+                kinds.push(ChangeKind::Data);
+            }
+            if let Some(s) = secrets {
+                c.set_secrets(s, stamp);
+                kinds.push(ChangeKind::Secrets);
+            }
+            stamp.rev
+        };
+        let changes: Vec<Change> = kinds
+            .into_iter()
+            .map(|kind| Change {
+                revision: rev,
+                kind,
+            })
+            .collect();
+        drop(serial);
+        self.notify(&changes);
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,292 @@
+//! The in-memory state behind the store's `RwLock`: metadata, data, the secret index,
+//! reports, the sync marks, and the JSON bodies served for them.
+//!
+//! Every resource carries a `Stamp` (store revision and wall time of its last change).
+//! Single entries are rendered once when stored; lists and the summary are rendered
+//! lazily, at most once per change, into a `OnceLock` that a change replaces. The cache
+//! does no I/O and takes no locks: the store decides when it is read or mutated, and
+//! mutations are short (no rendering of lists, no disk).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use crate::model::{DataEntry, DataKey, KeyVersion, ReportEntry, SecretRef};
+
+use super::outbox::Mark;
+use super::Json;
+
+/// When a resource last changed: the store revision and the wall time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub rev: u64,
+    pub at: SystemTime,
+}
+
+/// One metadata value with its rendered `{"key","value"}` body.
+pub struct MetaItem {
+    pub value: String,
+    pub body: Json,
+    pub stamp: Stamp,
+}
+
+/// A data entry, its rendered body (also its file content) and the file holding it.
+pub struct DataItem {
+    pub entry: DataEntry,
+    pub body: Json,
+    pub file: String,
+    pub stamp: Stamp,
+}
+
+/// A report entry, its rendered body (also its file content) and the file holding it.
+pub struct ReportItem {
+    pub entry: ReportEntry,
+    pub body: Json,
+    pub file: String,
+    pub stamp: Stamp,
+}
+
+/// Renders `value` as JSON bytes. Our types (string maps, entries with a RawValue
+/// payload) always serialize; the fallback keeps a bug from becoming a panic.
+pub fn render<T: serde::Serialize + ?Sized>(value: &T) -> Json {
+    match serde_json::to_vec(value) {
+        Ok(v) => Arc::from(v),
+        Err(e) => {
+            log::error!("cannot render JSON: {e}");
+            Arc::from(&b"null"[..])
+        }
+    }
+}
+
+pub fn render_meta_item(key: &str, value: &str) -> Json {
+    #[derive(serde::Serialize)]
+    struct KV<'a> {
+        key: &'a str,
+        value: &'a str,
+    }
+    render(&KV { key, value })
+}
+
+pub struct Cache {
+    pub revision: u64,
+    pub last_change: SystemTime,
+
+    pub metadata: BTreeMap<String, MetaItem>,
+    pub metadata_stamp: Stamp,
+    metadata_body: OnceLock<Json>,
+
+    pub data: BTreeMap<String, DataItem>,
+    pub data_stamp: Stamp,
+    data_body: OnceLock<Json>,
+
+    /// Sorted by key, keys unique.
+    pub secrets: Vec<SecretRef>,
+    pub secrets_stamp: Stamp,
+    secrets_body: OnceLock<Json>,
+
+    pub reports: BTreeMap<String, ReportItem>,
+    pub reports_stamp: Stamp,
+    reports_body: OnceLock<Json>,
+
+    summary_body: OnceLock<Json>,
+
+    /// Per report key, the state the control plane last acknowledged.
+    pub marks: HashMap<String, Mark>,
+    /// Report keys whose current state (entry or absence) differs from their mark.
+    pub pending: BTreeSet<String>,
+}
+
+impl Cache {
+    pub fn empty(base: Stamp) -> Cache {
+        Cache {
+            revision: base.rev,
+            last_change: base.at,
+            metadata: BTreeMap::new(),
+            metadata_stamp: base,
+            metadata_body: OnceLock::new(),
+            data: BTreeMap::new(),
+            data_stamp: base,
+            data_body: OnceLock::new(),
+            secrets: Vec::new(),
+            secrets_stamp: base,
+            secrets_body: OnceLock::new(),
+            reports: BTreeMap::new(),
+            reports_stamp: base,
+            reports_body: OnceLock::new(),
+            summary_body: OnceLock::new(),
+            marks: HashMap::new(),
+            pending: BTreeSet::new(),
+        }
+    }
+
+    pub fn summary_stamp(&self) -> Stamp {
+        Stamp {
+            rev: self.revision,
+            at: self.last_change,
+        }
+    }
+
+    /// Takes the next store revision for a change made at `at`, honouring a jump to a
+    /// reserved epoch.
+    pub fn next_stamp(&mut self, at: SystemTime, jump: Option<u64>) -> Stamp {
+        self.revision = self.revision.max(jump.unwrap_or(0)) + 1;
+        self.last_change = at;
+        self.summary_body = OnceLock::new();
+        Stamp {
+            rev: self.revision,
+            at,
+        }
+    }
+
+    // ---- rendering -------------------------------------------------------------
+
+    pub fn metadata_json(&self) -> Json {
+        self.metadata_body
+            .get_or_init(|| {
+                let map: BTreeMap<&str, &str> = self
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.value.as_str()))
+                    .collect();
+                render(&map)
+            })
+            .clone()
+    }
+
+    pub fn data_list_json(&self) -> Json {
+        self.data_body
+            .get_or_init(|| {
+                let rows: Vec<DataKey<'_>> = self
+                    .data
+                    .values()
+                    .map(|d| DataKey {
+                        key: &d.entry.key,
+                        version: d.entry.version,
+                        content_type: &d.entry.content_type,
+                    })
+                    .collect();
+                render(&rows)
+            })
+            .clone()
+    }
+
+    pub fn secret_list_json(&self) -> Json {
+        self.secrets_body
+            .get_or_init(|| {
+                let rows: Vec<KeyVersion<'_>> = self
+                    .secrets
+                    .iter()
+                    .map(|s| KeyVersion {
+                        key: &s.key,
+                        version: s.version,
+                    })
+                    .collect();
+                render(&rows)
+            })
+            .clone()
+    }
+
+    pub fn report_list_json(&self) -> Json {
+        self.reports_body
+            .get_or_init(|| {
+                let rows: Vec<KeyVersion<'_>> = self
+                    .reports
+                    .values()
+                    .map(|r| KeyVersion {
+                        key: &r.entry.key,
+                        version: r.entry.version,
+                    })
+                    .collect();
+                render(&rows)
+            })
+            .clone()
+    }
+
+    /// The summary, assembled from the four cached list bodies.
+    pub fn summary_json(&self) -> Json {
+        self.summary_body
+            .get_or_init(|| {
+                let parts = [
+                    (&b"{\"metadata\":"[..], self.metadata_json()),
+                    (&b",\"data_keys\":"[..], self.data_list_json()),
+                    (&b",\"secret_keys\":"[..], self.secret_list_json()),
+                    (&b",\"report_keys\":"[..], self.report_list_json()),
+                ];
+                let len = parts.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + 1;
+                let mut out = Vec::with_capacity(len);
+                for (label, body) in parts {
+                    out.extend_from_slice(label);
+                    out.extend_from_slice(&body);
+                }
+                out.push(b'}');
+                Arc::from(out)
+            })
+            .clone()
+    }
+
+    // ---- mutations -------------------------------------------------------------
+
+    pub fn set_metadata(&mut self, metadata: BTreeMap<String, MetaItem>, stamp: Stamp) {
+        self.metadata = metadata;
+        self.metadata_stamp = stamp;
+        self.metadata_body = OnceLock::new();
+    }
+
+    pub fn set_data(&mut self, data: BTreeMap<String, DataItem>, stamp: Stamp) {
+        self.data = data;
+        self.data_stamp = stamp;
+        self.data_body = OnceLock::new();
+    }
+
+    pub fn set_secrets(&mut self, secrets: Vec<SecretRef>, stamp: Stamp) {
+        self.secrets = secrets;
+        self.secrets_stamp = stamp;
+        self.secrets_body = OnceLock::new();
+    }
+
+    pub fn put_report(&mut self, item: ReportItem) {
+        let key = item.entry.key.clone();
+        self.reports_stamp = item.stamp;
+        self.reports_body = OnceLock::new();
+        self.reports.insert(key.clone(), item);
+        self.refresh_pending(&key);
+    }
+
+    pub fn remove_report(&mut self, key: &str, stamp: Stamp) -> Option<ReportItem> {
+        let old = self.reports.remove(key);
+        self.reports_stamp = stamp;
+        self.reports_body = OnceLock::new();
+        self.refresh_pending(key);
+        old
+    }
+
+    /// Recomputes whether `key` has to be sent upstream.
+    pub fn refresh_pending(&mut self, key: &str) {
+        let differs = match (self.reports.get(key), self.marks.get(key)) {
+            (Some(r), Some(m)) => !m.matches(&r.entry),
+            (None, None) => false,
+            _ => true,
+        };
+        if differs {
+            if !self.pending.contains(key) {
+                self.pending.insert(key.to_owned());
+            }
+        } else {
+            self.pending.remove(key);
+        }
+    }
+
+    /// Recomputes the whole pending set (after load).
+    pub fn rebuild_pending(&mut self) {
+        let keys: BTreeSet<String> = self
+            .reports
+            .keys()
+            .chain(self.marks.keys())
+            .cloned()
+            .collect();
+        self.pending.clear();
+        for k in keys {
+            self.refresh_pending(&k);
+        }
+    }
+}

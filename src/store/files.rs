@@ -1,0 +1,351 @@
+//! Durable file operations for the state folders: atomic replace, durable removal,
+//! group-committed folder fsyncs, stray temp-file cleanup and quarantine.
+//!
+//! A write goes to a unique hidden temp file in the target folder (`.{name}.tmp-{pid}-{n}`;
+//! encoded key names never start with `.`), is fsynced, renamed over the target, and then
+//! the folder is fsynced. Folder fsyncs are shared: writers to the same folder that arrive
+//! while a fsync runs wait for the next one and share it. Files are created 0600, folders
+//! 0700. This module knows nothing about keys, JSON or the cache: it moves bytes to disk.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+/// Suffix given to files that could not be parsed.
+pub const CORRUPT_SUFFIX: &str = ".corrupt";
+/// Suffix given to a file that lost against another file carrying the same key.
+pub const STALE_SUFFIX: &str = ".stale";
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Threads writing temp files in parallel in `replace_many` (bounds open descriptors).
+const MAX_WRITE_THREADS: usize = 16;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Creates `path` (and missing parents) with mode 0700; an existing folder is tightened
+/// to 0700 as well.
+pub fn ensure_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    let meta = fs::metadata(path)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a folder", path.display()),
+        ));
+    }
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Whether `name` is a temp file left behind by an interrupted write (ours, or the Go
+/// agent's `*.tmp*` files). Quarantined and stale files are never temp files, and
+/// neither is any `*.json` file (a plain key may well contain `.tmp`).
+pub fn is_temp_name(name: &str) -> bool {
+    !name.ends_with(".json")
+        && !name.ends_with(CORRUPT_SUFFIX)
+        && !name.ends_with(STALE_SUFFIX)
+        && name.contains(".tmp")
+}
+
+/// State of the shared folder fsync.
+#[derive(Default)]
+struct SyncState {
+    /// Generation number of the last fsync started.
+    started: u64,
+    /// Generation number of the last fsync finished.
+    finished: u64,
+    /// Generation number of the last fsync that succeeded.
+    succeeded: u64,
+    running: bool,
+    last_error: Option<(io::ErrorKind, String)>,
+}
+
+/// One state folder: its path and the group-committed fsync of its entries.
+pub struct Folder {
+    path: PathBuf,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+impl Folder {
+    pub fn new(path: PathBuf) -> Folder {
+        Folder {
+            path,
+            state: Mutex::new(SyncState::default()),
+            done: Condvar::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Makes every rename and unlink done in this folder before the call durable.
+    ///
+    /// Needs one fsync that *started* after the call; a fsync already running does not
+    /// count, so the caller waits for the next one, which it shares with everybody who
+    /// arrived meanwhile. A later fsync that succeeds also covers an earlier one that
+    /// failed.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let target = st.started + 1;
+        loop {
+            if st.succeeded >= target {
+                return Ok(());
+            }
+            if st.finished >= target {
+                let (kind, msg) = st
+                    .last_error
+                    .clone()
+                    .unwrap_or((io::ErrorKind::Other, "folder fsync failed".to_owned()));
+                return Err(io::Error::new(kind, msg));
+            }
+            if st.running {
+                st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            st.running = true;
+            st.started += 1;
+            let generation = st.started;
+            drop(st);
+            let result = File::open(&self.path).and_then(|dir| dir.sync_all());
+            st = lock(&self.state);
+            st.running = false;
+            st.finished = generation;
+            match result {
+                Ok(()) => st.succeeded = generation,
+                Err(e) => st.last_error = Some((e.kind(), e.to_string())),
+            }
+            self.done.notify_all();
+        }
+    }
+
+    /// Writes `bytes` to a fresh temp file, fsyncs it and renames it over `name`,
+    /// without the folder fsync. On error the temp file is removed and `name` is as it was.
+    pub fn replace_no_dir_sync(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.write_temp(name, bytes)?;
+        fs::rename(&tmp, self.path.join(name)).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    /// Writes and fsyncs one temp file for `name`; returns its path. On error nothing
+    /// is left behind.
+    fn write_temp(&self, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .path
+            .join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        match result {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces many files at once: all temp files are written and fsynced first (in
+    /// parallel, so their fsyncs share journal commits), and only when every one of them
+    /// is durable are they renamed into place, followed by one folder fsync. If writing
+    /// any temp file fails, no target is touched.
+    pub fn replace_many(&self, files: &[(&str, &[u8])]) -> io::Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let threads = files.len().clamp(1, MAX_WRITE_THREADS);
+        let chunk = files.len().div_ceil(threads);
+        let results: Vec<io::Result<Vec<PathBuf>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = files
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut temps = Vec::with_capacity(part.len());
+                        for (name, bytes) in part {
+                            match self.write_temp(name, bytes) {
+                                Ok(t) => temps.push(t),
+                                Err(e) => {
+                                    for t in &temps {
+                                        let _ = fs::remove_file(t);
+                                    }
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        Ok(temps)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("temp file writer panicked")))
+                })
+                .collect()
+        });
+        let mut temps = Vec::with_capacity(files.len());
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(t) => temps.extend(t),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            for t in &temps {
+                let _ = fs::remove_file(t);
+            }
+            return Err(e);
+        }
+        for (i, ((name, _), tmp)) in files.iter().zip(&temps).enumerate() {
+            if let Err(e) = fs::rename(tmp, self.path.join(name)) {
+                for t in &temps[i..] {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(e);
+            }
+        }
+        self.sync()
+    }
+
+    /// Atomically and durably replaces `name` with `bytes`. A crash at any instant leaves
+    /// the old or the new content; an error before the rename leaves the old file.
+    pub fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.replace_no_dir_sync(name, bytes)?;
+        self.sync()
+    }
+
+    /// Removes `name` without the folder fsync. A missing file is not an error.
+    pub fn remove_no_dir_sync(&self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.path.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Durably removes `name`. A missing file is not an error.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        self.remove_no_dir_sync(name)?;
+        self.sync()
+    }
+
+    /// Removes stray temp files; returns how many were removed.
+    pub fn remove_temp_files(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.path)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if is_temp_name(&name) && entry.file_type()?.is_file() {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        log::warn!("removed stray temp file {}", entry.path().display());
+                        removed += 1;
+                    }
+                    Err(e) => log::warn!(
+                        "could not remove stray temp file {}: {e}",
+                        entry.path().display()
+                    ),
+                }
+            }
+        }
+        if removed > 0 {
+            self.sync()?;
+        }
+        Ok(removed)
+    }
+
+    /// Moves `name` aside as `name` + `suffix` (a free name is picked if that exists).
+    pub fn move_aside(&self, name: &str, suffix: &str) -> io::Result<PathBuf> {
+        let mut target = self.path.join(format!("{name}{suffix}"));
+        let mut i = 1;
+        while target.exists() {
+            target = self.path.join(format!("{name}{suffix}.{i}"));
+            i += 1;
+        }
+        fs::rename(self.path.join(name), &target)?;
+        self.sync()?;
+        Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn temp_names() {
+        assert!(is_temp_name(".a.json.tmp-1-2"));
+        assert!(is_temp_name("a.json.tmp"));
+        assert!(!is_temp_name("x.tmp-y.json"));
+        assert!(!is_temp_name("a.tmp.json.corrupt"));
+        assert!(!is_temp_name("metadata.json"));
+    }
+
+    #[test]
+    fn replace_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Folder::new(dir.path().to_owned());
+        f.replace("a.json", b"1").unwrap();
+        f.replace("a.json", b"22").unwrap();
+        assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"22");
+        let mode = fs::metadata(dir.path().join("a.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        f.remove("a.json").unwrap();
+        f.remove("a.json").unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn group_commit_shares_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Arc::new(Folder::new(dir.path().to_owned()));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        f.replace(&format!("{t}-{i}.json"), b"x").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = lock(&f.state);
+        assert!(st.started <= 400, "{}", st.started);
+        assert_eq!(st.started, st.succeeded);
+        drop(st);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 400);
+    }
+}

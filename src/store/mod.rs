@@ -1,0 +1,362 @@
+//! The node's state store: metadata, data entries and the secret index pushed by the
+//! control plane, and reports written by local workloads, cached in memory and on disk
+//! under `{data_dir}/state/`.
+//!
+//! Readers get pre-rendered JSON bodies (`Json`, shared `Arc<[u8]>`) with the store
+//! revision and wall time of the resource's last change, and never wait for disk I/O:
+//! no write, fsync or rename happens while the cache lock is held. Writers make their
+//! change durable first, then publish it under a brief write lock, then notify
+//! subscribers outside every lock. The store does not talk to the network, know about
+//! HTTP, or decide when to sync: the syncer drives `pending_batch`/`mark_synced`.
+//!
+//! Invariants: a failed write leaves memory and disk as they were; a control-plane update
+//! is published in one write-lock section (never new metadata with old data); the
+//! revision never goes backwards, across restarts included; nothing acknowledged to a
+//! client is lost from the outbox.
+
+mod apply;
+mod cache;
+mod files;
+mod load;
+mod outbox;
+mod reports;
+mod revision;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+use std::{fmt, io};
+
+use crate::keys::ReportKey;
+use crate::model::{DataEntry, Metadata, SecretRef};
+
+use cache::{Cache, Stamp};
+use files::Folder;
+use reports::KeyLocks;
+use revision::Epochs;
+
+pub use outbox::SyncBatch;
+
+/// A JSON body rendered once and served many times.
+pub type Json = Arc<[u8]>;
+
+/// A value with the store revision (`mod_rev`) and wall time (`modified`) of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_rev: u64,
+    pub modified: SystemTime,
+}
+
+impl<T> Versioned<T> {
+    fn new(value: T, stamp: Stamp) -> Versioned<T> {
+        Versioned {
+            value,
+            mod_rev: stamp.rev,
+            modified: stamp.at,
+        }
+    }
+}
+
+/// Sizes of the cached collections, for health and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub metadata: usize,
+    pub data: usize,
+    pub secrets: usize,
+    pub reports: usize,
+    pub last_change: SystemTime,
+}
+
+/// A state update from the control plane; `None` leaves that part as it is.
+#[derive(Debug, Clone, Default)]
+pub struct CpUpdate {
+    pub metadata: Option<Metadata>,
+    pub data: Option<Vec<DataEntry>>,
+    pub secret_refs: Option<Vec<SecretRef>>,
+}
+
+/// What `apply_control_plane` changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub metadata_changed: bool,
+    pub data_written: usize,
+    pub data_removed: usize,
+    pub secrets_changed: bool,
+    /// Data keys that could not be stored (empty, or a file name that would be too long).
+    pub skipped_keys: Vec<String>,
+}
+
+impl ApplyOutcome {
+    pub fn changed(&self) -> bool {
+        self.metadata_changed
+            || self.data_written > 0
+            || self.data_removed > 0
+            || self.secrets_changed
+    }
+}
+
+/// A published change: the store revision it got and what kind of state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Metadata,
+    Data,
+    Secrets,
+    Reports,
+}
+
+/// Store errors. `Display` is safe to log; it is not meant for HTTP clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `If-Match` did not match; `current` is the stored version (`None`: no such key).
+    #[error("version conflict (current version {})", DisplayOpt(.current))]
+    Conflict { current: Option<i64> },
+    #[error("not found")]
+    NotFound,
+    /// A valid report key whose encoded file name would exceed the file-name limit.
+    #[error("key cannot be stored: its file name would be too long")]
+    KeyNotStorable,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<io::Error> for StoreError {
+    fn from(source: io::Error) -> StoreError {
+        StoreError::Io {
+            context: "state store I/O failed".to_owned(),
+            source,
+        }
+    }
+}
+
+struct DisplayOpt<'a>(&'a Option<i64>);
+
+impl fmt::Display for DisplayOpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    move |source| StoreError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+type Subscriber = Arc<dyn Fn(&Change) + Send + Sync>;
+
+/// The state store. `Send + Sync`; share it as `Arc<Store>`.
+pub struct Store {
+    state: Folder,
+    data: Folder,
+    report: Folder,
+    epochs: Epochs,
+    cache: RwLock<Cache>,
+    /// Serializes control-plane applies.
+    apply_lock: Mutex<()>,
+    /// Serializes writers of the marks file.
+    marks_lock: Mutex<()>,
+    report_locks: KeyLocks,
+    subscribers: RwLock<Vec<Subscriber>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store {
+    /// Opens the cache folder `state_dir` (that is `{data_dir}/state`): creates it and
+    /// its `data/` and `report/` folders (0700), removes stray temp files, moves files
+    /// that do not parse aside as `<name>.corrupt` (logged at error) and loads the rest.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        load::open(state_dir)
+    }
+
+    /// The folder this store keeps its files in.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store-wide revision: increases with every change, never goes backwards.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// `{"metadata":{…},"data_keys":[…],"secret_keys":[…],"report_keys":[…]}`.
+    pub fn summary(&self) -> Versioned<Json> {
+        let c = self.read();
+        Versioned::new(c.summary_json(), c.summary_stamp())
+    }
+
+    /// The metadata map.
+    pub fn metadata(&self) -> Versioned<Json> {
+        let c = self.read();
+        Versioned::new(c.metadata_json(), c.metadata_stamp)
+    }
+
+    /// `{"key":…,"value":…}` for one metadata key.
+    pub fn metadata_value(&self, key: &str) -> Option<Versioned<Json>> {
+        let c = self.read();
+        c.metadata
+            .get(key)
+            .map(|m| Versioned::new(m.body.clone(), m.stamp))
+    }
+
+    /// `[{key,version,content_type}]`, sorted by key.
+    pub fn data_list(&self) -> Versioned<Json> {
+        let c = self.read();
+        Versioned::new(c.data_list_json(), c.data_stamp)
+    }
+
+    /// One DataEntry, payload verbatim.
+    pub fn data_entry(&self, key: &str) -> Option<Versioned<Json>> {
+        let c = self.read();
+        c.data
+            .get(key)
+            .map(|d| Versioned::new(d.body.clone(), d.stamp))
+    }
+
+    /// `[{key,version}]` of the secret index, sorted by key.
+    pub fn secret_list(&self) -> Versioned<Json> {
+        let c = self.read();
+        Versioned::new(c.secret_list_json(), c.secrets_stamp)
+    }
+
+    /// `[{key,version}]` of the reports, sorted by key.
+    pub fn report_list(&self) -> Versioned<Json> {
+        let c = self.read();
+        Versioned::new(c.report_list_json(), c.reports_stamp)
+    }
+
+    /// One ReportEntry.
+    pub fn report(&self, key: &ReportKey) -> Option<Versioned<Json>> {
+        let c = self.read();
+        c.reports
+            .get(key.as_str())
+            .map(|r| Versioned::new(r.body.clone(), r.stamp))
+    }
+
+    pub fn counts(&self) -> Counts {
+        let c = self.read();
+        Counts {
+            metadata: c.metadata.len(),
+            data: c.data.len(),
+            secrets: c.secrets.len(),
+            reports: c.reports.len(),
+            last_change: c.last_change,
+        }
+    }
+
+    /// Registers `f`, called after every published change in the writer's thread,
+    /// outside every store lock. Keep it cheap (e.g. wake a thread).
+    pub fn subscribe(&self, f: Box<dyn Fn(&Change) + Send + Sync>) {
+        self.subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::from(f));
+    }
+
+    fn notify(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let subs: Vec<Subscriber> = self
+            .subscribers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for change in changes {
+            for s in &subs {
+                s(change);
+            }
+        }
+    }
+
+    /// Asks the epoch allocator whether a jump to a freshly reserved epoch is due.
+    /// Called outside the cache lock, before publishing.
+    fn epoch_jump(&self) -> Result<Option<u64>, StoreError> {
+        let current = self.revision();
+        self.epochs
+            .reserve_ahead(&self.state, current)
+            .map_err(io_err("reserving the next revision epoch failed"))
+    }
+
+    // ---- outbox ----------------------------------------------------------------
+
+    /// The next batch of report changes to send upstream, or `None` when nothing is
+    /// pending. Each key appears once with its latest state.
+    pub fn pending_batch(&self, max_keys: usize, max_bytes: usize) -> Option<SyncBatch> {
+        outbox::build_batch(&self.read(), max_keys, max_bytes)
+    }
+
+    /// Records that the control plane took `batch`: exactly the states it carried are
+    /// marked as synced (a write that landed meanwhile stays pending). Durable.
+    pub fn mark_synced(&self, batch: &SyncBatch) -> Result<(), StoreError> {
+        let _serial = lock(&self.marks_lock);
+        let next = outbox::acknowledge(&self.read().marks, batch);
+        let bytes = outbox::encode_marks(&next).map_err(|source| StoreError::Encode {
+            what: "report sync marks",
+            source,
+        })?;
+        self.state
+            .replace(outbox::MARKS_FILE, &bytes)
+            .map_err(io_err("writing report sync marks failed"))?;
+        let mut c = self.write();
+        c.marks = next;
+        for key in batch.keys() {
+            c.refresh_pending(key);
+        }
+        Ok(())
+    }
+
+    /// Treats `batch` as delivered although the control plane rejected it (the caller
+    /// logs); the same bookkeeping as `mark_synced`.
+    pub fn drop_rejected(&self, batch: &SyncBatch) -> Result<(), StoreError> {
+        self.mark_synced(batch)
+    }
+
+    /// Number of report keys waiting to be synced upstream.
+    pub fn pending_count(&self) -> usize {
+        self.read().pending.len()
+    }
+}
+
+/// Paths of the three folders under `state_dir`.
+fn folders(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        state_dir.to_owned(),
+        state_dir.join("data"),
+        state_dir.join("report"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

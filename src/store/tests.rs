@@ -1,0 +1,953 @@
+//! Store tests on real files in temp folders.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::*;
+
+fn raw(s: &str) -> Box<RawValue> {
+    RawValue::from_string(s.to_owned()).unwrap()
+}
+
+fn rk(s: &str) -> ReportKey {
+    ReportKey::parse(s).unwrap()
+}
+
+fn text(j: &Json) -> &str {
+    std::str::from_utf8(j).unwrap()
+}
+
+fn parse(j: &Json) -> Value {
+    serde_json::from_slice(j).unwrap()
+}
+
+fn entry(key: &str, payload: &str, version: i64) -> DataEntry {
+    DataEntry {
+        key: key.to_owned(),
+        content_type: "application/json".to_owned(),
+        payload: raw(payload),
+        version,
+        updated_at: "2026-03-01T12:00:00Z".to_owned(),
+    }
+}
+
+fn put(
+    st: &Store,
+    key: &str,
+    payload: &str,
+    if_match: Option<i64>,
+) -> Result<Versioned<Json>, StoreError> {
+    st.put_report(&rk(key), "application/json".into(), raw(payload), if_match)
+}
+
+/// Every file and folder below `root`, as paths relative to it.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().to_owned());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    state: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let state = root.join("state");
+    Fixture {
+        _dir: dir,
+        root,
+        state,
+    }
+}
+
+#[test]
+fn creates_private_folders() {
+    let f = fixture();
+    let _st = Store::open(&f.state).unwrap();
+    for d in ["", "data", "report"] {
+        let m = fs::metadata(f.state.join(d)).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.mode() & 0o777, 0o700, "{d}");
+    }
+    assert_eq!(fs::read_to_string(f.state.join("revision")).unwrap(), "1\n");
+}
+
+#[test]
+fn loads_a_plexd_cache_unchanged() {
+    let f = fixture();
+    fs::create_dir_all(f.state.join("data")).unwrap();
+    fs::create_dir_all(f.state.join("report")).unwrap();
+    let files = [
+        ("metadata.json", "{\"region\":\"eu-west\",\"role\":\"edge\"}"),
+        (
+            "secrets.json",
+            "[{\"key\":\"tls\",\"version\":1},{\"key\":\"db\",\"version\":3}]",
+        ),
+        (
+            "data/database-config.json",
+            "{\n  \"key\": \"database-config\",\n  \"content_type\": \"application/json\",\n  \"payload\": {\"host\": \"db\",  \"port\": 5432},\n  \"version\": 2,\n  \"updated_at\": \"2026-03-01T12:00:00.5+01:00\"\n}",
+        ),
+        (
+            "data/feature-flags.json",
+            "{\"key\":\"feature-flags\",\"content_type\":\"application/json\",\"payload\":[1,2],\"version\":7,\"updated_at\":\"2026-03-01T12:00:00Z\"}",
+        ),
+        (
+            "report/app-health.json",
+            "{\"key\":\"app-health\",\"content_type\":\"application/json\",\"payload\":{\"status\":\"healthy\"},\"version\":4,\"updated_at\":\"2026-03-01T12:00:00Z\"}",
+        ),
+    ];
+    for (name, content) in files {
+        fs::write(f.state.join(name), content).unwrap();
+    }
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(
+        text(&st.summary().value),
+        "{\"metadata\":{\"region\":\"eu-west\",\"role\":\"edge\"},\
+         \"data_keys\":[{\"key\":\"database-config\",\"version\":2,\"content_type\":\"application/json\"},\
+         {\"key\":\"feature-flags\",\"version\":7,\"content_type\":\"application/json\"}],\
+         \"secret_keys\":[{\"key\":\"db\",\"version\":3},{\"key\":\"tls\",\"version\":1}],\
+         \"report_keys\":[{\"key\":\"app-health\",\"version\":4}]}"
+    );
+    let d = st.data_entry("database-config").unwrap();
+    assert_eq!(
+        text(&d.value),
+        "{\"key\":\"database-config\",\"content_type\":\"application/json\",\
+         \"payload\":{\"host\": \"db\",  \"port\": 5432},\"version\":2,\
+         \"updated_at\":\"2026-03-01T12:00:00.5+01:00\"}"
+    );
+    assert_eq!(d.mod_rev, st.revision());
+    assert_eq!(
+        d.modified,
+        fs::metadata(f.state.join("data/database-config.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    );
+    assert_eq!(
+        text(&st.metadata_value("role").unwrap().value),
+        "{\"key\":\"role\",\"value\":\"edge\"}"
+    );
+    assert!(st.metadata_value("nope").is_none());
+    let r = st.report(&rk("app-health")).unwrap();
+    assert_eq!(parse(&r.value)["version"], 4);
+    // No report-sync.json: everything is pending (at-least-once).
+    assert_eq!(st.pending_count(), 1);
+    // Loading changed no file.
+    for (name, content) in files {
+        assert_eq!(fs::read_to_string(f.state.join(name)).unwrap(), content);
+    }
+    let c = st.counts();
+    assert_eq!((c.metadata, c.data, c.secrets, c.reports), (2, 2, 2, 1));
+    // The next version continues from the loaded one.
+    let v = put(&st, "app-health", "1", Some(4)).unwrap();
+    assert_eq!(parse(&v.value)["version"], 5);
+}
+
+#[test]
+fn hostile_control_plane_keys_stay_inside_the_data_folder() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    let long = "k".repeat(300);
+    let hostile = [
+        "..",
+        ".",
+        "../x",
+        "a/b",
+        "a\0b",
+        "/etc/passwd",
+        ".hidden",
+        "../../../../tmp/evil",
+        "\\..\\x",
+    ];
+    let mut entries: Vec<DataEntry> = hostile.iter().map(|k| entry(k, "1", 1)).collect();
+    entries.push(entry(&long, "1", 1));
+    entries.push(entry("", "1", 1));
+    let out = st
+        .apply_control_plane(CpUpdate {
+            data: Some(entries),
+            ..CpUpdate::default()
+        })
+        .unwrap();
+    assert_eq!(out.skipped_keys, vec![long.clone(), String::new()]);
+    assert_eq!(out.data_written, hostile.len());
+    for path in walk(&f.root) {
+        assert!(path.starts_with("state"), "{path:?} outside state/");
+        let depth = path.components().count();
+        assert!(depth <= 3, "{path:?}");
+        if depth == 3 {
+            assert!(path.starts_with("state/data"), "{path:?}");
+        }
+    }
+    assert_eq!(names(&f.state.join("data")).len(), hostile.len());
+    for k in hostile {
+        let e = st.data_entry(k).unwrap();
+        assert_eq!(parse(&e.value)["key"], k);
+    }
+    assert!(st.data_entry(&long).is_none());
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    for k in hostile {
+        assert!(st.data_entry(k).is_some(), "{k:?} not reloaded");
+    }
+    assert_eq!(st.counts().data, hostile.len());
+}
+
+#[test]
+fn corrupt_files_are_quarantined_and_the_rest_loads() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    put(&st, "good", "1", None).unwrap();
+    st.apply_control_plane(CpUpdate {
+        metadata: Some([("a".to_owned(), "b".to_owned())].into()),
+        data: Some(vec![entry("d", "1", 1)]),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    drop(st);
+    fs::write(f.state.join("report/bad.json"), "{\"key\": ").unwrap();
+    fs::write(
+        f.state.join("report/dots.json"),
+        "{\"key\":\"..\",\"content_type\":\"x\",\"payload\":1,\"version\":1,\"updated_at\":\"x\"}",
+    )
+    .unwrap();
+    fs::write(f.state.join("data/bad.json"), "[1,2").unwrap();
+    fs::write(f.state.join("secrets.json"), "{}").unwrap();
+    let st = Store::open(&f.state).unwrap();
+    assert!(st.report(&rk("good")).is_some());
+    assert!(st.data_entry("d").is_some());
+    assert!(st.metadata_value("a").is_some());
+    assert_eq!(text(&st.secret_list().value), "[]");
+    assert_eq!(st.counts().reports, 1);
+    let reports = names(&f.state.join("report"));
+    assert!(reports.contains("bad.json.corrupt"), "{reports:?}");
+    assert!(reports.contains("dots.json.corrupt"), "{reports:?}");
+    assert!(names(&f.state.join("data")).contains("bad.json.corrupt"));
+    assert!(names(&f.state).contains("secrets.json.corrupt"));
+    // A second open does not trip over the quarantined files.
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(st.counts().reports, 1);
+}
+
+#[test]
+fn stray_temp_files_are_removed_on_open() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    put(&st, "x.tmp-1", "1", None).unwrap();
+    drop(st);
+    fs::write(f.state.join("report/.a.json.tmp-99-3"), "{").unwrap();
+    fs::write(f.state.join("data/b.json.tmp"), "{").unwrap();
+    fs::write(f.state.join(".metadata.json.tmp-1-1"), "{").unwrap();
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(
+        names(&f.state.join("report")),
+        BTreeSet::from(["x.tmp-1.json".to_owned()])
+    );
+    assert!(names(&f.state.join("data")).is_empty());
+    assert_eq!(
+        names(&f.state),
+        BTreeSet::from(["data".into(), "report".into(), "revision".into()])
+    );
+    assert!(st.report(&rk("x.tmp-1")).is_some());
+}
+
+#[test]
+fn duplicate_files_for_one_key_keep_the_newer() {
+    let f = fixture();
+    fs::create_dir_all(f.state.join("report")).unwrap();
+    let e = |v: i64| {
+        format!("{{\"key\":\"a b\",\"content_type\":\"t\",\"payload\":{v},\"version\":{v},\"updated_at\":\"2026-03-01T12:00:00Z\"}}")
+    };
+    fs::write(f.state.join("report/a b.json"), e(3)).unwrap();
+    fs::write(f.state.join("report/a%20b.json"), e(2)).unwrap();
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(parse(&st.report(&rk("a b")).unwrap().value)["version"], 3);
+    assert!(names(&f.state.join("report")).contains("a%20b.json.stale"));
+    // Writing moves the key to its canonical file and removes the Go agent's one.
+    put(&st, "a b", "4", Some(3)).unwrap();
+    assert_eq!(
+        names(&f.state.join("report")),
+        BTreeSet::from(["a%20b.json".to_owned(), "a%20b.json.stale".to_owned()])
+    );
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(parse(&st.report(&rk("a b")).unwrap().value)["version"], 4);
+}
+
+#[test]
+fn put_get_if_match_delete_recreate() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    assert!(matches!(
+        put(&st, "k", "1", Some(1)),
+        Err(StoreError::Conflict { current: None })
+    ));
+    let v1 = put(&st, "k", "{\"a\": [1, 2]}", Some(0)).unwrap();
+    let e = parse(&v1.value);
+    assert_eq!(e["version"], 1);
+    assert_eq!(e["key"], "k");
+    assert_eq!(e["content_type"], "application/json");
+    assert!(text(&v1.value).contains("\"payload\":{\"a\": [1, 2]}"));
+    let ts = e["updated_at"].as_str().unwrap();
+    assert!(crate::timefmt::parse_rfc3339(ts).is_some() && ts.ends_with('Z'));
+    assert_eq!(st.report(&rk("k")).unwrap(), v1);
+    // The file holds exactly the served body.
+    assert_eq!(fs::read(f.state.join("report/k.json")).unwrap(), &*v1.value);
+    assert_eq!(
+        fs::metadata(f.state.join("report/k.json")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert!(matches!(
+        put(&st, "k", "2", Some(0)),
+        Err(StoreError::Conflict { current: Some(1) })
+    ));
+    assert!(matches!(
+        put(&st, "k", "2", Some(5)),
+        Err(StoreError::Conflict { current: Some(1) })
+    ));
+    assert_eq!(
+        parse(&put(&st, "k", "2", Some(1)).unwrap().value)["version"],
+        2
+    );
+    assert_eq!(
+        parse(&put(&st, "k", "3", None).unwrap().value)["version"],
+        3
+    );
+    assert_eq!(
+        text(&st.report_list().value),
+        "[{\"key\":\"k\",\"version\":3}]"
+    );
+    let rev = st.delete_report(&rk("k")).unwrap();
+    assert_eq!(rev, st.revision());
+    assert!(st.report(&rk("k")).is_none());
+    assert!(!f.state.join("report/k.json").exists());
+    assert!(matches!(
+        st.delete_report(&rk("k")),
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(text(&st.report_list().value), "[]");
+    assert_eq!(
+        parse(&put(&st, "k", "4", Some(0)).unwrap().value)["version"],
+        1
+    );
+    // Keys with reserved characters live in encoded file names.
+    put(&st, "a b:c%", "1", None).unwrap();
+    assert!(f.state.join("report/a%20b%3Ac%25.json").exists());
+    // A valid key whose encoded name would be too long cannot be stored.
+    let wide = "ü".repeat(100);
+    assert!(matches!(
+        put(&st, &wide, "1", None),
+        Err(StoreError::KeyNotStorable)
+    ));
+}
+
+#[test]
+fn revisions_increase_and_survive_reopen() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    let r0 = st.revision();
+    let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = changes.clone();
+    st.subscribe(Box::new(move |c| seen.lock().unwrap().push(*c)));
+    let a = put(&st, "a", "1", None).unwrap();
+    assert!(a.mod_rev > r0);
+    assert_eq!(a.mod_rev, st.revision());
+    assert_eq!(st.report_list().mod_rev, a.mod_rev);
+    assert_eq!(st.summary().mod_rev, a.mod_rev);
+    let data_rev = st.data_list().mod_rev;
+    let b = put(&st, "b", "1", None).unwrap();
+    assert!(b.mod_rev > a.mod_rev);
+    // Untouched resources keep their revision.
+    assert_eq!(st.report(&rk("a")).unwrap().mod_rev, a.mod_rev);
+    assert_eq!(st.data_list().mod_rev, data_rev);
+    let out = st
+        .apply_control_plane(CpUpdate {
+            metadata: Some([("m".to_owned(), "1".to_owned())].into()),
+            data: Some(vec![entry("d", "1", 1)]),
+            secret_refs: Some(vec![SecretRef {
+                key: "s".into(),
+                version: 1,
+            }]),
+        })
+        .unwrap();
+    assert!(out.changed());
+    let rev = st.revision();
+    assert_eq!(rev, b.mod_rev + 1, "one apply is one revision");
+    for v in [
+        st.metadata(),
+        st.data_list(),
+        st.secret_list(),
+        st.summary(),
+    ] {
+        assert_eq!(v.mod_rev, rev);
+    }
+    assert_eq!(st.data_entry("d").unwrap().mod_rev, rev);
+    assert_eq!(st.metadata_value("m").unwrap().mod_rev, rev);
+    // An identical update changes nothing and takes no revision.
+    let out = st
+        .apply_control_plane(CpUpdate {
+            metadata: Some([("m".to_owned(), "1".to_owned())].into()),
+            data: Some(vec![entry("d", "1", 1)]),
+            secret_refs: Some(vec![SecretRef {
+                key: "s".into(),
+                version: 1,
+            }]),
+        })
+        .unwrap();
+    assert!(!out.changed());
+    assert_eq!(st.revision(), rev);
+    let seen: Vec<Change> = changes.lock().unwrap().clone();
+    let kinds: Vec<ChangeKind> = seen.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ChangeKind::Reports,
+            ChangeKind::Reports,
+            ChangeKind::Metadata,
+            ChangeKind::Data,
+            ChangeKind::Secrets
+        ]
+    );
+    assert_eq!(seen[1].revision, b.mod_rev);
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    let reopened = st.revision();
+    assert!(reopened > rev, "{reopened} <= {rev}");
+    assert_eq!(st.report(&rk("a")).unwrap().mod_rev, reopened);
+    let c = put(&st, "c", "1", None).unwrap();
+    assert!(c.mod_rev > reopened);
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert!(st.revision() > c.mod_rev);
+}
+
+#[test]
+fn apply_rewrites_only_what_changed() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    let meta: Metadata = [("a".to_owned(), "1".to_owned())].into();
+    st.apply_control_plane(CpUpdate {
+        metadata: Some(meta.clone()),
+        data: Some(vec![
+            entry("keep", "{\"x\":1}", 1),
+            entry("change", "1", 1),
+            entry("gone", "1", 1),
+        ]),
+        secret_refs: Some(vec![SecretRef {
+            key: "s".into(),
+            version: 1,
+        }]),
+    })
+    .unwrap();
+    let ident = |p: &str| {
+        let m = fs::metadata(f.state.join(p)).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let keep = ident("data/keep.json");
+    let change = ident("data/change.json");
+    let metadata = ident("metadata.json");
+    let secrets = ident("secrets.json");
+    let keep_rev = st.data_entry("keep").unwrap().mod_rev;
+    thread::sleep(Duration::from_millis(20));
+    let mut changed = entry("change", "1", 1);
+    changed.updated_at = "2026-03-02T00:00:00Z".into();
+    let out = st
+        .apply_control_plane(CpUpdate {
+            metadata: Some(meta),
+            data: Some(vec![
+                entry("keep", "{\"x\":1}", 1),
+                changed,
+                entry("new", "2", 1),
+            ]),
+            secret_refs: Some(vec![SecretRef {
+                key: "s".into(),
+                version: 2,
+            }]),
+        })
+        .unwrap();
+    assert_eq!(
+        out,
+        ApplyOutcome {
+            metadata_changed: false,
+            data_written: 2,
+            data_removed: 1,
+            secrets_changed: true,
+            skipped_keys: vec![],
+        }
+    );
+    assert_eq!(ident("data/keep.json"), keep);
+    assert_eq!(ident("metadata.json"), metadata);
+    assert_ne!(ident("data/change.json"), change);
+    assert_ne!(ident("secrets.json"), secrets);
+    assert!(!f.state.join("data/gone.json").exists());
+    assert!(st.data_entry("gone").is_none());
+    assert_eq!(st.data_entry("keep").unwrap().mod_rev, keep_rev);
+    assert_eq!(
+        names(&f.state.join("data")),
+        BTreeSet::from(["change.json".into(), "keep.json".into(), "new.json".into()])
+    );
+    // Each payload text difference counts, even if the JSON value is equal.
+    let out = st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry("keep", "{\"x\": 1}", 1)]),
+            ..CpUpdate::default()
+        })
+        .unwrap();
+    assert_eq!((out.data_written, out.data_removed), (1, 2));
+    assert_eq!(parse(&st.secret_list().value)[0]["version"], 2);
+    assert_eq!(text(&st.metadata().value), "{\"a\":\"1\"}");
+}
+
+#[test]
+fn readers_never_see_metadata_and_data_from_different_updates() {
+    let f = fixture();
+    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+    let update = |gen: i64| CpUpdate {
+        metadata: Some([("gen".to_owned(), gen.to_string())].into()),
+        data: Some(vec![entry("gen", &gen.to_string(), gen)]),
+        secret_refs: Some(vec![SecretRef {
+            key: "gen".into(),
+            version: gen,
+        }]),
+    };
+    st.apply_control_plane(update(1)).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let checked = std::sync::Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (st, stop, checked) = (st.clone(), stop.clone(), checked.clone());
+            thread::spawn(move || {
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let s = st.summary();
+                    let v = parse(&s.value);
+                    let m: i64 = v["metadata"]["gen"].as_str().unwrap().parse().unwrap();
+                    let d = v["data_keys"][0]["version"].as_i64().unwrap();
+                    let sk = v["secret_keys"][0]["version"].as_i64().unwrap();
+                    assert_eq!((m, m), (d, sk), "torn summary at revision {}", s.mod_rev);
+                    assert!(m >= last, "went backwards");
+                    last = m;
+                    // The separate resources must agree with each other too, under one revision.
+                    let rev = st.revision();
+                    let md = st.metadata();
+                    let dl = st.data_list();
+                    if md.mod_rev <= rev && dl.mod_rev <= rev && st.revision() == rev {
+                        let m: i64 = parse(&md.value)["gen"].as_str().unwrap().parse().unwrap();
+                        let d = parse(&dl.value)[0]["version"].as_i64().unwrap();
+                        assert_eq!(m, d, "metadata and data from different updates");
+                    }
+                    checked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for gen in 2..=150 {
+        st.apply_control_plane(update(gen)).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(checked.load(Ordering::Relaxed) > 10);
+}
+
+#[test]
+fn outbox_tracks_puts_deletes_and_acknowledgements() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    assert!(st.pending_batch(1000, 1 << 20).is_none());
+    put(&st, "a", "1", None).unwrap();
+    put(&st, "a", "2", None).unwrap();
+    put(&st, "b", "1", None).unwrap();
+    assert_eq!(st.pending_count(), 2);
+    let batch = st.pending_batch(1000, 1 << 20).unwrap();
+    assert_eq!(
+        batch.request.entries.len(),
+        2,
+        "each key once, latest state"
+    );
+    assert_eq!(batch.request.entries[0].version, 2);
+    assert!(batch.request.deleted.is_empty());
+    st.mark_synced(&batch).unwrap();
+    assert_eq!(st.pending_count(), 0);
+    assert!(st.pending_batch(1000, 1 << 20).is_none());
+
+    // Deleting a synced key is a pending deletion.
+    st.delete_report(&rk("a")).unwrap();
+    let batch = st.pending_batch(1000, 1 << 20).unwrap();
+    assert!(batch.request.entries.is_empty());
+    assert_eq!(batch.request.deleted, vec!["a".to_owned()]);
+    st.mark_synced(&batch).unwrap();
+    assert_eq!(st.pending_count(), 0);
+
+    // Created and deleted before any sync: nothing to send.
+    put(&st, "c", "1", None).unwrap();
+    st.delete_report(&rk("c")).unwrap();
+    assert_eq!(st.pending_count(), 0);
+
+    // Deleted and recreated at version 1 again: the new entry is sent.
+    st.delete_report(&rk("b")).unwrap();
+    thread::sleep(Duration::from_millis(2));
+    put(&st, "b", "9", None).unwrap();
+    let batch = st.pending_batch(1000, 1 << 20).unwrap();
+    assert_eq!(batch.request.entries.len(), 1);
+    assert_eq!(batch.request.entries[0].version, 1);
+    assert_eq!(batch.request.entries[0].payload.get(), "9");
+
+    // A write that lands while the batch is in flight stays pending.
+    put(&st, "b", "10", None).unwrap();
+    st.mark_synced(&batch).unwrap();
+    assert_eq!(st.pending_count(), 1);
+    let next = st.pending_batch(1000, 1 << 20).unwrap();
+    assert_eq!(next.request.entries[0].version, 2);
+
+    // The pending set is rebuilt from disk after a restart.
+    put(&st, "d", "1", None).unwrap();
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(st.pending_count(), 2);
+    let batch = st.pending_batch(1000, 1 << 20).unwrap();
+    let keys: Vec<&str> = batch.keys().collect();
+    assert_eq!(keys, ["b", "d"]);
+    st.drop_rejected(&batch).unwrap();
+    assert_eq!(st.pending_count(), 0);
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(st.pending_count(), 0);
+    let marks: Value =
+        serde_json::from_slice(&fs::read(f.state.join("report-sync.json")).unwrap()).unwrap();
+    assert_eq!(marks["b"]["version"], 2);
+    assert!(marks.get("a").is_none());
+}
+
+#[test]
+fn pending_deletion_survives_restart() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    put(&st, "gone", "1", None).unwrap();
+    let batch = st.pending_batch(10, 1 << 20).unwrap();
+    st.mark_synced(&batch).unwrap();
+    st.delete_report(&rk("gone")).unwrap();
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    let batch = st.pending_batch(10, 1 << 20).unwrap();
+    assert_eq!(batch.request.deleted, vec!["gone".to_owned()]);
+}
+
+#[test]
+fn batches_are_capped_by_keys_and_bytes() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    let payload = format!("\"{}\"", "x".repeat(1000));
+    for i in 0..25 {
+        put(&st, &format!("k{i:02}"), &payload, None).unwrap();
+    }
+    let batch = st.pending_batch(10, 1 << 20).unwrap();
+    assert_eq!(batch.len(), 10);
+    let batch = st.pending_batch(1000, 5000).unwrap();
+    let size = serde_json::to_vec(&batch.request).unwrap().len();
+    assert!(size <= 5000, "{size}");
+    assert!(batch.len() >= 3 && batch.len() < 5, "{}", batch.len());
+    // One entry larger than the cap still goes alone.
+    let batch = st.pending_batch(1000, 10).unwrap();
+    assert_eq!(batch.len(), 1);
+    // Draining in capped batches delivers every key exactly once.
+    let mut seen = BTreeSet::new();
+    while let Some(b) = st.pending_batch(7, 1 << 20) {
+        for k in b.keys() {
+            assert!(seen.insert(k.to_owned()));
+        }
+        st.mark_synced(&b).unwrap();
+    }
+    assert_eq!(seen.len(), 25);
+}
+
+/// A tmpfs of 256 KiB mounted over a folder, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path) -> Option<SmallFs> {
+        fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| SmallFs(dir.to_owned()))
+    }
+
+    /// Fills the file system up, leaving `keep` bytes free at most.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = fs::File::create(&p).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| dir.join(p).is_file())
+        .map(|p| {
+            let content = fs::read(dir.join(&p)).unwrap();
+            (p, content)
+        })
+        .collect()
+}
+
+#[test]
+fn failed_writes_on_a_full_disk_leave_memory_and_disk_unchanged() {
+    let f = fixture();
+    let Some(small) = SmallFs::mount(&f.root.join("mnt")) else {
+        eprintln!("SKIP: cannot mount a tmpfs here; covered by the RLIMIT_FSIZE test");
+        return;
+    };
+    let state = small.0.join("state");
+    let st = Store::open(&state).unwrap();
+    put(&st, "r", "1", None).unwrap();
+    st.apply_control_plane(CpUpdate {
+        metadata: Some([("m".to_owned(), "1".to_owned())].into()),
+        data: Some(vec![entry("d", "1", 1)]),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    let filler = small.fill();
+    let disk = snapshot(&state);
+    let summary = st.summary();
+    let report = st.report(&rk("r")).unwrap();
+    let big = format!("\"{}\"", "x".repeat(64 * 1024));
+    let err = put(&st, "r", &big, None).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    let err = put(&st, "new", &big, None).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    let err = st
+        .apply_control_plane(CpUpdate {
+            metadata: Some([("m".to_owned(), "2".to_owned())].into()),
+            data: Some(vec![entry("d", &big, 2)]),
+            ..CpUpdate::default()
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert_eq!(st.summary(), summary);
+    assert_eq!(st.report(&rk("r")).unwrap(), report);
+    assert!(st.report(&rk("new")).is_none());
+    assert_eq!(snapshot(&state), disk, "disk changed by a failed write");
+    // With space again, writes work and the state is consistent after reopen.
+    fs::remove_file(filler).unwrap();
+    put(&st, "r", &big, Some(1)).unwrap();
+    drop(st);
+    let st = Store::open(&state).unwrap();
+    assert_eq!(parse(&st.report(&rk("r")).unwrap().value)["version"], 2);
+    drop(st);
+}
+
+/// Runs in a child process (see below) with a 16 KiB file-size limit, where writes of
+/// larger files fail with EFBIG.
+#[test]
+fn fsize_limit_child() {
+    let Some(state) = std::env::var_os("PLEXD_STORE_FSIZE_CHILD") else {
+        return;
+    };
+    let state = PathBuf::from(state);
+    let st = Store::open(&state).unwrap();
+    put(&st, "r", "1", None).unwrap();
+    let disk = snapshot(&state);
+    let before = st.summary();
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: 16 * 1024,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+    let big = format!("\"{}\"", "x".repeat(32 * 1024));
+    let err = put(&st, "r", &big, None).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(put(&st, "other", &big, None).is_err());
+    assert!(st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry("d", &big, 1)]),
+            metadata: Some([("m".to_owned(), "x".to_owned())].into()),
+            ..CpUpdate::default()
+        })
+        .is_err());
+    assert_eq!(st.summary(), before);
+    assert_eq!(snapshot(&state), disk);
+    assert_eq!(st.pending_count(), 1);
+    println!("FSIZE-CHILD-OK");
+}
+
+#[test]
+fn failed_writes_over_the_file_size_limit_leave_memory_and_disk_unchanged() {
+    let f = fixture();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::tests::fsize_limit_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PLEXD_STORE_FSIZE_CHILD", &f.state)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("FSIZE-CHILD-OK"),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn concurrent_puts_then_reopen_match() {
+    let f = fixture();
+    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let st = st.clone();
+            thread::spawn(move || {
+                let mut last_shared = 0;
+                for i in 0..200 {
+                    let key = if i % 2 == 0 {
+                        format!("own-{t}-{}", i % 10)
+                    } else {
+                        format!("shared-{}", i % 3)
+                    };
+                    let v = put(&st, &key, &format!("{{\"t\":{t},\"i\":{i}}}"), None).unwrap();
+                    assert!(v.mod_rev > last_shared);
+                    last_shared = v.mod_rev;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let list = parse(&st.report_list().value);
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 8 * 5 + 3);
+    let total: i64 = rows.iter().map(|r| r["version"].as_i64().unwrap()).sum();
+    assert_eq!(total, 8 * 200, "every put got its own version");
+    for r in rows
+        .iter()
+        .filter(|r| r["key"].as_str().unwrap().starts_with("own-"))
+    {
+        assert_eq!(r["version"], 20);
+    }
+    let before: Vec<(String, Json)> = rows
+        .iter()
+        .map(|r| {
+            let k = r["key"].as_str().unwrap().to_owned();
+            let body = st.report(&rk(&k)).unwrap().value;
+            (k, body)
+        })
+        .collect();
+    let summary = st.summary().value;
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(st.summary().value, summary);
+    for (k, body) in before {
+        assert_eq!(st.report(&rk(&k)).unwrap().value, body, "{k}");
+    }
+    assert_eq!(st.pending_count(), 8 * 5 + 3);
+    assert_eq!(names(&f.state.join("report")).len(), 8 * 5 + 3);
+}
+
+#[test]
+fn measure_put_throughput() {
+    let f = fixture();
+    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+    let per_thread = 250;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let st = st.clone();
+            thread::spawn(move || {
+                for i in 0..per_thread {
+                    put(&st, &format!("t{t}-{i}"), "{\"status\":\"ok\"}", None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "store PUT throughput: 8 threads, distinct keys: {:.0} ops/s ({} puts in {:.3}s)",
+        f64::from(8 * per_thread) / secs,
+        8 * per_thread,
+        secs
+    );
+    assert_eq!(st.counts().reports, 8 * per_thread as usize);
+}
+
+#[test]
+fn large_lists_are_rendered_once_per_change() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    let entries: Vec<DataEntry> = (0..10_000)
+        .map(|i| entry(&format!("d{i:05}"), "1", 1))
+        .collect();
+    st.apply_control_plane(CpUpdate {
+        data: Some(entries),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    let a = st.summary().value;
+    let b = st.summary().value;
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "summary re-rendered");
+    let l1 = st.data_list().value;
+    assert!(std::sync::Arc::ptr_eq(&l1, &st.data_list().value));
+    put(&st, "r", "1", None).unwrap();
+    let c = st.summary().value;
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
+    assert!(
+        std::sync::Arc::ptr_eq(&l1, &st.data_list().value),
+        "data list survives a report change"
+    );
+    assert_eq!(parse(&c)["data_keys"].as_array().unwrap().len(), 10_000);
+}
