@@ -1,5 +1,5 @@
 //! The daemon under test: a data directory prepared the way plexd leaves one (NSK file,
-//! HTTP token file, a state cache of N data entries written straight to
+//! HTTP token file, a state cache of data entries written straight to
 //! `state/data/*.json` plus `state/metadata.json`), spawning `plexd-nodeapi serve` with
 //! the SPEC §2 flags, waiting for the socket to answer `GET /v1/state` with 200, and
 //! stopping it (SIGTERM, then SIGKILL after a bound). The daemon's stderr goes to
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use plexd_nodeapi::model::DataEntry;
 
 use super::loadgen::{build_request, request_once, Target};
 use super::BenchError;
@@ -58,23 +59,14 @@ pub fn bench_data_entry(n: usize) -> (String, String, String) {
     )
 }
 
-pub const UPDATED_AT: &str = "2026-01-01T00:00:00Z";
-
-/// The stored JSON of data entry `n` (a plexd `DataEntry` file).
-pub fn data_entry_json(n: usize) -> String {
-    let (key, ct, payload) = bench_data_entry(n);
-    format!(
-        "{{\"key\":\"{key}\",\"content_type\":\"{ct}\",\"payload\":{payload},\"version\":1,\"updated_at\":\"{UPDATED_AT}\"}}"
-    )
-}
-
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
     let what = what.into();
     move |source| BenchError::Io { what, source }
 }
 
-/// Creates `dir` as a node data directory with `n_data` cached data entries.
-pub fn prepare_data_dir(dir: &Path, n_data: usize) -> Result<(), BenchError> {
+/// Creates `dir` as a node data directory whose cache holds `entries` (one plexd
+/// `DataEntry` file each) and `bench_metadata()`.
+pub fn prepare_data_dir(dir: &Path, entries: &[DataEntry]) -> Result<(), BenchError> {
     let data = dir.join("state").join("data");
     fs::create_dir_all(&data).map_err(io_err(format!("creating {}", data.display())))?;
     fs::create_dir_all(dir.join("state").join("report"))
@@ -90,12 +82,13 @@ pub fn prepare_data_dir(dir: &Path, n_data: usize) -> Result<(), BenchError> {
         serde_json::Value::Object(meta).to_string(),
     )
     .map_err(io_err("writing metadata.json"))?;
-    for n in 0..n_data {
-        let (key, _, _) = bench_data_entry(n);
-        let name = plexd_nodeapi::keys::file_name_for(&key)
-            .ok_or_else(|| BenchError::Setup(format!("no file name for key {key}")))?;
-        fs::write(data.join(name), data_entry_json(n))
-            .map_err(io_err(format!("writing data entry {key}")))?;
+    for e in entries {
+        let name = plexd_nodeapi::keys::file_name_for(&e.key)
+            .ok_or_else(|| BenchError::Setup(format!("no file name for key {}", e.key)))?;
+        let json = serde_json::to_string(e)
+            .map_err(|err| BenchError::Setup(format!("encoding {}: {err}", e.key)))?;
+        fs::write(data.join(name), json)
+            .map_err(io_err(format!("writing data entry {}", e.key)))?;
     }
     Ok(())
 }

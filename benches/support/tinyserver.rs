@@ -1,9 +1,7 @@
-//! A tiny thread-per-connection HTTP/1.1 keep-alive server (on `httparse`) used twice
-//! by the harness: as the load generator's counterpart in `--self-test`, and as the
-//! stand-in control plane in `upstream.rs` until the crate's development control plane
-//! is wired in. A handler closure maps each request to a full response, to a
-//! held-open event stream (head, then a `:` comment every 15 s until stop), or to a
-//! close without an answer.
+//! A tiny thread-per-connection HTTP/1.1 keep-alive server (on `httparse`): the load
+//! generator's counterpart in `--self-test`, so the harness is verified without the
+//! daemon. A handler closure maps each request to a full response, optionally followed
+//! by closing the connection.
 //!
 //! It deliberately does not bound its threads, time out slow clients, decode chunked
 //! request bodies (answered 411), or aim for speed: it is test equipment, not the
@@ -16,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::loadgen::{Stream, Target};
 
@@ -45,8 +43,6 @@ pub enum Reply {
         body: Vec<u8>,
         close: bool,
     },
-    /// A `text/event-stream` held open until the server stops.
-    Hold,
 }
 
 impl Reply {
@@ -137,14 +133,6 @@ impl TinyServer {
 
     pub fn target(&self) -> &Target {
         &self.target
-    }
-
-    /// `http://127.0.0.1:PORT` for a TCP server.
-    pub fn url(&self) -> Option<String> {
-        match &self.target {
-            Target::Tcp(a) => Some(format!("http://{a}")),
-            Target::Unix(_) => None,
-        }
     }
 
     pub fn stop(mut self) {
@@ -239,10 +227,6 @@ fn serve_conn(mut s: Stream, handler: &Handler, stop: &AtomicBool) {
                         return;
                     }
                 }
-                Reply::Hold => {
-                    hold_stream(&mut s, stop);
-                    return;
-                }
             }
         }
         if stop.load(Ordering::Relaxed) {
@@ -288,21 +272,4 @@ fn write_full(s: &mut Stream, status: u16, body: &[u8], close: bool) -> io::Resu
         bytes.extend_from_slice(body);
     }
     s.write_all(&bytes)
-}
-
-fn hold_stream(s: &mut Stream, stop: &AtomicBool) {
-    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n: stand-in control plane\n\n";
-    if s.write_all(head).is_err() {
-        return;
-    }
-    let mut last = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        thread::sleep(Duration::from_millis(100));
-        if last.elapsed() >= Duration::from_secs(15) {
-            if s.write_all(b": keep-alive\n\n").is_err() {
-                return;
-            }
-            last = Instant::now();
-        }
-    }
 }
