@@ -181,12 +181,13 @@ fn main() {
         daemon::daemon_binary().display()
     );
     let mut reports = Vec::new();
+    let mut shared = Shared::default();
     for name in selected {
         let started = Instant::now();
         eprintln!("== {name}");
         let limit = Duration::from_secs(90) + (opts.warmup + opts.duration) * 4 * opts.runs as u32;
         let watchdog = Watchdog::arm(name, limit);
-        let report = run_scenario(name, &opts);
+        let report = run_scenario(name, &opts, &mut shared);
         watchdog.disarm();
         if let Some(e) = &report.error {
             eprintln!("   FAILED: {e}");
@@ -468,11 +469,41 @@ fn render_json(reports: &[ScenarioReport], opts: &Options) -> String {
 
 // ---------------------------------------------------------------- environment
 
-/// One daemon with its data directory and control plane.
+/// One daemon with its data directory (its control plane is the caller's).
 struct Env {
     daemon: Daemon,
-    _upstream: Upstream,
     _dir: tempfile::TempDir,
+}
+
+/// State kept across scenarios: the development control plane loaded with 10,000 data
+/// entries is slow to fill (its `set_data` re-renders the whole state each time), so it
+/// is built once and shared by the 10k scenarios.
+#[derive(Default)]
+struct Shared {
+    cp_10k: Option<Upstream>,
+}
+
+impl Shared {
+    fn cp_10k(&mut self) -> Result<&Upstream, BenchError> {
+        if self.cp_10k.is_none() {
+            let t = Instant::now();
+            self.cp_10k = Some(upstream_with(10_000)?);
+            eprintln!(
+                "   (control plane with 10,000 entries loaded in {:.1} s, shared)",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        self.cp_10k
+            .as_ref()
+            .ok_or_else(|| BenchError::Upstream("control plane missing".into()))
+    }
+}
+
+fn upstream_with(data_entries: usize) -> Result<Upstream, BenchError> {
+    start_upstream(&UpstreamContent {
+        metadata: daemon::bench_metadata(),
+        data_entries,
+    })
 }
 
 fn temp_dir() -> Result<tempfile::TempDir, BenchError> {
@@ -483,12 +514,9 @@ fn temp_dir() -> Result<tempfile::TempDir, BenchError> {
         .map_err(BenchError::io("creating a temporary data directory"))
 }
 
-fn start_env(n_data: usize, tcp: bool) -> Result<Env, BenchError> {
+/// A daemon whose cache holds what `upstream` serves, talking to it.
+fn start_env(upstream: &Upstream, tcp: bool) -> Result<Env, BenchError> {
     let dir = temp_dir()?;
-    let upstream = start_upstream(&UpstreamContent {
-        metadata: daemon::bench_metadata(),
-        data_entries: n_data,
-    })?;
     daemon::prepare_data_dir(dir.path(), &upstream.data_entries())?;
     let mut d = Daemon::spawn(&DaemonConfig {
         dir: dir.path(),
@@ -498,7 +526,6 @@ fn start_env(n_data: usize, tcp: bool) -> Result<Env, BenchError> {
     d.wait_ready(READY_LIMIT)?;
     Ok(Env {
         daemon: d,
-        _upstream: upstream,
         _dir: dir,
     })
 }
@@ -597,7 +624,7 @@ fn record_load(
 
 // ---------------------------------------------------------------- scenarios
 
-fn run_scenario(name: &str, opts: &Options) -> ScenarioReport {
+fn run_scenario(name: &str, opts: &Options, shared: &mut Shared) -> ScenarioReport {
     let mut r = ScenarioReport {
         name: name.to_string(),
         ..ScenarioReport::default()
@@ -606,13 +633,13 @@ fn run_scenario(name: &str, opts: &Options) -> ScenarioReport {
         "get_metadata_unix_32" => sc_get_metadata(opts, &mut r, 32, false),
         "get_metadata_unix_256" => sc_get_metadata(opts, &mut r, 256, false),
         "get_metadata_tcp_32" => sc_get_metadata(opts, &mut r, 32, true),
-        "get_state_10k" => sc_get_state_10k(opts, &mut r),
+        "get_state_10k" => sc_get_state_10k(opts, &mut r, shared),
         "get_1000_data_keys" => sc_get_1000_data_keys(opts, &mut r),
         "put_one_key_8" => sc_put(opts, &mut r, 1),
         "put_2000_keys_8" => sc_put(opts, &mut r, 2000),
         "get_while_put" => sc_get_while_put(opts, &mut r),
         "idle_2000" => sc_idle_2000(opts, &mut r),
-        "startup_10k" => sc_startup_10k(opts, &mut r),
+        "startup_10k" => sc_startup_10k(opts, &mut r, shared),
         "idle_rss" => sc_idle_rss(&mut r),
         other => Err(BenchError::Usage(format!("unknown scenario {other}"))),
     };
@@ -628,7 +655,8 @@ fn sc_get_metadata(
     conns: usize,
     tcp: bool,
 ) -> Result<(), BenchError> {
-    let env = start_env(0, tcp)?;
+    let upstream = upstream_with(0)?;
+    let env = start_env(&upstream, tcp)?;
     let (target, req) = if tcp {
         let addr = env
             .daemon
@@ -682,8 +710,12 @@ fn sc_get_metadata(
     Ok(())
 }
 
-fn sc_get_state_10k(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchError> {
-    let env = start_env(10_000, false)?;
+fn sc_get_state_10k(
+    opts: &Options,
+    r: &mut ScenarioReport,
+    shared: &mut Shared,
+) -> Result<(), BenchError> {
+    let env = start_env(shared.cp_10k()?, false)?;
     let req = get("/v1/state");
     let mut s = env
         .daemon
@@ -741,7 +773,8 @@ fn sc_get_state_10k(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchE
 }
 
 fn sc_get_1000_data_keys(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchError> {
-    let env = start_env(1_000, false)?;
+    let upstream = upstream_with(1_000)?;
+    let env = start_env(&upstream, false)?;
     let reqs = (0..1000)
         .map(|n| get(&format!("/v1/state/data/key-{n}")))
         .collect();
@@ -764,7 +797,8 @@ fn sc_get_1000_data_keys(opts: &Options, r: &mut ScenarioReport) -> Result<(), B
 }
 
 fn sc_put(opts: &Options, r: &mut ScenarioReport, keys: usize) -> Result<(), BenchError> {
-    let env = start_env(0, false)?;
+    let upstream = upstream_with(0)?;
+    let env = start_env(&upstream, false)?;
     let reqs = if keys == 1 {
         vec![put("/v1/state/report/bench-one")]
     } else {
@@ -787,7 +821,8 @@ fn sc_put(opts: &Options, r: &mut ScenarioReport, keys: usize) -> Result<(), Ben
 }
 
 fn sc_get_while_put(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchError> {
-    let env = start_env(0, false)?;
+    let upstream = upstream_with(0)?;
+    let env = start_env(&upstream, false)?;
     let pid = env.daemon.pid();
     let get_cfg = load_config(
         opts,
@@ -874,7 +909,8 @@ fn fresh_get_median_ms(target: &Target) -> Result<f64, BenchError> {
 }
 
 fn sc_idle_2000(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchError> {
-    let env = start_env(0, false)?;
+    let upstream = upstream_with(0)?;
+    let env = start_env(&upstream, false)?;
     let pid = env.daemon.pid();
     let target = env.daemon.unix_target();
     let req = get("/v1/state/metadata/region");
@@ -942,12 +978,13 @@ fn sc_idle_2000(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchError
     Ok(())
 }
 
-fn sc_startup_10k(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchError> {
+fn sc_startup_10k(
+    opts: &Options,
+    r: &mut ScenarioReport,
+    shared: &mut Shared,
+) -> Result<(), BenchError> {
     let dir = temp_dir()?;
-    let upstream = start_upstream(&UpstreamContent {
-        metadata: daemon::bench_metadata(),
-        data_entries: 10_000,
-    })?;
+    let upstream = shared.cp_10k()?;
     daemon::prepare_data_dir(dir.path(), &upstream.data_entries())?;
     for _ in 0..opts.runs {
         for (label, url, goal, go) in [
@@ -974,7 +1011,6 @@ fn sc_startup_10k(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchErr
             d.stop();
         }
     }
-    upstream.stop();
     Ok(())
 }
 
@@ -1007,7 +1043,8 @@ fn sc_idle_rss(r: &mut ScenarioReport) -> Result<(), BenchError> {
             None => r.note(format!("{} not built (make static)", musl.display())),
         }
     }
-    let env = start_env(0, false)?;
+    let upstream = upstream_with(0)?;
+    let env = start_env(&upstream, false)?;
     let mut s = env
         .daemon
         .unix_target()
@@ -1388,7 +1425,7 @@ fn fixture_checks(c: &mut Checks) -> Result<(), BenchError> {
     let t = Instant::now();
     let upstream = start_upstream(&UpstreamContent {
         metadata: daemon::bench_metadata(),
-        data_entries: 10_000,
+        data_entries: 1_000,
     })?;
     let loaded = t.elapsed();
     let dir = temp_dir()?;
@@ -1408,8 +1445,8 @@ fn fixture_checks(c: &mut Checks) -> Result<(), BenchError> {
             .map_err(|e| e.to_string())
             .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()));
     c.check(
-        "10k-entry cache fixture parses as the crate's model",
-        files == 10_000
+        "1000-entry cache fixture parses as the crate's model",
+        files == 1_000
             && entry.as_ref().is_ok_and(|e| {
                 e.key == "key-42" && e.version == 1 && e.payload.get() == "{\"n\":42}"
             })
@@ -1446,7 +1483,7 @@ fn fixture_checks(c: &mut Checks) -> Result<(), BenchError> {
         .and_then(|s| s.data.as_ref().map(Vec::len));
     c.check(
         "development control plane serves the fixture's state",
-        status == 200 && n == Some(10_000),
+        status == 200 && n == Some(1_000),
         format!(
             "{} at {}: status {status}, {} bytes, {n:?} data entries",
             path,
