@@ -14,9 +14,11 @@
 //! `MISS`, not failures), 1 a scenario could not run, 2 usage, 3 the per-scenario
 //! watchdog fired (all daemons are killed first).
 //!
-//! `-- --self-test` (and a run with no arguments at all, which is how `cargo test
-//! --benches` invokes a harness-less bench) checks the harness itself against a tiny
-//! local server instead, so it is verified without the daemon.
+//! `-- --self-test` checks the harness itself against a tiny local server instead, so it
+//! is verified without the daemon. It is also what runs when the binary is started
+//! without cargo bench's `--bench` flag, i.e. by `cargo test --all-targets` (`make
+//! test`): libtest options are then ignored, and a name filter that does not match
+//! `self_test` skips it.
 //!
 //! It deliberately does not build the daemon (cargo builds `plexd-nodeapi` before any
 //! bench), talk to anything but loopback and Unix sockets, or run unbounded: every phase
@@ -67,6 +69,8 @@ struct Options {
     json: Option<PathBuf>,
     self_test: bool,
     list: bool,
+    /// Test mode with a name filter that does not select the self-test.
+    skip: bool,
 }
 
 fn parse_args() -> Result<Options, BenchError> {
@@ -80,6 +84,7 @@ fn parse_args() -> Result<Options, BenchError> {
         json: None,
         self_test: false,
         list: false,
+        skip: false,
     };
     let usage = |e: lexopt::Error| BenchError::Usage(e.to_string());
     let secs = |v: std::ffi::OsString, name: &str| -> Result<Duration, BenchError> {
@@ -90,12 +95,23 @@ fn parse_args() -> Result<Options, BenchError> {
             .map(Duration::from_secs_f64)
             .ok_or_else(|| BenchError::Usage(format!("{name}: not a number of seconds: {s}")))
     };
-    let mut any = false;
-    let mut parser = lexopt::Parser::from_env();
+    // `cargo bench` always adds `--bench`. Without it the binary was started by `cargo
+    // test` (e.g. `make test` = `cargo test --all-targets -- --test-threads=4`): run the
+    // self-test, ignoring libtest's options, unless a name filter excludes it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        o.self_test = true;
+        let filters: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        o.skip = !filters.is_empty() && !filters.iter().any(|f| "self_test".contains(f.as_str()));
+        return Ok(o);
+    }
+    let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(usage)? {
-        any = true;
         match arg {
-            // Added by `cargo bench`.
             Long("bench") => {}
             Long("runs") => {
                 o.runs = parser.value().map_err(usage)?.parse().map_err(usage)?;
@@ -131,10 +147,6 @@ fn parse_args() -> Result<Options, BenchError> {
             other => return Err(BenchError::Usage(other.unexpected().to_string())),
         }
     }
-    // `cargo test --benches` runs harness-less benches with no arguments: self-test then.
-    if !any {
-        o.self_test = true;
-    }
     if o.client_threads == 0 {
         return Err(BenchError::Usage(
             "--client-threads must be at least 1".into(),
@@ -151,6 +163,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if opts.skip {
+        println!("nodeapi bench: self-test not selected by the filter");
+        return;
+    }
     if opts.list {
         for s in SCENARIOS {
             println!("{s}");
