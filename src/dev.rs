@@ -88,6 +88,7 @@ pub fn run(opts: DevOptions) -> i32 {
         nsk,
         token: token.clone(),
         demo: true,
+        signing_seed: None,
     }) {
         Ok(d) => d,
         Err(e) => return fail(format!("cannot start the development control plane: {e}")),

@@ -34,6 +34,7 @@ fn start_devcp(listen: &str, demo: bool) -> DevControlPlane {
         nsk: nsk(),
         token: TOKEN.to_owned(),
         demo,
+        signing_seed: None,
     })
     .unwrap()
 }

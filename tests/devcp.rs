@@ -17,6 +17,7 @@ fn start(demo: bool) -> DevControlPlane {
         nsk: Nsk::from_bytes([9; 32]),
         token: TOKEN.into(),
         demo,
+        signing_seed: None,
     })
     .unwrap()
 }
@@ -203,6 +204,7 @@ fn refuses_non_loopback_listen_addresses() {
         nsk: Nsk::from_bytes([9; 32]),
         token: TOKEN.into(),
         demo: false,
+        signing_seed: None,
     })
     .err()
     .unwrap();

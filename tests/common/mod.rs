@@ -77,6 +77,7 @@ pub fn dev_cp(listen: SocketAddr, demo: bool) -> DevControlPlane {
         nsk: Node::nsk(),
         token: NSK_HEX.to_owned(),
         demo,
+        signing_seed: None,
     })
     .expect("start development control plane")
 }
