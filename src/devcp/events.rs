@@ -55,6 +55,7 @@ struct Hub {
     /// Every `Last-Event-ID` header a stream request carried, in order.
     resume_ids: Vec<String>,
     connects: usize,
+    keep_alive: Duration,
 }
 
 /// The shared event state of a development control plane.
@@ -74,6 +75,7 @@ impl EventHub {
                 stalled: false,
                 resume_ids: Vec::new(),
                 connects: 0,
+                keep_alive: KEEP_ALIVE,
             }),
         }
     }
@@ -184,6 +186,11 @@ impl EventHub {
         self.hub().stalled = stalled;
     }
 
+    /// Sets the keep-alive comment interval (takes effect after the current wait).
+    pub fn set_keep_alive(&self, every: Duration) {
+        self.hub().keep_alive = every.max(Duration::from_millis(10));
+    }
+
     /// `Last-Event-ID` values stream requests carried, oldest first.
     pub fn resume_ids(&self) -> Vec<String> {
         self.hub().resume_ids.clone()
@@ -223,6 +230,7 @@ impl EventHub {
     }
 
     fn stalled(&self) -> bool {
+        // (also the lock every stream takes per message; never held across I/O)
         self.hub().stalled
     }
 
@@ -240,7 +248,8 @@ impl EventHub {
             w.flush()?;
         }
         loop {
-            match rx.recv_timeout(KEEP_ALIVE) {
+            let keep_alive = self.hub().keep_alive;
+            match rx.recv_timeout(keep_alive) {
                 Ok(Msg::Event(e)) => {
                     if !self.stalled() {
                         write_event(w, &e)?;

@@ -230,6 +230,11 @@ impl DevControlPlane {
         }));
     }
 
+    /// `: keep-alive` comment interval of event streams (default 15 s).
+    pub fn set_keep_alive(&self, every: Duration) {
+        self.state.events.set_keep_alive(every)
+    }
+
     /// Closes every open event stream now (clients reconnect).
     pub fn drop_streams(&self) {
         self.state.events.drop_streams()
