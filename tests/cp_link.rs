@@ -516,6 +516,7 @@ fn fast_link_options() -> LinkOptions {
     LinkOptions {
         backoff: Backoff::with_base(Duration::from_millis(20)),
         reconcile_interval: None,
+        ..LinkOptions::default()
     }
 }
 
@@ -595,6 +596,7 @@ fn link_reconciles_periodically() {
         LinkOptions {
             backoff: Backoff::with_base(Duration::from_millis(20)),
             reconcile_interval: Some(Duration::from_millis(50)),
+            ..LinkOptions::default()
         },
     );
     cp.set_data("d", "application/json", "{\"x\":1}").unwrap();

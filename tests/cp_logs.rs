@@ -91,6 +91,7 @@ fn no_credentials_or_secrets_in_logs() {
         LinkOptions {
             backoff: Backoff::with_base(Duration::from_millis(10)),
             reconcile_interval: None,
+            ..LinkOptions::default()
         },
     );
     store
