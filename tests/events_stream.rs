@@ -350,3 +350,44 @@ fn signing_key_rotation_keeps_the_previous_key_until_its_expiry() {
     }));
     assert_eq!(region(&d).as_deref(), Some("a2"));
 }
+
+#[test]
+fn refused_stream_shows_in_health_and_429_honours_retry_after() {
+    use plexd_nodeapi::devcp::FailRoute;
+    let node = Node::new();
+    let cp = node.control_plane(false);
+    let d = start(&node, &cp, &[]);
+
+    // 429 with Retry-After: 1 → the next attempt comes about a second later.
+    let before = cp.stream_connects();
+    cp.fail_next(1, 429, Some(1), FailRoute::Events);
+    cp.drop_streams();
+    let t0 = Instant::now();
+    assert!(eventually(Duration::from_secs(6), || cp.stream_connects() > before));
+    // Backoff ~1 s for the dropped stream, then the 429's one second.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // 401: the agent keeps trying (slowly) and says so in its health.
+    cp.fail_next(1, 401, None, FailRoute::Events);
+    cp.drop_streams();
+    let ok = eventually(Duration::from_secs(5), || {
+        let h = d.get("/v1/health").json();
+        h["control_plane"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("event stream") && e.contains("401"))
+            && h["control_plane"]["event_stream_connected"] == false
+    });
+    assert!(
+        ok,
+        "health {}; log:\n{}",
+        d.get("/v1/health").text(),
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(log.contains("cannot open the event stream"), "{log}");
+    assert!(!log.contains(NSK_HEX), "token leaked into the log");
+}
