@@ -99,6 +99,28 @@ fn admin_change_reaches_the_socket_through_the_stream() {
 }
 
 #[test]
+fn a_metadata_event_rewrites_no_data_entry() {
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    let d = start(&node, &cp, &[]);
+    let before = d.get("/v1/state/data/database-config");
+    cp.set_metadata("region", "moved");
+    assert!(eventually(Duration::from_secs(1), || {
+        region(&d).as_deref() == Some("moved")
+    }));
+    // The event carried the full data set; entries equal to the cache stay untouched.
+    let after = d.get("/v1/state/data/database-config");
+    assert_eq!(before.body, after.body);
+    let log = d.log_text();
+    let applied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("msg=\"event applied\""))
+        .collect();
+    assert_eq!(applied.len(), 1, "{log}");
+    assert!(applied[0].contains("data_written=0"), "{}", applied[0]);
+}
+
+#[test]
 fn bad_events_are_refused_counted_and_leave_the_cache_alone() {
     let node = Node::new();
     let cp = node.control_plane(false);

@@ -18,17 +18,28 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use serde_json::json;
+use serde::Serialize;
 
 use super::state::DevChange;
 use crate::events::{new_nonce, SignError, Signer};
-use crate::model::NodeState;
+use crate::model::{DataEntry, Metadata, NodeState, SecretRef};
 use crate::timefmt::format_rfc3339_utc;
 
 /// Events kept for `Last-Event-ID` resumption.
 pub const RING_SIZE: usize = 256;
 /// Interval of `: keep-alive` comments on an idle stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Serialize)]
+struct StatePayload<'a> {
+    metadata: &'a Metadata,
+    data: &'a [DataEntry],
+}
+
+#[derive(Serialize)]
+struct SecretsPayload<'a> {
+    secret_refs: &'a [SecretRef],
+}
 
 /// One published event.
 #[derive(Debug, Clone)]
@@ -99,24 +110,37 @@ impl EventHub {
 
     /// The subscriber hook of `DevState`: one signed event per change.
     pub fn on_change(&self, change: DevChange, state: &NodeState) {
-        let empty_meta = Default::default();
+        // Serialized from the typed values (not through `serde_json::Value`, which
+        // would reorder the keys inside data payloads): payloads travel verbatim.
+        let empty_meta = Metadata::new();
         let (event_type, payload) = match change {
             DevChange::State => (
                 "node_state_updated",
-                json!({
-                    "metadata": state.metadata.as_ref().unwrap_or(&empty_meta),
-                    "data": state.data.as_deref().unwrap_or(&[]),
+                serde_json::to_string(&StatePayload {
+                    metadata: state.metadata.as_ref().unwrap_or(&empty_meta),
+                    data: state.data.as_deref().unwrap_or(&[]),
                 }),
             ),
             DevChange::Secrets => (
                 "node_secrets_updated",
-                json!({ "secret_refs": state.secret_refs.as_deref().unwrap_or(&[]) }),
+                serde_json::to_string(&SecretsPayload {
+                    secret_refs: state.secret_refs.as_deref().unwrap_or(&[]),
+                }),
             ),
-            DevChange::SigningKeys => ("signing_key_rotated", json!(state.signing_keys)),
+            DevChange::SigningKeys => (
+                "signing_key_rotated",
+                serde_json::to_string(&state.signing_keys),
+            ),
+        };
+        let payload = match payload {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!(event_type = event_type, error:% = e; "devcp: cannot encode an event");
+                return;
+            }
         };
         let rotation = change == DevChange::SigningKeys;
-        if let Err(e) = self.publish_signed(event_type, &payload.to_string(), None, None, rotation)
-        {
+        if let Err(e) = self.publish_signed(event_type, &payload, None, None, rotation) {
             log::error!(event_type = event_type, error:% = e; "devcp: cannot sign an event");
         }
     }
