@@ -8,7 +8,8 @@
 //! means empty, and `Store::apply_control_plane` diffs against the cache itself, so
 //! any divergence — an event that never arrived, a diverging event, a file edited on
 //! disk while stopped — is rewritten at the next reconciliation, and only the entries
-//! that differ are.
+//! that differ are. A state fetched while an event was applied is fetched again
+//! rather than applied, so a reconcile does not step the cache back behind an event.
 //!
 //! The daemon serves its disk cache meanwhile; nothing waits for the first fetch.
 //! The signing keys from the latest state response are kept (`Link::signing_keys`)
@@ -32,6 +33,9 @@ use super::syncer::MAX_RETRY_AFTER;
 use crate::events::{KeySet, Verifier};
 use crate::model::SigningKeys;
 use crate::store::{CpUpdate, Store};
+
+/// State fetches per reconciliation when events keep landing during the fetch.
+const MAX_FETCHES: usize = 3;
 
 /// Tunables of the link.
 #[derive(Clone, Default)]
@@ -203,22 +207,21 @@ impl Worker {
 
     /// One fetch-and-apply; on failure, the delay before the next attempt.
     fn reconcile(&mut self) -> Result<(), Duration> {
-        let state = match self.client.fetch_state() {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = format!("state fetch failed: {e}");
-                let unreachable = e.is_transport() || e.status().is_some_and(|s| s >= 500);
-                self.health.record_reconcile_failure(&msg, unreachable);
-                let delay = match &e {
-                    CpError::Status {
-                        status: 429,
-                        retry_after: Some(after),
-                    } => (*after).min(MAX_RETRY_AFTER),
-                    _ => self.options.backoff.next_delay(),
-                };
-                log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(); "fetching node state failed; serving the cache and retrying");
-                return Err(delay);
+        // A state fetched while an event was being applied may predate that event;
+        // applying it would step the cache back until the next reconcile. Fetch again
+        // (a few times at most) when an event landed during the fetch.
+        let mut attempts = 0;
+        let state = loop {
+            let generation = self.event_generation();
+            let state = match self.client.fetch_state() {
+                Ok(s) => s,
+                Err(e) => return Err(self.fetch_failed(&e)),
+            };
+            attempts += 1;
+            if self.event_generation() == generation || attempts >= MAX_FETCHES {
+                break state;
             }
+            log::debug!("an event was applied during the state fetch; fetching again");
         };
         let keys = state.signing_keys.clone();
         // The full state is authoritative: a collection it leaves out is empty.
@@ -259,6 +262,27 @@ impl Worker {
                 Err(self.options.backoff.next_delay())
             }
         }
+    }
+
+    /// Events applied so far (0 without stream metrics).
+    fn event_generation(&self) -> u64 {
+        self.options.metrics.as_ref().map_or(0, |m| m.accepted())
+    }
+
+    /// Records a failed fetch; the delay before the next attempt.
+    fn fetch_failed(&mut self, e: &CpError) -> Duration {
+        let msg = format!("state fetch failed: {e}");
+        let unreachable = e.is_transport() || e.status().is_some_and(|s| s >= 500);
+        self.health.record_reconcile_failure(&msg, unreachable);
+        let delay = match e {
+            CpError::Status {
+                status: 429,
+                retry_after: Some(after),
+            } => (*after).min(MAX_RETRY_AFTER),
+            _ => self.options.backoff.next_delay(),
+        };
+        log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(); "fetching node state failed; serving the cache and retrying");
+        delay
     }
 
     /// Puts the state response's keys into the shared verifier (if any), replacing

@@ -70,7 +70,13 @@ impl StreamMetrics {
     }
 
     pub fn record_accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Events applied so far (the link uses it to notice an event landing during a
+    /// state fetch).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// An event refused for `reason` (a stable label).
