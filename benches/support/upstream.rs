@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use plexd_nodeapi::cp::nsk::Nsk;
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane};
 use plexd_nodeapi::model::DataEntry;
+use serde_json::value::RawValue;
 
 use super::daemon::{bench_data_entry, NODE_ID, NSK_HEX};
 use super::BenchError;
@@ -61,20 +62,25 @@ pub fn start_upstream(content: &UpstreamContent) -> Result<Upstream, BenchError>
     let nsk = Nsk::parse(NSK_HEX.as_bytes()).map_err(|e| fail("NSK", &e))?;
     let cp = DevControlPlane::start(DevConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        node_id: NODE_ID.to_string(),
-        nsk,
-        token: NSK_HEX.to_string(),
-        demo: false,
+        ..DevConfig::new(NODE_ID, nsk, NSK_HEX)
     })
     .map_err(|e| fail("starting the development control plane", &e))?;
     for (k, v) in &content.metadata {
         cp.set_metadata(k, v);
     }
+    let mut entries = Vec::with_capacity(content.data_entries);
     for n in 0..content.data_entries {
         let (key, content_type, payload) = bench_data_entry(n);
-        cp.set_data(&key, &content_type, &payload)
-            .map_err(|e| fail("setting data", &e))?;
+        entries.push(DataEntry {
+            key,
+            content_type,
+            payload: RawValue::from_string(payload).map_err(|e| fail("data payload", &e))?,
+            version: 1,
+            updated_at: "2026-01-01T00:00:00Z".to_string(),
+        });
     }
+    // One change (and one event) for the whole set, not one per entry.
+    cp.replace_data(entries);
     Ok(Upstream {
         url: cp.url(),
         cp: Some(cp),

@@ -191,6 +191,11 @@ impl DevControlPlane {
         self.state.set_data(key, content_type, payload_json)
     }
 
+    /// Replaces every data entry in one change (one event).
+    pub fn replace_data(&self, entries: Vec<crate::model::DataEntry>) {
+        self.state.replace_data(entries)
+    }
+
     pub fn remove_data(&self, key: &str) -> bool {
         self.state.remove_data(key)
     }

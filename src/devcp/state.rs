@@ -233,6 +233,13 @@ impl DevState {
         Ok(version)
     }
 
+    /// Replaces every data entry at once (one change, one event): for loading large
+    /// states in tests and benchmarks without an event per entry.
+    pub fn replace_data(&self, entries: Vec<DataEntry>) {
+        self.world().data = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+        self.changed(DevChange::State);
+    }
+
     pub fn remove_data(&self, key: &str) -> bool {
         let existed = self.world().data.remove(key).is_some();
         if existed {
