@@ -63,6 +63,14 @@ impl Api {
 }
 
 impl Handler for Api {
+    /// Secret fetches go to the network; report writes wait for fsync.
+    fn may_block(&self, req: &Request) -> bool {
+        match req.method {
+            Method::Put | Method::Delete => true,
+            _ => req.path.starts_with("/v1/state/secrets/"),
+        }
+    }
+
     fn handle(&self, req: &Request) -> Reply {
         let started = Instant::now();
         let reply = self

@@ -60,10 +60,11 @@ pub(crate) const READ_EVENTS: u32 = poller::IN;
 /// A parked connection only listens for its peer going away.
 pub(crate) const PARK_EVENTS: u32 = poller::RDHUP;
 
-/// A worker's reusable buffers.
+/// A worker's reusable buffers, and the events it took from epoll but has not served.
 pub(crate) struct Scratch {
     pub buf: Vec<u8>,
     pub out: Vec<u8>,
+    pub batch: std::collections::VecDeque<(u64, u32)>,
 }
 
 /// Scratch buffers that grew past this (a large body) are shrunk after the request.
@@ -74,6 +75,7 @@ impl Scratch {
         Scratch {
             buf: Vec::with_capacity(head_max + 1024),
             out: Vec::with_capacity(8192),
+            batch: std::collections::VecDeque::with_capacity(16),
         }
     }
 }
@@ -209,6 +211,10 @@ fn serve_buffered(shared: &Shared, s: &mut Scratch, conn: &mut Conn, mut must_re
         s.buf.drain(..consumed);
         shared.stats.requests_total.fetch_add(1, Ordering::Relaxed);
         let wake_gen = shared.wake_gen.load(Ordering::Acquire);
+        // Before a call that may block, let other workers have the rest of this batch.
+        if !s.batch.is_empty() && shared.handler.may_block(&request) {
+            shared.hand_off(s.batch.drain(..));
+        }
         let reply = catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&request)))
             .unwrap_or_else(|_| {
                 log::error!(method:% = request.method.as_str(), path:% = request.path; "handler panicked");

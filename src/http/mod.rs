@@ -239,6 +239,13 @@ impl From<Response> for Reply {
 /// answer them as `GET` — the core drops the body and keeps `Content-Length`.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: &Request) -> Reply;
+
+    /// Whether handling `request` may block for long (network, fsync). The core then
+    /// gives the other ready connections it holds to other workers first. Cheap; the
+    /// default says no.
+    fn may_block(&self, _request: &Request) -> bool {
+        false
+    }
 }
 
 /// Per-request and per-connection bounds.

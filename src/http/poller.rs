@@ -56,13 +56,26 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Waits for one event; `None` on timeout. Taking one event at a time keeps a
-    /// worker from sitting on ready connections while a slow handler runs.
-    pub fn wait_one(&self, timeout_ms: i32) -> io::Result<Option<(u64, u32)>> {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    /// Waits for up to `max` events (at least one unless the timeout passes) and appends
+    /// them to `out` as (token, events).
+    pub fn wait_batch(
+        &self,
+        out: &mut Vec<(u64, u32)>,
+        max: usize,
+        timeout_ms: i32,
+    ) -> io::Result<()> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        let max = max.clamp(1, evs.len());
         loop {
-            // SAFETY: room for exactly one event.
-            let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), &mut ev, 1, timeout_ms) };
+            // SAFETY: `evs` has room for `max` events.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epfd.as_raw_fd(),
+                    evs.as_mut_ptr(),
+                    max as i32,
+                    timeout_ms,
+                )
+            };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -70,8 +83,11 @@ impl Poller {
                 }
                 return Err(err);
             }
-            let (token, events) = (ev.u64, ev.events);
-            return Ok((n == 1).then_some((token, events)));
+            for ev in &evs[..n as usize] {
+                let (token, events) = (ev.u64, ev.events);
+                out.push((token, events));
+            }
+            return Ok(());
         }
     }
 }

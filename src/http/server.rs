@@ -2,7 +2,8 @@
 //! parked requests and shutdown.
 //!
 //! Design (leader/follower on one epoll): every worker blocks in `epoll_wait` on the
-//! same epoll instance, one event at a time. Connections, listeners and the doorbell
+//! same epoll instance and takes a small batch of events (`BATCH`); before a handler
+//! call that may block, the rest of the batch is handed to the other workers. Connections, listeners and the doorbell
 //! eventfd are registered `EPOLLONESHOT`, so the worker that receives an event owns that
 //! fd until it re-arms it. A worker that gets a ready connection takes it out of its
 //! table slot, reads, parses, calls the handler, writes, answers any pipelined request
@@ -20,7 +21,7 @@
 //! Lock order: a slot's mutex, then the parked set. The parked set is never held while
 //! a slot is locked by the same thread in the other order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -153,6 +154,8 @@ impl Server {
             free: Mutex::new(free),
             high_water: AtomicUsize::new(0),
             parked_set: Mutex::new(HashSet::new()),
+            handoff: Mutex::new(VecDeque::new()),
+            handed_off: AtomicUsize::new(0),
             streams: Mutex::new(HashMap::new()),
             stream_seq: AtomicU64::new(0),
             config,
@@ -305,43 +308,76 @@ pub(crate) struct Shared {
     free: Mutex<Vec<u32>>,
     high_water: AtomicUsize,
     parked_set: Mutex<HashSet<u32>>,
+    /// Events a worker took but could not serve promptly (see `HAND_OFF_AFTER`).
+    handoff: Mutex<VecDeque<(u64, u32)>>,
+    handed_off: AtomicUsize,
     /// Dups of streaming sockets, shut down at server shutdown to end their threads.
     streams: Mutex<HashMap<u64, OwnedFd>>,
     stream_seq: AtomicU64,
 }
 
+/// Events a worker takes from epoll at once. A burst of ready connections is then
+/// served by one woken worker instead of one context switch each.
+const BATCH: usize = 8;
+/// A batch whose handling has taken this long hands its unserved events to other
+/// workers. Handlers that know a call may block (`Handler::may_block`) trigger the
+/// hand-off before the call, so a slow request never holds other ready connections.
+const HAND_OFF_AFTER: Duration = Duration::from_millis(1);
+
 fn worker_loop(sh: &Arc<Shared>) {
     let mut scratch = Scratch::new(sh.config.limits.max_head_bytes);
+    let mut fresh: Vec<(u64, u32)> = Vec::with_capacity(BATCH);
     loop {
-        let (tok, events) = match sh.poller.wait_one(-1) {
-            Ok(Some(ev)) => ev,
-            Ok(None) => continue,
-            Err(e) => {
+        if sh.handed_off.load(Ordering::Acquire) > 0 {
+            if let Some(ev) = lock(&sh.handoff).pop_front() {
+                sh.handed_off.fetch_sub(1, Ordering::AcqRel);
+                scratch.batch.push_back(ev);
+            }
+        }
+        if scratch.batch.is_empty() {
+            fresh.clear();
+            if let Err(e) = sh.poller.wait_batch(&mut fresh, BATCH, -1) {
                 log::error!(error:% = e; "epoll_wait failed");
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
-        };
-        if tok == WAKE_TOKEN {
-            if sh.exit.load(Ordering::SeqCst) {
-                // Leave the doorbell ringing so the next worker sees it too.
-                sh.doorbell.ring();
-                let _ = sh.poller.rearm(sh.doorbell.raw(), poller::IN, WAKE_TOKEN);
+            scratch.batch.extend(fresh.iter().copied());
+        }
+        let started = Instant::now();
+        while let Some((tok, events)) = scratch.batch.pop_front() {
+            if !handle_event(sh, &mut scratch, tok, events) {
                 return;
             }
-            sh.doorbell.drain();
-            let _ = sh.poller.rearm(sh.doorbell.raw(), poller::IN, WAKE_TOKEN);
-            if sh.changed.swap(false, Ordering::AcqRel) {
-                sh.recheck_parked(Wake::Changed);
+            // A handler that turned out slow without saying so: pass the rest on.
+            if !scratch.batch.is_empty() && started.elapsed() > HAND_OFF_AFTER {
+                sh.hand_off(scratch.batch.drain(..));
             }
-        } else if tok >= LISTENER_BASE {
-            sh.accept_ready((tok - LISTENER_BASE) as usize);
-        } else if let Some(conn) = sh.take(tok) {
-            let mut conn = conn;
-            let next = conn::drive(sh, &mut scratch, &mut conn, events);
-            sh.finish(tok, conn, next, &mut scratch);
         }
     }
+}
+
+/// Handles one epoll event; `false` when the worker must exit.
+fn handle_event(sh: &Arc<Shared>, scratch: &mut Scratch, tok: u64, events: u32) -> bool {
+    if tok == WAKE_TOKEN {
+        if sh.exit.load(Ordering::SeqCst) {
+            // Leave the doorbell ringing so the next worker sees it too.
+            sh.doorbell.ring();
+            let _ = sh.poller.rearm(sh.doorbell.raw(), poller::IN, WAKE_TOKEN);
+            return false;
+        }
+        sh.doorbell.drain();
+        let _ = sh.poller.rearm(sh.doorbell.raw(), poller::IN, WAKE_TOKEN);
+        if sh.changed.swap(false, Ordering::AcqRel) {
+            sh.recheck_parked(Wake::Changed);
+        }
+    } else if tok >= LISTENER_BASE {
+        sh.accept_ready((tok - LISTENER_BASE) as usize);
+    } else if let Some(conn) = sh.take(tok) {
+        let mut conn = conn;
+        let next = conn::drive(sh, scratch, &mut conn, events);
+        sh.finish(tok, conn, next, scratch);
+    }
+    true
 }
 
 fn housekeeper_loop(sh: &Arc<Shared>) {
@@ -359,6 +395,19 @@ fn housekeeper_loop(sh: &Arc<Shared>) {
 }
 
 impl Shared {
+    /// Gives events this worker took but will not serve soon to the other workers.
+    pub(crate) fn hand_off(&self, events: impl Iterator<Item = (u64, u32)>) {
+        let mut queue = lock(&self.handoff);
+        let before = queue.len();
+        queue.extend(events);
+        let added = queue.len() - before;
+        drop(queue);
+        if added > 0 {
+            self.handed_off.fetch_add(added, Ordering::AcqRel);
+            self.doorbell.ring();
+        }
+    }
+
     fn accept_ready(&self, li: usize) {
         let mut backoff = false;
         {

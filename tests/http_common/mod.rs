@@ -22,6 +22,10 @@ pub struct TestHandler {
 }
 
 impl Handler for TestHandler {
+    fn may_block(&self, req: &Request) -> bool {
+        req.path == "/slow"
+    }
+
     fn handle(&self, req: &Request) -> Reply {
         match req.path.as_str() {
             "/echo" => {
