@@ -87,6 +87,8 @@ pub struct ServerStats {
     pub rejected_connections: AtomicU64,
     /// Requests parked right now.
     pub parked: AtomicU64,
+    /// Requests refused with 429 because `max_parked` were already parked.
+    pub parked_rejected: AtomicU64,
     /// Requests handed to the handler (not those the core refused itself).
     pub requests_total: AtomicU64,
 }
