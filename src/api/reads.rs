@@ -151,20 +151,36 @@ struct Blocking {
     wait: Duration,
 }
 
+/// `?index=N&wait=DUR`. `wait` is checked even without `index` (a typo must not turn
+/// into a silent immediate answer); alone it means nothing.
 fn blocking_params(req: &Request) -> Result<Option<Blocking>, ApiError> {
-    let Some(index) = req.query_param("index") else {
-        return Ok(None);
-    };
-    let index: u64 = index
-        .parse()
-        .map_err(|_| ApiError::BadRequest("index must be a non-negative integer".into()))?;
     let wait = match req.query_param("wait") {
         Some(w) => duration::parse(w)
             .map_err(|e| ApiError::BadRequest(format!("invalid wait: {e}")))?
             .min(MAX_WAIT),
         None => DEFAULT_WAIT,
     };
+    let Some(index) = req.query_param("index") else {
+        return Ok(None);
+    };
+    let index: u64 = index
+        .parse()
+        .map_err(|_| ApiError::BadRequest("index must be a non-negative integer".into()))?;
     Ok(Some(Blocking { index, wait }))
+}
+
+/// Secret values are fetched live from the control plane and have no revision in the
+/// store, so they carry no `ETag`/`X-Plexd-Index` and cannot be waited on: a blocking
+/// query there is refused (400) rather than silently answered at once. Clients wait on
+/// the secret index (`/v1/state/secrets`), whose revision changes with every secret's
+/// version, and then fetch the value.
+pub fn refuse_blocking_on_secret_value(req: &Request) -> Result<(), ApiError> {
+    if req.query_param("index").is_some() || req.query_param("wait").is_some() {
+        return Err(ApiError::BadRequest(
+            "secret values cannot be waited on: use ?index= on /v1/state/secrets, then fetch the value".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Up to 1/16 of `wait` extra, so many clients woken together do not return together.
