@@ -379,7 +379,7 @@ fn metrics_and_health_on_tcp_need_the_token() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let d = node
+    let _daemon = node
         .daemon()
         .args([
             "--http-listen",
