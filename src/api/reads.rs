@@ -3,6 +3,21 @@
 //! requests with 304, and park blocking queries (`?index=N&wait=DUR`) until the
 //! resource's modify-revision passes `N`.
 //!
+//! Revisions are the store's (`store::Versioned::mod_rev`): one store-wide counter,
+//! `(epoch << 32) | n`, with the epoch raised durably at every start, so an index never
+//! goes backwards across restarts (it jumps forward; a waiter holding an older index is
+//! answered at once). Every resource shows the revision of its own last change: a
+//! key its entry's, a list the last change to any of its entries, the summary the
+//! store's. `ETag` is that number in quotes (strong). A missing key answers 404 with
+//! its list's `X-Plexd-Index`, so a client can wait for the key to appear. Secret
+//! values are fetched live and have no revision (see `refuse_blocking_on_secret_value`).
+//!
+//! Blocking queries: answered at once when the resource is already past `index`, when
+//! `index` is ahead of the store (another store, or a client's stale idea: it must
+//! reset), or when `wait` is 0; otherwise parked in the HTTP core (no thread held) and
+//! re-checked on every store change, answered when *this* resource passed `index`, or
+//! at `wait` (default 5 m, at most 10 m, plus up to 1/16 jitter) with the current body.
+//!
 //! Reads never touch the disk or the network: everything comes from the store's cache.
 
 use std::sync::Arc;
