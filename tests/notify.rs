@@ -353,6 +353,12 @@ fn blocking_query_special_cases() {
         &format!("/v1/state/report/later?index={}&wait=30s", index(&missing)),
     );
     assert!(silent_for(&s, Duration::from_millis(200)));
+    // Other keys appearing in the list are not this key's news.
+    put_report(&d, "unrelated", "1");
+    assert!(
+        silent_for(&s, Duration::from_millis(300)),
+        "woken by another key"
+    );
     put_report(&d, "later", r#""here""#);
     let r = answer(&s, Duration::from_secs(5));
     assert_eq!(r.status, 200);

@@ -231,13 +231,17 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     let store = Arc::clone(store);
     let index = blocking.index;
     let deadline = Instant::now() + blocking.wait + jitter(blocking.wait);
+    // A request waiting for a missing key follows its list's revision, but only the
+    // key appearing answers it early: other keys coming and going are not its news.
+    let was_missing = matches!(current, Lookup::Missing { .. });
     let check = move |wake: Wake| -> Option<Response> {
         let now = match lookup(&store, &resource) {
             Ok(Some(l)) => l,
             _ => return Some(Response::error(500, "resource vanished")),
         };
+        let still_missing = was_missing && matches!(now, Lookup::Missing { .. });
         match wake {
-            Wake::Changed if now.mod_rev() <= index => None,
+            Wake::Changed if now.mod_rev() <= index || still_missing => None,
             _ => Some(render(now, &conditions)),
         }
     };
