@@ -41,6 +41,10 @@ SERVE FLAGS (also keys of the JSON --config file, with - replaced by _):
     --log-level LEVEL         error|warn|info|debug|trace [info]
     --max-connections N       open connections, all listeners [8192]
     --workers N               HTTP worker threads [max(4, 2 x cores)]
+
+ENVIRONMENT (tuning and tests):
+    PLEXD_NODEAPI_SSE_IDLE_TIMEOUT=DUR
+                              reconnect the event stream after DUR without a byte [90s]
 ";
 
 /// Runs the command line and returns the process exit status.

@@ -3,10 +3,13 @@
 //! the wiring and nothing else (no request handling, no file formats).
 //!
 //! Start: listeners (socket activation or bind) → store (load the disk cache) →
-//! syncer → HTTP server → control-plane link (background) → `READY=1`.
+//! syncer → HTTP server → control-plane link (background) → event stream → `READY=1`.
 //! Stop: `STOPPING=1` → HTTP server (in-flight and parked requests answered) →
-//! link → syncer (final flush) → remove the socket we created — all within
-//! `--shutdown-timeout`.
+//! event stream (signalled, not waited for while a read blocks) → link → syncer
+//! (final flush) → remove the socket we created — all within `--shutdown-timeout`.
+//!
+//! Event signing keys: one shared `events::Verifier`, seeded from `--signing-key-file`
+//! and updated by the link from every state response that carries `signing_keys`.
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -21,7 +24,10 @@ use crate::config::{Config, ConfigError};
 use crate::cp::client::{CpClient, CpConfig};
 use crate::cp::health::LinkHealth;
 use crate::cp::link::{Link, LinkOptions};
+use crate::cp::stream::{self, EventStreamHandle, StreamDeps, StreamOptions};
+use crate::cp::stream_metrics::StreamMetrics;
 use crate::cp::syncer::{Syncer, SyncerHandle};
+use crate::events::{KeySet, PublicKey, Verifier};
 use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::listen;
 use crate::store::{ChangeKind, Store};
@@ -54,6 +60,7 @@ pub struct Daemon {
     server: ServerHandle,
     syncer: SyncerHandle,
     link: Option<Link>,
+    events: Option<EventStreamHandle>,
     /// The socket file we bound ourselves (removed at shutdown); `None` if inherited.
     own_socket: Option<PathBuf>,
     shutdown_timeout: Duration,
@@ -176,12 +183,39 @@ impl Daemon {
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
+        let verifier = Arc::new(Verifier::new(file_keys(config.signing_key.as_deref())));
+        let stream_metrics = Arc::new(StreamMetrics::new());
+        let _ = api
+            .status
+            .extra
+            .set(Arc::clone(&stream_metrics) as Arc<dyn crate::api::status::ExtraMetrics>);
+        if client.is_some() && config.signing_key.is_none() {
+            log::warn!("no signing key file: events are rejected until the control plane's state response supplies signing keys; state arrives by reconciliation meanwhile");
+        }
+        let mut events = None;
         let link = client.map(|c| {
             let options = LinkOptions {
                 reconcile_interval: Some(config.reconcile_interval),
+                verifier: Some(Arc::clone(&verifier)),
+                metrics: Some(Arc::clone(&stream_metrics)),
                 ..LinkOptions::default()
             };
-            Link::start(Arc::clone(&store), c, Arc::clone(&health), options)
+            let link = Link::start(
+                Arc::clone(&store),
+                Arc::clone(&c),
+                Arc::clone(&health),
+                options,
+            );
+            let deps = StreamDeps {
+                store: Arc::clone(&store),
+                client: c,
+                verifier: Arc::clone(&verifier),
+                health: Arc::clone(&health),
+                metrics: Arc::clone(&stream_metrics),
+                reconcile_now: Box::new(link.reconcile_trigger()),
+            };
+            events = Some(stream::start(deps, StreamOptions::from_env()));
+            link
         });
         if config.control_plane.is_none() {
             log::warn!("no control plane configured: serving the disk cache offline; secrets answer 503, reports stay pending");
@@ -202,6 +236,7 @@ impl Daemon {
             server,
             syncer,
             link,
+            events,
             own_socket,
             shutdown_timeout: config.shutdown_timeout,
             socket: config.socket.clone(),
@@ -217,12 +252,27 @@ impl Daemon {
         }
         log::info!("shutting down");
         self.server.shutdown(remaining(deadline));
+        if let Some(events) = self.events {
+            events.shutdown(remaining(deadline));
+        }
         if let Some(link) = self.link {
             link.shutdown(remaining(deadline));
         }
         self.syncer.shutdown(remaining(deadline));
         remove_socket(self.own_socket.as_ref());
         log::info!("stopped");
+    }
+}
+
+/// The signing key file's key, if one was configured and it parses.
+fn file_keys(key: Option<&str>) -> Option<KeySet> {
+    let key = key?;
+    match PublicKey::from_base64(key) {
+        Ok(k) => Some(KeySet::new(k)),
+        Err(e) => {
+            log::warn!(error:% = e; "signing key file unusable; events are accepted only once the control plane supplies keys");
+            None
+        }
     }
 }
 

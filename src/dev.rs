@@ -41,6 +41,14 @@ fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Writes `content` to `path` (0600) through a temporary file and a rename.
+fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_private(&tmp, content)?;
+    fs::rename(&tmp, path)
+}
+
 /// Creates the identity and NSK files if missing; returns the NSK file's text.
 fn prepare_data_dir(dir: &Path) -> std::io::Result<String> {
     fs::create_dir_all(dir)?;
@@ -88,10 +96,20 @@ pub fn run(opts: DevOptions) -> i32 {
         nsk,
         token: token.clone(),
         demo: true,
+        signing_seed: None,
     }) {
         Ok(d) => d,
         Err(e) => return fail(format!("cannot start the development control plane: {e}")),
     };
+    // The daemon trusts the development control plane's event key from the start.
+    let key_file = data_dir.join("signing_public_key");
+    if let Err(e) = replace_file(
+        &key_file,
+        format!("{}\n", devcp.signing_public_key()).as_bytes(),
+    ) {
+        devcp.stop();
+        return fail(format!("cannot write {}: {e}", key_file.display()));
+    }
     let settings = Settings {
         data_dir: Some(data_dir.clone()),
         socket: Some(socket.clone()),
@@ -140,8 +158,15 @@ Paste these into another terminal:
   curl -s --unix-socket {s} -X PUT -d '{{\"content_type\":\"application/json\",\"payload\":{{\"status\":\"healthy\"}}}}' \\
        http://localhost/v1/state/report/app-health
   curl -s {cp}/admin/reports                                  # what the control plane received (1s debounce)
-  curl -s -X PUT -d '\"eu-central-1\"' {cp}/admin/metadata/region   # change state upstream
+
+Change state upstream; it arrives at the socket within a second through the signed
+event stream (the 30s reconciliation is only the safety net):
+
+  curl -s -X PUT -d '\"us-west-2\"' {cp}/admin/metadata/region
   curl -s --unix-socket {s} http://localhost/v1/state/metadata/region
+  curl -s -X POST {cp}/admin/drop-streams                     # the daemon reconnects with Last-Event-ID
+  curl -s -X POST -d '{{\"event_type\":\"node_state_updated\",\"payload\":{{}}}}' {cp}/admin/events   # unsigned: rejected
+  curl -s --unix-socket {s} http://localhost/metrics | grep events_
   ./target/debug/plexd-nodeapi state --socket {s} get data feature-flags
 
 Ctrl-C stops both.

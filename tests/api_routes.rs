@@ -221,6 +221,9 @@ fn report_body_and_key_validation() {
     }
     let long = format!("/v1/state/report/{}", "k".repeat(201));
     assert_eq!(d.put(&long, PUT_BODY).status, 400);
+    // 100 × "ü" is 200 bytes, but 600 once percent-encoded as a file name.
+    let wide = format!("/v1/state/report/{}", "%C3%BC".repeat(100));
+    assert_eq!(d.put(&wide, PUT_BODY).status, 400);
     let ok = format!("/v1/state/report/{}", "k".repeat(200));
     assert_eq!(d.put(&ok, PUT_BODY).status, 200);
     assert_eq!(d.get("/v1/state/report/%2E%2E").status, 400);

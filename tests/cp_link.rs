@@ -34,6 +34,7 @@ fn start_devcp(listen: &str, demo: bool) -> DevControlPlane {
         nsk: nsk(),
         token: TOKEN.to_owned(),
         demo,
+        signing_seed: None,
     })
     .unwrap()
 }
@@ -515,6 +516,7 @@ fn fast_link_options() -> LinkOptions {
     LinkOptions {
         backoff: Backoff::with_base(Duration::from_millis(20)),
         reconcile_interval: None,
+        ..LinkOptions::default()
     }
 }
 
@@ -594,6 +596,7 @@ fn link_reconciles_periodically() {
         LinkOptions {
             backoff: Backoff::with_base(Duration::from_millis(20)),
             reconcile_interval: Some(Duration::from_millis(50)),
+            ..LinkOptions::default()
         },
     );
     cp.set_data("d", "application/json", "{\"x\":1}").unwrap();
@@ -625,4 +628,86 @@ fn link_shutdown_does_not_wait_for_a_hung_request() {
     let started = Instant::now();
     link.shutdown(Duration::from_millis(200));
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// Serves the same 200 JSON body on every connection.
+fn json_server(body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn link_treats_null_and_absent_collections_as_empty_and_installs_keys() {
+    use plexd_nodeapi::cp::stream_metrics::StreamMetrics;
+    use plexd_nodeapi::events::{Signer, Verifier};
+    use plexd_nodeapi::model::{DataEntry, SecretRef};
+    use plexd_nodeapi::store::CpUpdate;
+
+    let n = node();
+    n.store
+        .apply_control_plane(CpUpdate {
+            metadata: Some([("region".to_owned(), "x".to_owned())].into()),
+            data: Some(vec![DataEntry {
+                key: "d".into(),
+                content_type: "application/json".into(),
+                payload: RawValue::from_string("{}".into()).unwrap(),
+                version: 1,
+                updated_at: "2024-01-01T00:00:00Z".into(),
+            }]),
+            secret_refs: Some(vec![SecretRef {
+                key: "s".into(),
+                version: 1,
+            }]),
+        })
+        .unwrap();
+    assert!(n.store.data_entry("d").is_some());
+
+    let signer = Signer::from_seed(&[3; 32]).unwrap();
+    // Leaked once per test run: the server needs a 'static body.
+    let body: &'static str = Box::leak(
+        format!(
+            r#"{{"metadata":null,"data":null,"signing_keys":{{"current":"{}"}}}}"#,
+            signer.public_key_b64()
+        )
+        .into_boxed_str(),
+    );
+    let addr = json_server(body);
+    let verifier = Arc::new(Verifier::new(None));
+    let metrics = Arc::new(StreamMetrics::new());
+    let link = Link::start(
+        Arc::clone(&n.store),
+        Arc::new(client_for(&format!("http://{addr}"), TOKEN)),
+        Arc::clone(&n.health),
+        LinkOptions {
+            verifier: Some(Arc::clone(&verifier)),
+            metrics: Some(Arc::clone(&metrics)),
+            ..fast_link_options()
+        },
+    );
+    wait_for("reconcile", Duration::from_secs(5), || {
+        n.health.snapshot().last_reconcile.is_some()
+    });
+    assert_eq!(text(&n.store.metadata().value), "{}");
+    assert!(n.store.data_entry("d").is_none());
+    assert_eq!(text(&n.store.secret_list().value), "[]");
+    assert_eq!(
+        verifier.keys().map(|k| k.current().to_base64()),
+        Some(signer.public_key_b64())
+    );
+    let counts = metrics.counts();
+    assert_eq!((counts.reconciliations, counts.corrections), (1, 1));
+    link.shutdown(Duration::from_secs(1));
 }

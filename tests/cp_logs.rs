@@ -47,6 +47,7 @@ fn no_credentials_or_secrets_in_logs() {
         nsk: Nsk::parse(NSK).unwrap(),
         token: TOKEN.into(),
         demo: false,
+        signing_seed: None,
     })
     .unwrap();
     cp.set_secret("pw", SECRET);
@@ -90,6 +91,7 @@ fn no_credentials_or_secrets_in_logs() {
         LinkOptions {
             backoff: Backoff::with_base(Duration::from_millis(10)),
             reconcile_interval: None,
+            ..LinkOptions::default()
         },
     );
     store

@@ -17,6 +17,7 @@ fn start(demo: bool) -> DevControlPlane {
         nsk: Nsk::from_bytes([9; 32]),
         token: TOKEN.into(),
         demo,
+        signing_seed: None,
     })
     .unwrap()
 }
@@ -203,8 +204,105 @@ fn refuses_non_loopback_listen_addresses() {
         nsk: Nsk::from_bytes([9; 32]),
         token: TOKEN.into(),
         demo: false,
+        signing_seed: None,
     })
     .err()
     .unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+/// Reads SSE items from a stream until `n` events arrived.
+fn read_events(
+    parser: &mut plexd_nodeapi::events::SseParser,
+    body: &mut dyn std::io::Read,
+    n: usize,
+) -> Vec<(String, String, String)> {
+    use plexd_nodeapi::events::SseItem;
+    let mut out = Vec::new();
+    let mut items = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < n {
+        let got = body.read(&mut buf).unwrap();
+        assert!(got > 0, "stream closed early");
+        parser.feed(&buf[..got], &mut items).unwrap();
+        for item in items.drain(..) {
+            if let SseItem::Event {
+                event_type,
+                data,
+                id,
+            } = item
+            {
+                out.push((id, event_type, data));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn event_stream_is_signed_resumable_and_steerable_over_http() {
+    use plexd_nodeapi::events::{KeySet, PublicKey, SseParser, Verifier};
+    let cp = start(false);
+    let state: NodeState = read_json(
+        agent()
+            .get(&format!("{}/v1/nodes/n1/state", cp.url()))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap(),
+    );
+    // The state response advertises the key that signs the events.
+    assert_eq!(state.signing_keys.unwrap().current, cp.signing_public_key());
+    let verifier = Verifier::new(Some(KeySet::new(
+        PublicKey::from_base64(&cp.signing_public_key()).unwrap(),
+    )));
+    let open = |last: Option<&str>| {
+        let mut req = agent()
+            .get(&format!("{}/v1/nodes/n1/events", cp.url()))
+            .set("Authorization", &format!("Bearer {TOKEN}"));
+        if let Some(id) = last {
+            req = req.set("Last-Event-ID", id);
+        }
+        let resp = req.call().unwrap();
+        assert_eq!(resp.content_type(), "text/event-stream");
+        resp.into_reader()
+    };
+
+    let mut parser = SseParser::default();
+    let mut body = open(None);
+    cp.set_metadata("a", "1");
+    cp.set_secret("s", "v");
+    let events = read_events(&mut parser, &mut body, 2);
+    assert_eq!(events[0].1, "node_state_updated");
+    assert_eq!(events[1].1, "node_secrets_updated");
+    for (id, _, data) in &events {
+        let ev = verifier.verify(data).unwrap();
+        assert_eq!(&ev.event_id, id);
+    }
+    let first_id = events[0].0.clone();
+
+    // Resume: everything after the given ID is sent again at once.
+    let mut resumed = open(Some(&first_id));
+    let mut parser2 = SseParser::default();
+    let again = read_events(&mut parser2, &mut resumed, 1);
+    assert_eq!(again[0], events[1]);
+
+    // Admin routes: a raw event goes out verbatim; drop-streams closes streams.
+    let r = agent()
+        .post(&format!("{}/admin/events", cp.url()))
+        .send_string(r#"{"event_type":"node_state_updated","payload":{}}"#)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let raw = read_events(&mut parser, &mut body, 1);
+    assert_eq!(raw[0].1, "node_state_updated");
+    assert!(verifier.verify(&raw[0].2).is_err());
+    assert_eq!(cp.open_streams(), 2);
+    let r = agent()
+        .post(&format!("{}/admin/drop-streams", cp.url()))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut body, &mut rest).unwrap();
+    assert_eq!(cp.last_event_ids(), vec![first_id]);
+    cp.stop();
 }

@@ -261,7 +261,7 @@ fn put_then_delete_and_delete_then_put_in_one_debounce_window() {
     let d = node
         .daemon()
         .control_plane(&cp)
-        .args(["--debounce", "200ms"])
+        .args(["--debounce", "1s"])
         .start();
     // First make "b" known upstream so its deletion must be sent.
     assert_eq!(d.put("/v1/state/report/b", &body(1)).status, 200);

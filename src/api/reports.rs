@@ -83,6 +83,9 @@ fn store_error(e: StoreError) -> ApiError {
             "version conflict: the entry does not exist (use If-Match: 0)".into(),
         ),
         StoreError::NotFound => ApiError::NotFound("report entry not found".into()),
+        StoreError::KeyNotStorable => {
+            ApiError::BadRequest("invalid key: too long once encoded as a file name".into())
+        }
         other => {
             log::error!(error:% = other; "report write failed");
             ApiError::Internal("the report could not be stored; nothing was changed")

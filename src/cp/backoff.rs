@@ -62,6 +62,13 @@ impl Backoff {
         nominal.mul_f64(0.75 + unit * 0.5)
     }
 
+    /// A delay around the ceiling (±25 %), leaving the doubling state alone: for
+    /// failures that no amount of quick retrying fixes (401, 403, 404).
+    pub fn ceiling_delay(&mut self) -> Duration {
+        let unit = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+        self.max.mul_f64(0.75 + unit * 0.5)
+    }
+
     /// Back to the base delay (after a success).
     pub fn reset(&mut self) {
         self.current = self.base;

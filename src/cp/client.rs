@@ -5,8 +5,12 @@
 //! follows: bearer token, user agent, JSON accept header, gzip for bodies over 1 KiB,
 //! a 10 MiB cap on responses, connect and request timeouts, `https` except to loopback.
 //! It neither retries nor backs off (the syncer and the link do), never decrypts, and
-//! never puts the token in an error, a log line or `Debug` output. The events stream
-//! is not here.
+//! never puts the token in an error, a log line or `Debug` output.
+//!
+//! It also opens the event stream (`CpClient::event_source`): a second agent built by
+//! the same `build_agent` function (same trust roots, token and user agent) but with a
+//! per-read idle timeout instead of a request timeout. Reading and interpreting the
+//! stream is `cp::stream`'s job.
 
 use std::fmt;
 use std::io::{BufReader, Read, Write};
@@ -118,6 +122,8 @@ impl fmt::Debug for CpConfig {
 /// The control-plane client. Cheap to share (`Arc`); calls are independent.
 pub struct CpClient {
     agent: ureq::Agent,
+    /// The rustls configuration for `https` (shared with the event-stream agent).
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Base URL without a trailing slash, then `/v1/nodes/{node id}`.
     node_url: String,
     base_url: String,
@@ -148,19 +154,18 @@ impl CpClient {
                 "token is empty or contains spaces or control characters".into(),
             ));
         }
-        let mut builder = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirects(0)
-            .max_idle_connections_per_host(4);
-        if url.https {
-            builder = builder.tls_config(tls_config(cfg.ca_file.as_ref())?);
-        } else if cfg.ca_file.is_some() {
-            log::warn!(url:% = cfg.base_url; "ca file ignored for a plain http control plane");
-        }
+        let tls = if url.https {
+            Some(tls_config(cfg.ca_file.as_ref())?)
+        } else {
+            if cfg.ca_file.is_some() {
+                log::warn!(url:% = cfg.base_url; "ca file ignored for a plain http control plane");
+            }
+            None
+        };
         let base = cfg.base_url.trim_end_matches('/').to_owned();
         Ok(CpClient {
-            agent: builder.build(),
+            agent: build_agent(tls.as_ref(), AgentTimeouts::Request),
+            tls,
             node_url: format!("{base}/v1/nodes/{}", percent_encode_segment(&cfg.node_id)),
             base_url: base,
             node_id: cfg.node_id,
@@ -210,6 +215,18 @@ impl CpClient {
         read_capped(response).map(drop)
     }
 
+    /// A connection factory for `GET {cp}/v1/nodes/{id}/events` with its own agent:
+    /// the same TLS setup, token and user agent as this client, no overall request
+    /// timeout, and `idle_timeout` as the longest wait for any byte.
+    pub fn event_source(&self, idle_timeout: Duration) -> EventSource {
+        EventSource {
+            agent: build_agent(self.tls.as_ref(), AgentTimeouts::Stream { idle_timeout }),
+            url: format!("{}/events", self.node_url),
+            authorization: self.authorization.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+
     fn request(&self, method: &str, url: &str) -> ureq::Request {
         self.agent
             .request(method, url)
@@ -226,6 +243,76 @@ impl CpClient {
         let body = read_capped(response)?;
         serde_json::from_slice(&body).map_err(|e| CpError::Decode(e.to_string()))
     }
+}
+
+/// Opens the node's event stream; see `CpClient::event_source`.
+pub struct EventSource {
+    agent: ureq::Agent,
+    url: String,
+    authorization: Zeroizing<String>,
+    user_agent: String,
+}
+
+impl fmt::Debug for EventSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSource")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventSource {
+    /// `GET …/events` with `Accept: text/event-stream` and, when resuming,
+    /// `Last-Event-ID`. Returns the body once a 2xx head with an event-stream content
+    /// type arrived; every read on it may block up to the idle timeout.
+    pub fn connect(&self, last_event_id: Option<&str>) -> Result<Box<dyn Read + Send>, CpError> {
+        let mut request = self
+            .agent
+            .get(&self.url)
+            .set("Authorization", &self.authorization)
+            .set("User-Agent", &self.user_agent)
+            .set("Accept", "text/event-stream")
+            .set("Cache-Control", "no-cache");
+        if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
+            request = request.set("Last-Event-ID", id);
+        }
+        let response = request.call().map_err(map_error)?;
+        let content_type = response.content_type().to_ascii_lowercase();
+        if content_type != "text/event-stream" {
+            return Err(CpError::Decode(format!(
+                "event stream answered with content type {content_type:?}"
+            )));
+        }
+        Ok(Box::new(response.into_reader()))
+    }
+}
+
+/// Which timeouts an agent gets.
+enum AgentTimeouts {
+    /// Ordinary calls: connect timeout and a bound on the whole request.
+    Request,
+    /// The event stream: connect timeout and a per-read idle timeout, no overall bound.
+    Stream { idle_timeout: Duration },
+}
+
+/// The one place agents are built, so both share TLS, redirect and timeout policy.
+fn build_agent(tls: Option<&Arc<rustls::ClientConfig>>, timeouts: AgentTimeouts) -> ureq::Agent {
+    let mut builder = ureq::AgentBuilder::new()
+        .timeout_connect(CONNECT_TIMEOUT)
+        .redirects(0);
+    builder = match timeouts {
+        AgentTimeouts::Request => builder
+            .timeout(REQUEST_TIMEOUT)
+            .max_idle_connections_per_host(4),
+        AgentTimeouts::Stream { idle_timeout } => builder
+            .timeout_read(idle_timeout)
+            .timeout_write(REQUEST_TIMEOUT)
+            .max_idle_connections(0),
+    };
+    if let Some(tls) = tls {
+        builder = builder.tls_config(Arc::clone(tls));
+    }
+    builder.build()
 }
 
 /// Reads at most `MAX_RESPONSE_BYTES` of (decoded) body.

@@ -1,11 +1,22 @@
-//! The state side of the control-plane link: fetch the node's full state in the
-//! background and apply it to the store, retrying with backoff until it works, then
-//! (optionally) again every reconcile interval or on demand.
+//! The state side of the control-plane link and the reconciler: fetch the node's full
+//! state in the background and apply it to the store, retrying with backoff until it
+//! works, then again every reconcile interval and on demand (`reconcile_now`, after
+//! each event stream (re)connect and each verified key rotation).
+//!
+//! Invariant: the cache converges to the control plane's state. The full state
+//! response is authoritative: a `null` or absent `metadata`, `data` or `secret_refs`
+//! means empty, and `Store::apply_control_plane` diffs against the cache itself, so
+//! any divergence — an event that never arrived, a diverging event, a file edited on
+//! disk while stopped — is rewritten at the next reconciliation, and only the entries
+//! that differ are. A state fetched while an event was applied is fetched again
+//! rather than applied, so a reconcile does not step the cache back behind an event.
 //!
 //! The daemon serves its disk cache meanwhile; nothing waits for the first fetch.
-//! The signing keys from the latest state response are kept for event verification
-//! (`Link::signing_keys`). Health (connected, last reconcile, last error) is recorded
-//! in `LinkHealth`. The event stream is not here. Shutdown never waits for a blocked
+//! The signing keys from the latest state response are kept (`Link::signing_keys`)
+//! and, when a shared `Verifier` is given, installed in it at once, replacing the
+//! signing key file's key (an absent `signing_keys` keeps the keys in force).
+//! Health (connected, last reconcile, last error) is recorded in `LinkHealth`,
+//! reconciliations and corrections in `StreamMetrics`. The event stream is not here. Shutdown never waits for a blocked
 //! HTTP call longer than its timeout: the thread is then left to end on its own.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,17 +28,36 @@ use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
 use super::health::LinkHealth;
+use super::stream_metrics::StreamMetrics;
 use super::syncer::MAX_RETRY_AFTER;
+use crate::events::{KeySet, Verifier};
 use crate::model::SigningKeys;
 use crate::store::{CpUpdate, Store};
 
+/// State fetches per reconciliation when events keep landing during the fetch.
+const MAX_FETCHES: usize = 3;
+
 /// Tunables of the link.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LinkOptions {
     pub backoff: Backoff,
     /// Fetch the full state again this often after the first success; `None`: only
     /// on `reconcile_now`.
     pub reconcile_interval: Option<Duration>,
+    /// Receives the state response's signing keys on every successful fetch.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Counts reconciliations and corrections.
+    pub metrics: Option<Arc<StreamMetrics>>,
+}
+
+impl std::fmt::Debug for LinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkOptions")
+            .field("backoff", &self.backoff)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .field("verifier", &self.verifier.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running state link.
@@ -94,6 +124,14 @@ impl Link {
     /// reconnect). Non-blocking; merged with one already requested.
     pub fn reconcile_now(&self) {
         let _ = self.trigger.try_send(());
+    }
+
+    /// A cheap, clonable `reconcile_now` for other threads (the event stream).
+    pub fn reconcile_trigger(&self) -> impl Fn() + Send + Sync + 'static {
+        let trigger = self.trigger.clone();
+        move || {
+            let _ = trigger.try_send(());
+        }
     }
 
     /// Stops the loop; waits at most `timeout` for an in-flight fetch.
@@ -169,29 +207,32 @@ impl Worker {
 
     /// One fetch-and-apply; on failure, the delay before the next attempt.
     fn reconcile(&mut self) -> Result<(), Duration> {
-        let state = match self.client.fetch_state() {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = format!("state fetch failed: {e}");
-                let unreachable = e.is_transport() || e.status().is_some_and(|s| s >= 500);
-                self.health.record_reconcile_failure(&msg, unreachable);
-                let delay = match &e {
-                    CpError::Status {
-                        status: 429,
-                        retry_after: Some(after),
-                    } => (*after).min(MAX_RETRY_AFTER),
-                    _ => self.options.backoff.next_delay(),
-                };
-                log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(); "fetching node state failed; serving the cache and retrying");
-                return Err(delay);
+        // A state fetched while an event was being applied may predate that event;
+        // applying it would step the cache back until the next reconcile. Fetch again
+        // (a few times at most) when an event landed during the fetch.
+        let mut attempts = 0;
+        let state = loop {
+            let generation = self.event_generation();
+            let state = match self.client.fetch_state() {
+                Ok(s) => s,
+                Err(e) => return Err(self.fetch_failed(&e)),
+            };
+            attempts += 1;
+            if self.event_generation() == generation || attempts >= MAX_FETCHES {
+                break state;
             }
+            log::debug!("an event was applied during the state fetch; fetching again");
         };
         let keys = state.signing_keys.clone();
+        // The full state is authoritative: a collection it leaves out is empty.
         let update = CpUpdate {
-            metadata: state.metadata,
-            data: state.data,
-            secret_refs: state.secret_refs,
+            metadata: Some(state.metadata.unwrap_or_default()),
+            data: Some(state.data.unwrap_or_default()),
+            secret_refs: Some(state.secret_refs.unwrap_or_default()),
         };
+        if let Some(keys) = &keys {
+            self.install_keys(keys);
+        }
         match self.store.apply_control_plane(update) {
             Ok(outcome) => {
                 if keys.is_some() {
@@ -201,10 +242,17 @@ impl Worker {
                         .unwrap_or_else(PoisonError::into_inner) = keys;
                 }
                 self.health.record_reconcile_ok();
+                if let Some(m) = &self.options.metrics {
+                    m.record_reconciliation(outcome.changed());
+                }
                 for key in &outcome.skipped_keys {
                     log::warn!(key:? = key; "data entry with an unusable key skipped");
                 }
-                log::info!(metadata_changed:% = outcome.metadata_changed, data_written:% = outcome.data_written, data_removed:% = outcome.data_removed, secrets_changed:% = outcome.secrets_changed; "node state applied");
+                if outcome.changed() {
+                    log::info!(metadata_changed:% = outcome.metadata_changed, data_written:% = outcome.data_written, data_removed:% = outcome.data_removed, secrets_changed:% = outcome.secrets_changed; "reconciliation corrected the cache");
+                } else {
+                    log::debug!("reconciliation: cache matches the control plane");
+                }
                 Ok(())
             }
             Err(e) => {
@@ -212,6 +260,46 @@ impl Worker {
                 log::error!("{msg}");
                 self.health.record_reconcile_failure(&msg, false);
                 Err(self.options.backoff.next_delay())
+            }
+        }
+    }
+
+    /// Events applied so far (0 without stream metrics).
+    fn event_generation(&self) -> u64 {
+        self.options.metrics.as_ref().map_or(0, |m| m.accepted())
+    }
+
+    /// Records a failed fetch; the delay before the next attempt.
+    fn fetch_failed(&mut self, e: &CpError) -> Duration {
+        let msg = format!("state fetch failed: {e}");
+        let unreachable = e.is_transport() || e.status().is_some_and(|s| s >= 500);
+        self.health.record_reconcile_failure(&msg, unreachable);
+        let delay = match e {
+            CpError::Status {
+                status: 429,
+                retry_after: Some(after),
+            } => (*after).min(MAX_RETRY_AFTER),
+            _ => self.options.backoff.next_delay(),
+        };
+        log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(); "fetching node state failed; serving the cache and retrying");
+        delay
+    }
+
+    /// Puts the state response's keys into the shared verifier (if any), replacing
+    /// the key file's. Unusable keys are logged and the keys in force kept.
+    fn install_keys(&self, keys: &SigningKeys) {
+        let Some(verifier) = &self.options.verifier else {
+            return;
+        };
+        match KeySet::from_signing_keys(keys) {
+            Ok(set) => {
+                if verifier.keys().as_ref() != Some(&set) {
+                    log::info!(current = set.current().to_base64(), previous = set.previous().map(|(k, _)| k.to_base64()).unwrap_or_default(); "event signing keys updated from the control plane");
+                    verifier.set_keys(set);
+                }
+            }
+            Err(e) => {
+                log::warn!(error:% = e; "control plane sent unusable signing keys; keeping the keys in force");
             }
         }
     }

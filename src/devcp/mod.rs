@@ -6,9 +6,10 @@
 //! with the node's NSK on every read), signing keys and the reports received; tests
 //! change it through Rust methods, people through the `/admin/` HTTP API. It is not a
 //! model of a production control plane (no persistence, one node, no TLS) and the
-//! daemon's own code never depends on it. The event stream (SSE) is added separately;
-//! `DevState::subscribe` is its hook.
+//! daemon's own code never depends on it. The signed event stream (SSE) is
+//! `devcp::events`, fed through the `DevState::subscribe` hook.
 
+pub mod events;
 pub mod routes;
 pub mod state;
 
@@ -21,9 +22,11 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::cp::nsk::Nsk;
+use crate::events::{SignError, Signer};
 use crate::http::{Limits, Listener, Server, ServerConfig, ServerHandle};
 use crate::model::{Metadata, NodeState, ReportEntry, ReportSyncRequest, SigningKeys};
 
+pub use events::EventHub;
 pub use routes::DevHandler;
 pub use state::{DevChange, DevState, FailRoute, PayloadError, Subscriber};
 
@@ -39,6 +42,22 @@ pub struct DevConfig {
     pub token: String,
     /// Preload demo metadata, data and secrets.
     pub demo: bool,
+    /// Ed25519 seed of the event signing key; `None`: a fresh key for this run.
+    pub signing_seed: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl DevConfig {
+    /// Loopback port 0, no demo state, a fresh signing key.
+    pub fn new(node_id: &str, nsk: Nsk, token: &str) -> DevConfig {
+        DevConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            node_id: node_id.to_owned(),
+            nsk,
+            token: token.to_owned(),
+            demo: false,
+            signing_seed: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for DevConfig {
@@ -69,10 +88,16 @@ impl DevControlPlane {
                 "the development control plane listens on loopback addresses only",
             ));
         }
+        let signer = match &cfg.signing_seed {
+            Some(seed) => Signer::from_seed(seed),
+            None => Signer::generate().map(|(signer, _)| signer),
+        }
+        .map_err(|e| io::Error::other(format!("event signing key: {e}")))?;
         let state = Arc::new(DevState::new(
             cfg.node_id,
             cfg.nsk,
             Zeroizing::new(cfg.token),
+            signer,
         ));
         if cfg.demo {
             state.load_demo();
@@ -131,6 +156,7 @@ impl DevControlPlane {
     /// Stops serving and returns the state, so `serve` can bring the same control
     /// plane back (tests of outages).
     pub fn stop_keep_state(self) -> Arc<DevState> {
+        self.state.events.drop_streams();
         self.server.shutdown(Duration::from_secs(2));
         self.state
     }
@@ -165,6 +191,11 @@ impl DevControlPlane {
         self.state.set_data(key, content_type, payload_json)
     }
 
+    /// Replaces every data entry in one change (one event).
+    pub fn replace_data(&self, entries: Vec<crate::model::DataEntry>) {
+        self.state.replace_data(entries)
+    }
+
     pub fn remove_data(&self, key: &str) -> bool {
         self.state.remove_data(key)
     }
@@ -180,6 +211,88 @@ impl DevControlPlane {
 
     pub fn set_signing_keys(&self, keys: Option<SigningKeys>) {
         self.state.set_signing_keys(keys)
+    }
+
+    /// The public key that signs events now, standard base64 (the content of a
+    /// node's `signing_public_key` file).
+    pub fn signing_public_key(&self) -> String {
+        self.state.events.public_key()
+    }
+
+    /// Signs future events with `signer` and advertises `{current: new, previous:
+    /// old, transition_expires: now + transition}` in the state response; the
+    /// `signing_key_rotated` event announcing it is signed with the old key.
+    pub fn rotate_signing_key(&self, signer: Signer, transition: Duration) {
+        let previous = self.state.events.public_key();
+        let current = signer.public_key_b64();
+        self.state.events.rotate(signer);
+        self.state.set_signing_keys(Some(SigningKeys {
+            current,
+            previous,
+            transition_expires: crate::timefmt::format_rfc3339_utc(
+                std::time::SystemTime::now() + transition,
+            ),
+        }));
+    }
+
+    /// `: keep-alive` comment interval of event streams (default 15 s).
+    pub fn set_keep_alive(&self, every: Duration) {
+        self.state.events.set_keep_alive(every)
+    }
+
+    /// Closes every open event stream now (clients reconnect).
+    pub fn drop_streams(&self) {
+        self.state.events.drop_streams()
+    }
+
+    /// Keeps event streams open but silent (no events, no comments) while `true`.
+    pub fn stall_streams(&self, stalled: bool) {
+        self.state.events.stall_streams(stalled)
+    }
+
+    /// Sends `envelope_json` verbatim as an event of `event_type`. Returns its SSE id.
+    pub fn publish_raw(&self, event_type: &str, envelope_json: &str) -> u64 {
+        self.state.events.publish_raw(event_type, envelope_json)
+    }
+
+    /// Sends a validly signed event with a chosen `issued_at` and nonce (to test
+    /// freshness and replay checks). Returns its event id.
+    pub fn publish_signed_with(
+        &self,
+        event_type: &str,
+        payload_json: &str,
+        issued_at: &str,
+        nonce: &str,
+    ) -> Result<u64, SignError> {
+        self.state.events.publish_signed(
+            event_type,
+            payload_json,
+            Some(issued_at),
+            Some(nonce),
+            false,
+        )
+    }
+
+    /// Sends a validly signed event, issued now with a fresh nonce.
+    pub fn publish_signed(&self, event_type: &str, payload_json: &str) -> Result<u64, SignError> {
+        self.state
+            .events
+            .publish_signed(event_type, payload_json, None, None, false)
+    }
+
+    /// `Last-Event-ID` headers seen on event stream requests, oldest first.
+    pub fn last_event_ids(&self) -> Vec<String> {
+        self.state.events.resume_ids()
+    }
+
+    /// Event stream requests accepted so far.
+    pub fn stream_connects(&self) -> usize {
+        self.state.events.connects()
+    }
+
+    /// Event streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.state.events.open_streams()
     }
 
     pub fn reports(&self) -> BTreeMap<String, ReportEntry> {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::cp::secret::encrypt_secret;
-use crate::http::{Handler, Method, Reply, Request, Response, Transport};
+use crate::http::{Handler, Method, Reply, Request, Response, Stream, Transport};
 use crate::keys::percent_decode;
 use crate::model::{Metadata, ReportSyncRequest, SecretResponse};
 
@@ -30,7 +30,7 @@ pub struct DevHandler {
 impl Handler for DevHandler {
     fn handle(&self, request: &Request) -> Reply {
         self.state.count_request(&request.path);
-        Reply::Now(self.route(request))
+        self.route(request)
     }
 }
 
@@ -62,20 +62,20 @@ struct FailBody {
 }
 
 impl DevHandler {
-    fn route(&self, req: &Request) -> Response {
+    fn route(&self, req: &Request) -> Reply {
         let raw: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
         let mut segs = Vec::with_capacity(raw.len());
         for s in &raw {
             match percent_decode(s) {
                 Some(d) => segs.push(d),
-                None => return Response::error(400, "bad percent-encoding in path"),
+                None => return Response::error(400, "bad percent-encoding in path").into(),
             }
         }
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         match segs.as_slice() {
             ["v1", "nodes", node, rest @ ..] => self.node_api(req, node, rest),
-            ["admin", rest @ ..] => self.admin_api(req, rest),
-            _ => Response::error(404, "not found"),
+            ["admin", rest @ ..] => self.admin_api(req, rest).into(),
+            _ => Response::error(404, "not found").into(),
         }
     }
 
@@ -90,26 +90,42 @@ impl DevHandler {
             && bool::from(token.trim().as_bytes().ct_eq(self.state.token.as_bytes()))
     }
 
-    fn node_api(&self, req: &Request, node: &str, rest: &[&str]) -> Response {
+    fn node_api(&self, req: &Request, node: &str, rest: &[&str]) -> Reply {
         if !self.authorized(req) {
-            return Response::error(401, "unauthorized");
+            return Response::error(401, "unauthorized").into();
         }
         if node != self.state.node_id {
-            return Response::error(404, "unknown node");
+            return Response::error(404, "unknown node").into();
         }
         let route = match rest {
             ["state"] => FailRoute::State,
             ["secrets", _] => FailRoute::Secrets,
             ["report"] => FailRoute::Report,
-            _ => return Response::error(404, "not found"),
+            ["events"] => FailRoute::Events,
+            _ => return Response::error(404, "not found").into(),
         };
         if let Some(plan) = self.state.take_failure(route) {
             let mut resp = Response::error(plan.status, "injected failure");
             if let Some(secs) = plan.retry_after {
                 resp = resp.header("Retry-After", secs.to_string());
             }
-            return resp;
+            return resp.into();
         }
+        if let (["events"], Method::Get) = (rest, &req.method) {
+            let body = self.state.events.subscribe(req.header("last-event-id"));
+            return Reply::Stream(Stream {
+                status: 200,
+                headers: vec![
+                    ("Content-Type".into(), "text/event-stream".to_owned()),
+                    ("Cache-Control".into(), "no-cache".to_owned()),
+                ],
+                body: Box::new(body),
+            });
+        }
+        self.node_response(req, rest).into()
+    }
+
+    fn node_response(&self, req: &Request, rest: &[&str]) -> Response {
         match (rest, &req.method) {
             (["state"], Method::Get | Method::Head) => json(200, &self.state.state()),
             (["state"], _) => method_not_allowed("GET, HEAD"),
@@ -117,6 +133,7 @@ impl DevHandler {
             (["secrets", _], _) => method_not_allowed("GET, HEAD"),
             (["report"], Method::Post) => self.report(req),
             (["report"], _) => method_not_allowed("POST"),
+            (["events"], _) => method_not_allowed("GET"),
             _ => Response::error(404, "not found"),
         }
     }
@@ -224,7 +241,7 @@ impl DevHandler {
                             None => {
                                 return Response::error(
                                     400,
-                                    "route must be report, state, secrets or any",
+                                    "route must be report, state, secrets, events or any",
                                 )
                             }
                         },
@@ -237,12 +254,48 @@ impl DevHandler {
                 }
                 Err(e) => Response::error(400, &format!("invalid fail body: {e}")),
             },
+            (["drop-streams"], Method::Post) => {
+                s.events.drop_streams();
+                Response::new(204)
+            }
+            (["stall-streams"], Method::Post) => match serde_json::from_slice::<bool>(&req.body) {
+                Ok(stalled) => {
+                    s.events.stall_streams(stalled);
+                    Response::new(204)
+                }
+                Err(_) => Response::error(400, "body must be true or false"),
+            },
+            (["events"], Method::Post) => self.publish_raw(req),
+            (["drop-streams" | "stall-streams" | "events"], _) => method_not_allowed("POST"),
             (["state" | "reports" | "report-posts"], _) => method_not_allowed("GET, HEAD"),
             (["metadata"], _) => method_not_allowed("PUT"),
             (["metadata" | "data" | "secrets", _], _) => method_not_allowed("PUT, DELETE"),
             (["fail"], _) => method_not_allowed("POST"),
             _ => Response::error(404, "not found"),
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct EventTypeOnly {
+    #[serde(default)]
+    event_type: Option<String>,
+}
+
+impl DevHandler {
+    /// `POST /admin/events`: the body is sent verbatim as one event's data; its SSE
+    /// event type is the body's `event_type` field if it has one, else `message`.
+    fn publish_raw(&self, req: &Request) -> Response {
+        let Ok(text) = std::str::from_utf8(&req.body) else {
+            return Response::error(400, "body must be UTF-8");
+        };
+        let event_type = serde_json::from_str::<EventTypeOnly>(text)
+            .ok()
+            .and_then(|e| e.event_type)
+            .filter(|t| !t.is_empty() && !t.contains(['\r', '\n']))
+            .unwrap_or_else(|| "message".to_owned());
+        let id = self.state.events.publish_raw(&event_type, text);
+        json(200, &serde_json::json!({ "id": id.to_string() }))
     }
 }
 

@@ -7,13 +7,15 @@
 //! on top without touching this code. Nothing here does I/O or knows HTTP.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
+use super::events::EventHub;
 use crate::cp::nsk::Nsk;
+use crate::events::Signer;
 use crate::model::{
     DataEntry, Metadata, NodeState, ReportEntry, ReportSyncRequest, SecretRef, SigningKeys,
 };
@@ -25,6 +27,7 @@ pub enum FailRoute {
     State,
     Secrets,
     Report,
+    Events,
     Any,
 }
 
@@ -34,6 +37,7 @@ impl FailRoute {
             "state" => Some(FailRoute::State),
             "secrets" => Some(FailRoute::Secrets),
             "report" => Some(FailRoute::Report),
+            "events" => Some(FailRoute::Events),
             "any" => Some(FailRoute::Any),
             _ => None,
         }
@@ -91,6 +95,7 @@ pub struct DevState {
     pub(crate) node_id: String,
     pub(crate) nsk: Nsk,
     pub(crate) token: Zeroizing<String>,
+    pub(crate) events: Arc<EventHub>,
     world: Mutex<World>,
     subscribers: Mutex<Vec<Subscriber>>,
 }
@@ -102,14 +107,32 @@ pub(crate) enum ReportOutcome {
 }
 
 impl DevState {
-    pub(crate) fn new(node_id: String, nsk: Nsk, token: Zeroizing<String>) -> DevState {
-        DevState {
+    /// A world whose state response advertises `signer`'s public key and whose every
+    /// change is published, signed by it, on the event stream.
+    pub(crate) fn new(
+        node_id: String,
+        nsk: Nsk,
+        token: Zeroizing<String>,
+        signer: Signer,
+    ) -> DevState {
+        let world = World {
+            signing_keys: Some(SigningKeys {
+                current: signer.public_key_b64(),
+                ..SigningKeys::default()
+            }),
+            ..World::default()
+        };
+        let events = Arc::new(EventHub::new(signer));
+        let state = DevState {
             node_id,
             nsk,
             token,
-            world: Mutex::new(World::default()),
+            events: Arc::clone(&events),
+            world: Mutex::new(world),
             subscribers: Mutex::new(Vec::new()),
-        }
+        };
+        state.subscribe(Box::new(move |change, node| events.on_change(change, node)));
+        state
     }
 
     fn world(&self) -> MutexGuard<'_, World> {
@@ -208,6 +231,13 @@ impl DevState {
         };
         self.changed(DevChange::State);
         Ok(version)
+    }
+
+    /// Replaces every data entry at once (one change, one event): for loading large
+    /// states in tests and benchmarks without an event per entry.
+    pub fn replace_data(&self, entries: Vec<DataEntry>) {
+        self.world().data = entries.into_iter().map(|e| (e.key.clone(), e)).collect();
+        self.changed(DevChange::State);
     }
 
     pub fn remove_data(&self, key: &str) -> bool {

@@ -59,14 +59,6 @@ impl Store {
         if let Some(entries) = update.data {
             let mut map = BTreeMap::new();
             for e in entries {
-                if keys::file_name_for(&e.key).is_none() {
-                    log::warn!(
-                        "control plane sent data key that cannot be stored (empty or too long), skipped: {:?}",
-                        e.key.chars().take(64).collect::<String>()
-                    );
-                    outcome.skipped_keys.push(e.key);
-                    continue;
-                }
                 if map.contains_key(&e.key) {
                     log::warn!(
                         "control plane sent data key {:?} twice; keeping the last",
@@ -94,7 +86,12 @@ impl Store {
                 }
                 for (key, entry) in wanted {
                     let current = c.data.get(&key);
-                    let Some(file) = keys::file_name_for(&key) else {
+                    // A key too long to encode can still live in the plain-named file a
+                    // Go agent wrote it to; otherwise it cannot be stored.
+                    let Some(file) =
+                        keys::file_name_for(&key).or_else(|| current.map(|cur| cur.file.clone()))
+                    else {
+                        outcome.skipped_keys.push(key);
                         continue;
                     };
                     // An unchanged entry stays where it is, even in a Go agent's file name.
@@ -111,6 +108,12 @@ impl Store {
             }
             (metadata, secrets, plan)
         };
+        for key in &outcome.skipped_keys {
+            log::warn!(
+                "control plane sent a data key that cannot be stored (empty or too long), skipped: {:?}",
+                key.chars().take(64).collect::<String>()
+            );
+        }
         if metadata.is_none() && secrets.is_none() && plan.is_empty() {
             return Ok(outcome);
         }
@@ -120,33 +123,9 @@ impl Store {
         }
         let jump = self.epoch_jump()?;
 
-        // Persist, outside every cache lock.
-        if !plan.is_empty() {
-            let files: Vec<(&str, &[u8])> = plan
-                .writes
-                .iter()
-                .map(|w| (w.file.as_str(), &*w.body))
-                .collect();
-            self.data.replace_many(&files).map_err(io_err(format!(
-                "writing {} data entries failed",
-                files.len()
-            )))?;
-            for w in &plan.writes {
-                if let Some(old) = &w.old_file {
-                    self.data
-                        .remove_no_dir_sync(old)
-                        .map_err(io_err(format!("removing old data file {old:?} failed")))?;
-                }
-            }
-            for (key, file) in &plan.removals {
-                self.data
-                    .remove_no_dir_sync(file)
-                    .map_err(io_err(format!("removing data entry {key:?} failed")))?;
-            }
-            self.data
-                .sync()
-                .map_err(io_err("syncing the data folder failed"))?;
-        }
+        // Persist, outside every cache lock: first every new file is written to a durable
+        // temp file (a failure here leaves disk and memory as they were), then all are
+        // renamed into place and the vanished files removed.
         let secrets_body = secrets.as_ref().map(render);
         let metadata_items = metadata.map(|m| {
             m.into_iter()
@@ -170,9 +149,31 @@ impl Store {
         if let Some(body) = &metadata_body {
             state_files.push((super::load::METADATA_FILE, body));
         }
-        self.state
-            .replace_many(&state_files)
+        let data_files: Vec<(&str, &[u8])> = plan
+            .writes
+            .iter()
+            .map(|w| (w.file.as_str(), &*w.body))
+            .collect();
+        let data_prepared = self.data.prepare(&data_files).map_err(io_err(format!(
+            "writing {} data entries failed",
+            data_files.len()
+        )))?;
+        let state_prepared = self
+            .state
+            .prepare(&state_files)
             .map_err(io_err("writing metadata or the secret index failed"))?;
+        let data_removals: Vec<&str> = plan
+            .writes
+            .iter()
+            .filter_map(|w| w.old_file.as_deref())
+            .chain(plan.removals.iter().map(|(_, f)| f.as_str()))
+            .collect();
+        data_prepared
+            .commit(&data_removals)
+            .map_err(io_err("replacing data entry files failed"))?;
+        state_prepared
+            .commit(&[])
+            .map_err(io_err("replacing metadata or the secret index failed"))?;
 
         // Publish, in one write-lock section.
         outcome.metadata_changed = metadata_items.is_some();

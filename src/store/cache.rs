@@ -130,7 +130,9 @@ impl Cache {
     /// reserved epoch.
     pub fn next_stamp(&mut self, at: SystemTime, jump: Option<u64>) -> Stamp {
         self.revision = self.revision.max(jump.unwrap_or(0)) + 1;
-        self.last_change = at;
+        // Writers take their clock reading before their durable write, so publish order
+        // and clock order can differ slightly; the store-wide time never goes back.
+        self.last_change = self.last_change.max(at);
         self.summary_body = OnceLock::new();
         Stamp {
             rev: self.revision,

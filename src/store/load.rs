@@ -51,7 +51,9 @@ pub fn open(state_dir: &std::path::Path) -> Result<Store, StoreError> {
     let at = |t: SystemTime| Stamp { rev: base, at: t };
     let mut last = SystemTime::UNIX_EPOCH;
 
-    if let Some((m, t)) = load_json::<Metadata>(&state, METADATA_FILE) {
+    // The Go agent writes `null` for an empty map or list.
+    if let Some((m, t)) = load_json::<Option<Metadata>>(&state, METADATA_FILE) {
+        let m = m.unwrap_or_default();
         let items = m
             .into_iter()
             .map(|(k, v)| {
@@ -67,7 +69,8 @@ pub fn open(state_dir: &std::path::Path) -> Result<Store, StoreError> {
         cache.set_metadata(items, at(t));
         last = last.max(t);
     }
-    if let Some((refs, t)) = load_json::<Vec<SecretRef>>(&state, SECRETS_FILE) {
+    if let Some((refs, t)) = load_json::<Option<Vec<SecretRef>>>(&state, SECRETS_FILE) {
+        let refs = refs.unwrap_or_default();
         cache.set_secrets(normalize_secrets(refs), at(t));
         last = last.max(t);
     }

@@ -9,6 +9,12 @@
 //! subscribers outside every lock. The store does not talk to the network, know about
 //! HTTP, or decide when to sync: the syncer drives `pending_batch`/`mark_synced`.
 //!
+//! Files under `state_dir` (= `{data_dir}/state`): `metadata.json`, `secrets.json`,
+//! `data/{key}.json`, `report/{key}.json` (the Go agent's formats, key names encoded by
+//! `keys::file_name_for`), plus `revision` (see `revision`) and `report-sync.json` (see
+//! `outbox`). Lock order: a report key's mutex or the apply mutex or the marks mutex,
+//! then the cache `RwLock`; callbacks run after all are released.
+//!
 //! Invariants: a failed write leaves memory and disk as they were; a control-plane update
 //! is published in one write-lock section (never new metadata with old data); the
 //! revision never goes backwards, across restarts included; nothing acknowledged to a
@@ -134,6 +140,19 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl StoreError {
+    /// The HTTP status a local API answer should carry for this error: 409 conflict,
+    /// 404 not found, 400 for a key that cannot be stored, 500 for persistence failures.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            StoreError::Conflict { .. } => 409,
+            StoreError::NotFound => 404,
+            StoreError::KeyNotStorable => 400,
+            StoreError::Io { .. } | StoreError::Encode { .. } => 500,
+        }
+    }
 }
 
 impl From<io::Error> for StoreError {

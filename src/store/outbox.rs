@@ -2,7 +2,9 @@
 //! acknowledgements, so a PUT needs no extra fsync and nothing is lost on a crash.
 //!
 //! `state/report-sync.json` maps each report key to the `(version, updated_at)` the
-//! control plane last acknowledged. A key is pending when its report differs from its
+//! control plane last acknowledged, keys sorted:
+//! `{"app-health":{"version":3,"updated_at":"2026-03-01T12:00:00.5Z"}}`. It is written
+//! atomically and durably by `mark_synced`/`drop_rejected`, off the request path. A key is pending when its report differs from its
 //! mark, or when it is marked but its report is gone (a pending deletion). A key created
 //! and deleted between two syncs has neither, so nothing is sent. Without the file (a
 //! cache written by the Go agent) every report is pending: at-least-once delivery.

@@ -98,10 +98,17 @@ impl Store {
             };
             let body = render(&entry);
             let jump = self.epoch_jump()?;
+            // Up to the rename a failure leaves the old file; after it, the old content
+            // is put back so that disk matches memory again.
             self.report
-                .replace(&name, &body)
+                .replace_no_dir_sync(&name, &body)
                 .map_err(io_err(format!("persisting report {key:?} failed")))?;
-            if let Err(e) = self.finish_rename(old_file.as_deref(), &name) {
+            let made_durable = self
+                .report
+                .sync()
+                .map_err(io_err(format!("persisting report {key:?} failed")))
+                .and_then(|()| self.finish_rename(old_file.as_deref(), &name));
+            if let Err(e) = made_durable {
                 self.roll_back(&name, old_file.as_deref(), old_body.as_deref());
                 return Err(e);
             }
@@ -156,17 +163,24 @@ impl Store {
     /// Deletes a report durably; returns the new store revision.
     pub fn delete_report(&self, key: &ReportKey) -> Result<u64, StoreError> {
         let rev = self.report_locks.with(key.as_str(), || {
-            let old_file = {
+            let (old_file, old_body) = {
                 let c = self.read();
                 match c.reports.get(key.as_str()) {
-                    Some(r) => r.file.clone(),
+                    Some(r) => (r.file.clone(), r.body.clone()),
                     None => return Err(StoreError::NotFound),
                 }
             };
             let jump = self.epoch_jump()?;
             self.report
-                .remove(&old_file)
+                .remove_no_dir_sync(&old_file)
                 .map_err(io_err(format!("deleting report {key:?} failed")))?;
+            if let Err(e) = self.report.sync() {
+                // The unlink may or may not survive a crash: put the file back.
+                if let Err(e2) = self.report.replace(&old_file, &old_body) {
+                    log::error!("could not restore report file {old_file:?}: {e2}");
+                }
+                return Err(io_err(format!("deleting report {key:?} failed"))(e));
+            }
             let rev = {
                 let mut c = self.write();
                 let stamp = c.next_stamp(SystemTime::now(), jump);

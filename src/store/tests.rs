@@ -198,7 +198,7 @@ fn hostile_control_plane_keys_stay_inside_the_data_folder() {
             ..CpUpdate::default()
         })
         .unwrap();
-    assert_eq!(out.skipped_keys, vec![long.clone(), String::new()]);
+    assert_eq!(out.skipped_keys, vec![String::new(), long.clone()]);
     assert_eq!(out.data_written, hostile.len());
     for path in walk(&f.root) {
         assert!(path.starts_with("state"), "{path:?} outside state/");
@@ -697,9 +697,13 @@ struct SmallFs(PathBuf);
 
 impl SmallFs {
     fn mount(dir: &Path) -> Option<SmallFs> {
+        SmallFs::mount_sized(dir, "256k")
+    }
+
+    fn mount_sized(dir: &Path, size: &str) -> Option<SmallFs> {
         fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .status()
             .map(|s| s.success())
@@ -814,9 +818,24 @@ fn fsize_limit_child() {
             ..CpUpdate::default()
         })
         .is_err());
+    // Data files fit, metadata.json does not: the data files must not land either.
+    assert!(st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry("small", "1", 1)]),
+            metadata: Some([("m".to_owned(), "y".repeat(32 * 1024))].into()),
+            ..CpUpdate::default()
+        })
+        .is_err());
     assert_eq!(st.summary(), before);
     assert_eq!(snapshot(&state), disk);
     assert_eq!(st.pending_count(), 1);
+    // Under the limit everything still works.
+    st.apply_control_plane(CpUpdate {
+        data: Some(vec![entry("small", "1", 1)]),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    assert!(state.join("data/small.json").exists());
     println!("FSIZE-CHILD-OK");
 }
 
@@ -896,10 +915,8 @@ fn concurrent_puts_then_reopen_match() {
     assert_eq!(names(&f.state.join("report")).len(), 8 * 5 + 3);
 }
 
-#[test]
-fn measure_put_throughput() {
-    let f = fixture();
-    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+fn put_throughput(state: &Path, what: &str) {
+    let st = std::sync::Arc::new(Store::open(state).unwrap());
     let per_thread = 250;
     let start = Instant::now();
     let threads: Vec<_> = (0..8)
@@ -917,29 +934,56 @@ fn measure_put_throughput() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "store PUT throughput: 8 threads, distinct keys: {:.0} ops/s ({} puts in {:.3}s)",
+        "store PUT throughput ({what}): 8 threads, distinct keys: {:.0} ops/s ({} puts in {:.3}s)",
         f64::from(8 * per_thread) / secs,
         8 * per_thread,
         secs
     );
     assert_eq!(st.counts().reports, 8 * per_thread as usize);
+    println!(
+        "  report folder fsyncs: {} for {} puts",
+        st.report.syncs_started(),
+        8 * per_thread
+    );
+}
+
+#[test]
+fn measure_put_throughput() {
+    let f = fixture();
+    put_throughput(&f.state, "disk");
+    if let Some(small) = SmallFs::mount_sized(&f.root.join("mnt"), "64m") {
+        put_throughput(&small.0.join("state"), "tmpfs, no fsync cost");
+    }
 }
 
 #[test]
 fn large_lists_are_rendered_once_per_change() {
     let f = fixture();
+    // Written directly (no fsyncs) to keep the test fast; the store loads them.
+    fs::create_dir_all(f.state.join("data")).unwrap();
+    for i in 0..10_000 {
+        let e = entry(&format!("d{i:05}"), "1", 1);
+        fs::write(
+            f.state.join(format!("data/d{i:05}.json")),
+            serde_json::to_vec(&e).unwrap(),
+        )
+        .unwrap();
+    }
     let st = Store::open(&f.state).unwrap();
-    let entries: Vec<DataEntry> = (0..10_000)
-        .map(|i| entry(&format!("d{i:05}"), "1", 1))
-        .collect();
-    st.apply_control_plane(CpUpdate {
-        data: Some(entries),
-        ..CpUpdate::default()
-    })
-    .unwrap();
+    assert_eq!(st.counts().data, 10_000);
+    let t = Instant::now();
     let a = st.summary().value;
-    let b = st.summary().value;
-    assert!(std::sync::Arc::ptr_eq(&a, &b), "summary re-rendered");
+    let first = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..1000 {
+        let b = st.summary().value;
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "summary re-rendered");
+    }
+    println!(
+        "summary of 10,000 data entries ({} bytes): first render {first:?}, cached {:?} per call",
+        a.len(),
+        t.elapsed() / 1000
+    );
     let l1 = st.data_list().value;
     assert!(std::sync::Arc::ptr_eq(&l1, &st.data_list().value));
     put(&st, "r", "1", None).unwrap();
@@ -950,4 +994,244 @@ fn large_lists_are_rendered_once_per_change() {
         "data list survives a report change"
     );
     assert_eq!(parse(&c)["data_keys"].as_array().unwrap().len(), 10_000);
+}
+
+/// Runs in a child process that the test below kills with SIGKILL mid-write.
+#[test]
+fn kill_child() {
+    use std::io::Write;
+    let Some(state) = std::env::var_os("PLEXD_STORE_KILL_CHILD") else {
+        return;
+    };
+    let st = Store::open(Path::new(&state)).unwrap();
+    let mut out = std::io::stdout().lock();
+    for i in 0u64.. {
+        let key = format!("k{}", i % 16);
+        if i % 7 == 3 {
+            match st.delete_report(&rk(&key)) {
+                Ok(_) => writeln!(out, "DEL {key}").unwrap(),
+                Err(StoreError::NotFound) => {}
+                Err(e) => panic!("{e}"),
+            }
+        } else {
+            let v = put(&st, &key, &format!("{{\"i\":{i}}}"), None).unwrap();
+            writeln!(out, "ACK {key} {}", parse(&v.value)["version"]).unwrap();
+        }
+        out.flush().unwrap();
+        if i % 50 == 0 {
+            if let Some(b) = st.pending_batch(5, 1 << 20) {
+                st.mark_synced(&b).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn sigkill_loses_nothing_acknowledged() {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    let f = fixture();
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::kill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PLEXD_STORE_KILL_CHILD", &f.state)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = thread::spawn(move || {
+            let mut last: HashMap<String, Option<i64>> = HashMap::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let parts: Vec<&str> = line.split(' ').collect();
+                match parts.as_slice() {
+                    ["ACK", k, v] => {
+                        if let Ok(v) = v.parse() {
+                            last.insert(k.to_string(), Some(v));
+                        }
+                    }
+                    ["DEL", k] => {
+                        last.insert(k.to_string(), None);
+                    }
+                    _ => {}
+                }
+            }
+            last
+        });
+        thread::sleep(Duration::from_millis(300 + 150 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let acked = reader.join().unwrap();
+        assert!(!acked.is_empty(), "child acknowledged nothing");
+        let st = Store::open(&f.state).unwrap();
+        // Every key holds its acknowledged state, except at most one key whose next
+        // write or delete was in flight when the child died (done, not acknowledged).
+        let mut in_flight = 0;
+        for (k, want) in &acked {
+            let have = st
+                .report(&rk(k))
+                .map(|v| parse(&v.value)["version"].as_i64().unwrap());
+            match (*want, have) {
+                (w, h) if w == h => {}
+                (Some(w), Some(h)) if h == w + 1 => in_flight += 1,
+                (Some(_), None) | (None, Some(1)) => in_flight += 1,
+                _ => panic!("{k}: acknowledged {want:?}, found {have:?}"),
+            }
+        }
+        assert!(
+            in_flight <= 1,
+            "{in_flight} keys differ from what was acknowledged"
+        );
+        for name in walk(&f.state) {
+            let n = name.to_string_lossy();
+            assert!(!n.ends_with(".corrupt") && !n.contains(".tmp"), "{n}");
+        }
+        // Every report that is not acknowledged upstream is pending.
+        let pending = st.pending_count();
+        let mut drained = 0;
+        while let Some(b) = st.pending_batch(3, 1 << 20) {
+            drained += b.len();
+            st.mark_synced(&b).unwrap();
+        }
+        assert_eq!(pending, drained);
+    }
+}
+
+#[test]
+fn go_agent_null_collections_load_as_empty() {
+    let f = fixture();
+    fs::create_dir_all(&f.state).unwrap();
+    fs::write(f.state.join("metadata.json"), "null").unwrap();
+    fs::write(f.state.join("secrets.json"), "null").unwrap();
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(
+        text(&st.summary().value),
+        "{\"metadata\":{},\"data_keys\":[],\"secret_keys\":[],\"report_keys\":[]}"
+    );
+    assert!(!f.state.join("metadata.json.corrupt").exists());
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Store>();
+    check::<SyncBatch>();
+    check::<StoreError>();
+}
+
+#[test]
+fn syncing_while_writing_never_marks_an_unsent_state() {
+    let f = fixture();
+    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (st, stop) = (st.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = ["a", "b", "c"][i % 3];
+                if i % 11 == 5 {
+                    let _ = st.delete_report(&rk(key));
+                } else {
+                    put(&st, key, &i.to_string(), None).unwrap();
+                }
+                i += 1;
+            }
+        })
+    };
+    let mut sent = 0;
+    let mut sent_states = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < deadline {
+        if let Some(b) = st.pending_batch(2, 1 << 20) {
+            sent += b.len();
+            for e in &b.request.entries {
+                sent_states.insert((e.key.clone(), e.version, e.updated_at.clone()));
+            }
+            // Let writes land while the batch is "in flight".
+            thread::sleep(Duration::from_millis(2));
+            st.mark_synced(&b).unwrap();
+            let c = st.read();
+            for (k, m) in &c.marks {
+                assert!(
+                    sent_states.contains(&(k.clone(), m.version, m.updated_at.clone())),
+                    "{k} marked at a state that was never sent"
+                );
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(sent > 0);
+    // Whatever is not pending now must be exactly what was acknowledged last.
+    let c = st.read();
+    for key in ["a", "b", "c"] {
+        let mark = c.marks.get(key);
+        let report = c.reports.get(key).map(|r| &r.entry);
+        let in_sync = match (mark, report) {
+            (Some(m), Some(r)) => m.matches(r),
+            (None, None) => true,
+            _ => false,
+        };
+        assert_eq!(!in_sync, c.pending.contains(key), "{key}");
+    }
+    drop(c);
+    // Draining sends every remaining state; afterwards the marks match the reports.
+    while let Some(b) = st.pending_batch(2, 1 << 20) {
+        st.mark_synced(&b).unwrap();
+    }
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(st.pending_count(), 0);
+}
+
+#[test]
+fn go_agent_keys_too_long_to_encode_stay_in_their_plain_files() {
+    let f = fixture();
+    fs::create_dir_all(f.state.join("data")).unwrap();
+    let key = "é".repeat(100);
+    assert!(crate::keys::file_name_for(&key).is_none());
+    let plain = format!("{key}.json");
+    fs::write(
+        f.state.join("data").join(&plain),
+        serde_json::to_vec(&entry(&key, "1", 1)).unwrap(),
+    )
+    .unwrap();
+    let st = Store::open(&f.state).unwrap();
+    assert!(st.data_entry(&key).is_some());
+    let out = st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry(&key, "2", 2)]),
+            ..CpUpdate::default()
+        })
+        .unwrap();
+    assert_eq!((out.data_written, out.skipped_keys.len()), (1, 0));
+    assert_eq!(
+        names(&f.state.join("data")),
+        BTreeSet::from([plain.clone()])
+    );
+    assert_eq!(parse(&st.data_entry(&key).unwrap().value)["version"], 2);
+    let out = st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![]),
+            ..CpUpdate::default()
+        })
+        .unwrap();
+    assert_eq!(out.data_removed, 1);
+    assert!(names(&f.state.join("data")).is_empty());
+    // Without a file to reuse, such a key is skipped.
+    let out = st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry(&key, "3", 3)]),
+            ..CpUpdate::default()
+        })
+        .unwrap();
+    assert_eq!(out.skipped_keys, vec![key]);
+    assert!(names(&f.state.join("data")).is_empty());
 }

@@ -66,6 +66,7 @@ impl Node {
         DaemonBuilder {
             node: self,
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 }
@@ -77,6 +78,7 @@ pub fn dev_cp(listen: SocketAddr, demo: bool) -> DevControlPlane {
         nsk: Node::nsk(),
         token: NSK_HEX.to_owned(),
         demo,
+        signing_seed: None,
     })
     .expect("start development control plane")
 }
@@ -84,9 +86,16 @@ pub fn dev_cp(listen: SocketAddr, demo: bool) -> DevControlPlane {
 pub struct DaemonBuilder<'a> {
     node: &'a Node,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl DaemonBuilder<'_> {
+    /// Sets an environment variable for the daemon process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
         self
@@ -126,6 +135,7 @@ impl DaemonBuilder<'_> {
             .arg("--socket")
             .arg(self.node.socket())
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
