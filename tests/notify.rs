@@ -1,7 +1,7 @@
 //! Change notification over real sockets: revision headers (`ETag`, `X-Plexd-Index`,
 //! `Last-Modified`) on every read route and after every kind of write, conditional
 //! GETs (304), revisions across restarts, and blocking queries (`?index=N&wait=D`):
-//! woken by a PUT and by a reconcile, timing out, not woken by other keys, bounded
+//! woken by a PUT, a reconcile and an SSE event, timing out, not woken by other keys, bounded
 //! (429), answered at shutdown, and cheap for everyone else while 1,000 wait.
 
 mod common;
@@ -505,4 +505,38 @@ fn shutdown_answers_or_closes_every_parked_request_in_time() {
             ),
         }
     }
+}
+
+#[test]
+fn blocking_query_is_woken_by_a_control_plane_event() {
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    // With a one-hour reconcile interval only the event stream can deliver in time.
+    let d = node
+        .daemon()
+        .control_plane(&cp)
+        .args(["--reconcile-interval", "1h"])
+        .start();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            cp.open_streams() > 0
+                && metric(&d, "plexd_nodeapi_event_stream_connected") == 1.0
+                && metric(&d, "plexd_nodeapi_reconciliations_total") >= 1.0
+        }),
+        "stream not up; log:\n{}",
+        d.log_text()
+    );
+    let i = index(&d.get("/v1/state/metadata/region"));
+    let s = send(
+        &d.socket,
+        &format!("/v1/state/metadata/region?index={i}&wait=30s"),
+    );
+    assert!(silent_for(&s, Duration::from_millis(200)));
+    let t = Instant::now();
+    cp.set_metadata("region", "ap-south-1");
+    let r = answer(&s, Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(r.status, 200);
+    assert!(index(&r) > i);
+    assert_eq!(r.json()["value"], "ap-south-1");
 }
