@@ -444,7 +444,11 @@ fn health_is_degraded_with_the_control_plane_down_and_ok_with_it_up() {
 
     let cp = node.control_plane(true);
     let d = node.daemon().control_plane(&cp).start();
-    assert!(eventually(Duration::from_secs(5), || health(&d)["status"] == "ok"));
+    // The event stream may connect before the first full-state fetch lands.
+    assert!(eventually(Duration::from_secs(5), || {
+        let h = health(&d);
+        h["status"] == "ok" && h["control_plane"]["last_reconcile"].is_string()
+    }));
     let h = health(&d);
     assert_eq!(h["control_plane"]["connected"], true);
     assert!(h["control_plane"]["last_reconcile"].is_string());
