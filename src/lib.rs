@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod state_cli;
+pub mod state_watch;
 pub mod store;
 pub mod systemd;
 pub mod timefmt;

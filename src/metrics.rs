@@ -66,7 +66,8 @@ fn code_index(code: u16) -> usize {
 }
 
 impl RequestMetrics {
-    /// Counts one answered request (`status` 0 = parked, counted when not yet answered).
+    /// Counts one answered request. A parked request is counted once, when answered
+    /// (`api` wraps its check); `status` 0 means "not answered" and is ignored.
     pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
         if status == 0 {
             return;

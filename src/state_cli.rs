@@ -11,6 +11,7 @@
 //! | 5 | the daemon is unreachable (no socket, refused, timed out) |
 //! | 6 | access denied (401, 403) |
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -19,6 +20,7 @@ use lexopt::prelude::*;
 use crate::client::{ClientError, ClientResponse, LocalClient};
 use crate::config::DEFAULT_SOCKET;
 use crate::keys::percent_encode_segment;
+use crate::state_watch::{self, Sink, Target};
 
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
@@ -35,6 +37,11 @@ usage: plexd-nodeapi state [--socket PATH] [SUBCOMMAND]
     put KEY --data JSON [--content-type T] [--if-match N]
                                          write report KEY (--data @FILE or --data - reads a file or stdin)
     delete KEY                           delete report KEY
+    watch KIND[/KEY] [-- COMMAND ARGS...]
+                                         follow metadata|data|report|secrets[/KEY]: print each
+                                         new version as one JSON line, or run COMMAND with it on
+                                         stdin and PLEXD_INDEX set; the current value comes first;
+                                         a missing KEY is waited for; Ctrl-C stops (status 0)
 
 The socket defaults to $PLEXD_NODEAPI_SOCKET, else /var/run/plexd/api.sock.
 Exit status: 0 ok, 1 other error, 2 usage, 3 not found, 4 conflict, 5 daemon unreachable, 6 denied.
@@ -55,11 +62,29 @@ enum Command {
     Delete {
         key: String,
     },
+    Watch {
+        target: Target,
+        command: Vec<OsString>,
+    },
 }
 
 struct Usage(String);
 
-fn parse(mut parser: lexopt::Parser) -> Result<(PathBuf, Command), Usage> {
+fn parse(mut outer: lexopt::Parser) -> Result<(PathBuf, Command), Usage> {
+    // Everything after the first `--` is `watch`'s COMMAND, never our options.
+    let mut raw: Vec<OsString> = outer
+        .raw_args()
+        .map_err(|e| Usage(e.to_string()))?
+        .collect();
+    let mut after_dashes = match raw.iter().position(|a| a == "--") {
+        Some(i) => {
+            let rest = raw.split_off(i + 1);
+            raw.pop();
+            Some(rest)
+        }
+        None => None,
+    };
+    let mut parser = lexopt::Parser::from_args(raw);
     let mut socket: Option<PathBuf> = std::env::var_os("PLEXD_NODEAPI_SOCKET").map(PathBuf::from);
     let mut positional: Vec<String> = Vec::new();
     let mut data = None;
@@ -113,8 +138,23 @@ fn parse(mut parser: lexopt::Parser) -> Result<(PathBuf, Command), Usage> {
                 .next()
                 .ok_or_else(|| Usage("delete: missing KEY".into()))?,
         },
+        Some("watch") => {
+            let spec = words
+                .next()
+                .ok_or_else(|| Usage("watch: what? metadata|data|report|secrets[/KEY]".into()))?;
+            let target = Target::parse(&spec).map_err(Usage)?;
+            let command = match after_dashes.take() {
+                Some(c) if c.is_empty() => return Err(Usage("watch: nothing after --".into())),
+                Some(c) => c,
+                None => Vec::new(),
+            };
+            Command::Watch { target, command }
+        }
         Some(other) => return Err(Usage(format!("unknown subcommand {other:?}"))),
     };
+    if after_dashes.is_some() {
+        return Err(Usage("only watch takes a command after --".into()));
+    }
     if let Some(extra) = words.next() {
         return Err(Usage(format!("unexpected argument {extra:?}")));
     }
@@ -201,6 +241,14 @@ pub fn main(parser: lexopt::Parser) -> i32 {
             let path = format!("/v1/state/report/{}", percent_encode_segment(&key));
             client.request("DELETE", &path, &[], None)
         }
+        Command::Watch { target, command } => {
+            let sink = if command.is_empty() {
+                Sink::Stdout
+            } else {
+                Sink::Command(command)
+            };
+            return state_watch::run(client, target, sink);
+        }
     };
     report(result)
 }
@@ -244,6 +292,30 @@ pub fn print_pretty(body: &[u8]) {
         Ok(text) if valid => println!("{}", indent_json(text)),
         _ => println!("{}", String::from_utf8_lossy(body)),
     }
+}
+
+/// Removes the white space outside strings from valid JSON text (no re-encoding).
+pub fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            out.push(c);
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Re-indents valid JSON text token by token (no re-encoding of numbers or strings).
@@ -325,5 +397,6 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(text).unwrap()
         );
         assert!(pretty.contains("\"b\": {}"));
+        assert_eq!(compact_json(&pretty), text);
     }
 }

@@ -16,7 +16,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::http::{Handler, Method, Reply, Request, Response};
+use crate::http::{Handler, Method, Park, Reply, Request, Response};
 use crate::store::Store;
 
 use access::Access;
@@ -53,7 +53,10 @@ impl Api {
             (Method::Delete, Resource::ReportKey(key)) => {
                 reports::delete(&self.store, &key)?.into()
             }
-            (_, Resource::SecretKey(key)) => self.secrets.get(&key, req)?.into(),
+            (_, Resource::SecretKey(key)) => {
+                reads::refuse_blocking_on_secret_value(req)?;
+                self.secrets.get(&key, req)?.into()
+            }
             (_, Resource::Health) => self.status.health(req).into(),
             (_, Resource::Metrics) => self.status.metrics().into(),
             (_, resource) => reads::read(&self.store, resource, req)?,
@@ -76,22 +79,51 @@ impl Handler for Api {
         let reply = self
             .dispatch(req)
             .unwrap_or_else(|e| Reply::Now(Response::from(e)));
+        let route = route::resolve(&req.path).map_or("unknown", |r| r.label());
         let status = match &reply {
             Reply::Now(r) => r.status,
             Reply::Park(_) => 0,
             Reply::Stream(s) => s.status,
         };
-        let route = route::resolve(&req.path).map_or("unknown", |r| r.label());
-        self.status
-            .metrics
-            .record_request(route, status, started.elapsed());
-        log::debug!(
-            method = req.method.as_str(),
-            path = req.path.as_str(),
-            status = status,
-            duration_us = started.elapsed().as_micros() as u64;
-            "request"
-        );
-        reply
+        if status == 0 {
+            log::debug!(method = req.method.as_str(), path = req.path.as_str(); "request parked");
+        } else {
+            log::debug!(
+                method = req.method.as_str(),
+                path = req.path.as_str(),
+                status = status,
+                duration_us = started.elapsed().as_micros() as u64;
+                "request"
+            );
+        }
+        match reply {
+            Reply::Park(park) => Reply::Park(self.count_when_answered(park, route, started)),
+            reply => {
+                self.status
+                    .metrics
+                    .record_request(route, status, started.elapsed());
+                reply
+            }
+        }
+    }
+}
+
+impl Api {
+    /// A parked request is counted (status and whole latency) when its check produces
+    /// the answer — on a change, at its deadline or at shutdown — not when it parks.
+    /// One whose client goes away first is never counted.
+    fn count_when_answered(&self, park: Park, route: &'static str, started: Instant) -> Park {
+        let metrics = Arc::clone(&self.status.metrics);
+        let mut check = park.check;
+        Park {
+            deadline: park.deadline,
+            check: Box::new(move |wake| {
+                let answer = check(wake);
+                if let Some(resp) = &answer {
+                    metrics.record_request(route, resp.status, started.elapsed());
+                }
+                answer
+            }),
+        }
     }
 }

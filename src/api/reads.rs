@@ -3,6 +3,21 @@
 //! requests with 304, and park blocking queries (`?index=N&wait=DUR`) until the
 //! resource's modify-revision passes `N`.
 //!
+//! Revisions are the store's (`store::Versioned::mod_rev`): one store-wide counter,
+//! `(epoch << 32) | n`, with the epoch raised durably at every start, so an index never
+//! goes backwards across restarts (it jumps forward; a waiter holding an older index is
+//! answered at once). Every resource shows the revision of its own last change: a
+//! key its entry's, a list the last change to any of its entries, the summary the
+//! store's. `ETag` is that number in quotes (strong). A missing key answers 404 with
+//! its list's `X-Plexd-Index`, so a client can wait for the key to appear. Secret
+//! values are fetched live and have no revision (see `refuse_blocking_on_secret_value`).
+//!
+//! Blocking queries: answered at once when the resource is already past `index`, when
+//! `index` is ahead of the store (another store, or a client's stale idea: it must
+//! reset), or when `wait` is 0; otherwise parked in the HTTP core (no thread held) and
+//! re-checked on every store change, answered when *this* resource passed `index`, or
+//! at `wait` (default 5 m, at most 10 m, plus up to 1/16 jitter) with the current body.
+//!
 //! Reads never touch the disk or the network: everything comes from the store's cache.
 
 use std::sync::Arc;
@@ -151,20 +166,36 @@ struct Blocking {
     wait: Duration,
 }
 
+/// `?index=N&wait=DUR`. `wait` is checked even without `index` (a typo must not turn
+/// into a silent immediate answer); alone it means nothing.
 fn blocking_params(req: &Request) -> Result<Option<Blocking>, ApiError> {
-    let Some(index) = req.query_param("index") else {
-        return Ok(None);
-    };
-    let index: u64 = index
-        .parse()
-        .map_err(|_| ApiError::BadRequest("index must be a non-negative integer".into()))?;
     let wait = match req.query_param("wait") {
         Some(w) => duration::parse(w)
             .map_err(|e| ApiError::BadRequest(format!("invalid wait: {e}")))?
             .min(MAX_WAIT),
         None => DEFAULT_WAIT,
     };
+    let Some(index) = req.query_param("index") else {
+        return Ok(None);
+    };
+    let index: u64 = index
+        .parse()
+        .map_err(|_| ApiError::BadRequest("index must be a non-negative integer".into()))?;
     Ok(Some(Blocking { index, wait }))
+}
+
+/// Secret values are fetched live from the control plane and have no revision in the
+/// store, so they carry no `ETag`/`X-Plexd-Index` and cannot be waited on: a blocking
+/// query there is refused (400) rather than silently answered at once. Clients wait on
+/// the secret index (`/v1/state/secrets`), whose revision changes with every secret's
+/// version, and then fetch the value.
+pub fn refuse_blocking_on_secret_value(req: &Request) -> Result<(), ApiError> {
+    if req.query_param("index").is_some() || req.query_param("wait").is_some() {
+        return Err(ApiError::BadRequest(
+            "secret values cannot be waited on: use ?index= on /v1/state/secrets, then fetch the value".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Up to 1/16 of `wait` extra, so many clients woken together do not return together.
@@ -200,13 +231,17 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     let store = Arc::clone(store);
     let index = blocking.index;
     let deadline = Instant::now() + blocking.wait + jitter(blocking.wait);
+    // A request waiting for a missing key follows its list's revision, but only the
+    // key appearing answers it early: other keys coming and going are not its news.
+    let was_missing = matches!(current, Lookup::Missing { .. });
     let check = move |wake: Wake| -> Option<Response> {
         let now = match lookup(&store, &resource) {
             Ok(Some(l)) => l,
             _ => return Some(Response::error(500, "resource vanished")),
         };
+        let still_missing = was_missing && matches!(now, Lookup::Missing { .. });
         match wake {
-            Wake::Changed if now.mod_rev() <= index => None,
+            Wake::Changed if now.mod_rev() <= index || still_missing => None,
             _ => Some(render(now, &conditions)),
         }
     };

@@ -61,7 +61,9 @@ impl SecretSource {
             },
         )
         .map_err(|_| ApiError::Internal("secret could not be encoded"))?;
-        Ok(Response::json(200, Body::Sensitive(body)))
+        // No revision headers: the value is not in the store (see `reads`); and no
+        // cache on the way may keep it.
+        Ok(Response::json(200, Body::Sensitive(body)).header("Cache-Control", "no-store"))
     }
 
     fn fetch(&self, key: &str) -> Result<(Zeroizing<String>, i64), ApiError> {

@@ -22,7 +22,7 @@ pub trait ExtraMetrics: Send + Sync {
 }
 
 pub struct Status {
-    pub metrics: RequestMetrics,
+    pub metrics: Arc<RequestMetrics>,
     pub store: Arc<Store>,
     pub health: Arc<LinkHealth>,
     pub server: OnceLock<Arc<ServerStats>>,
@@ -43,7 +43,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 impl Status {
     pub fn new(store: Arc<Store>, health: Arc<LinkHealth>, secret_auth: bool) -> Status {
         Status {
-            metrics: RequestMetrics::default(),
+            metrics: Arc::new(RequestMetrics::default()),
             store,
             health,
             server: OnceLock::new(),
@@ -53,12 +53,23 @@ impl Status {
         }
     }
 
-    /// The health document. Always 200 while serving; `?ready` answers 503 while the
-    /// cache is not loaded (the daemon loads it before it binds, so a serving daemon is
-    /// ready — the variant exists for probes that want to say so explicitly).
+    /// Whether the daemon has the state it should serve: the disk cache is loaded (the
+    /// daemon does that before it binds, so it always holds here) and, when a control
+    /// plane is configured, the first full-state fetch has been attempted — succeeded
+    /// or failed. A failed fetch still counts: the daemon then serves its disk cache on
+    /// purpose, and readiness must not depend on the control plane being up (that is
+    /// what `status: degraded` reports).
+    pub fn ready(&self) -> bool {
+        let link = self.health.snapshot();
+        !link.configured || link.reconciles + link.reconcile_failures > 0
+    }
+
+    /// The health document. Always 200 while serving; with `?ready` (a readiness
+    /// probe) 503 until `ready()`.
     pub fn health(&self, req: &Request) -> Response {
         let link = self.health.snapshot();
         let counts = self.store.counts();
+        let ready = self.ready();
         let mut control_plane = json!({
             "configured": link.configured,
             "connected": link.connected,
@@ -67,16 +78,18 @@ impl Status {
             "last_sync": time_or_null(link.last_sync),
             "last_error": link.last_error,
             "last_error_at": time_or_null(link.last_error_at),
+            "consecutive_sync_failures": link.consecutive_sync_failures,
         });
         if let (Some(extra), Some(obj)) = (self.extra.get(), control_plane.as_object_mut()) {
             obj.extend(extra.health_fields());
         }
         let doc = json!({
             "status": if link.degraded() { "degraded" } else { "ok" },
-            "ready": true,
+            "ready": ready,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "cache": {
+                "loaded": true,
                 "metadata": counts.metadata,
                 "data": counts.data,
                 "secrets": counts.secrets,
@@ -88,9 +101,12 @@ impl Status {
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
         });
-        // Readiness is the cache being loaded, which happens before the listeners open.
-        let _ = req.query_param("ready");
-        Response::json(200, doc.to_string().into_bytes())
+        let code = if req.query_param("ready").is_some() && !ready {
+            503
+        } else {
+            200
+        };
+        Response::json(code, doc.to_string().into_bytes()).header("Cache-Control", "no-store")
     }
 
     pub fn metrics(&self) -> Response {
@@ -125,6 +141,13 @@ impl Status {
                 "gauge",
                 "Blocking queries waiting for a change.",
                 s.parked.load(Relaxed),
+            );
+            single(
+                &mut out,
+                "plexd_nodeapi_parked_rejected_total",
+                "counter",
+                "Blocking queries refused with 429 because too many were waiting.",
+                s.parked_rejected.load(Relaxed),
             );
         }
         let counts = self.store.counts();

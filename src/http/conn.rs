@@ -263,6 +263,7 @@ fn park_or_answer(
         let parked = shared.stats.parked.fetch_add(1, Ordering::AcqRel);
         if parked as usize >= shared.config.max_parked {
             shared.stats.parked.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.parked_rejected.fetch_add(1, Ordering::Relaxed);
             answer =
                 Some(Response::error(429, "too many parked requests").header("Retry-After", "1"));
         }

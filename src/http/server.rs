@@ -88,6 +88,8 @@ pub struct ServerStats {
     pub rejected_connections: AtomicU64,
     /// Requests parked right now.
     pub parked: AtomicU64,
+    /// Requests refused with 429 because `max_parked` were already parked.
+    pub parked_rejected: AtomicU64,
     /// Requests handed to the handler (not those the core refused itself).
     pub requests_total: AtomicU64,
 }
@@ -147,6 +149,7 @@ impl Server {
             wake_gen: AtomicU64::new(0),
             exit: AtomicBool::new(false),
             changed: AtomicBool::new(false),
+            rechecking: AtomicBool::new(false),
             poller,
             doorbell,
             listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
@@ -300,7 +303,11 @@ pub(crate) struct Shared {
     /// Bumped by every `Waker::wake`, so a park racing a wake is re-checked.
     pub wake_gen: AtomicU64,
     exit: AtomicBool,
+    /// A wake is pending: parked requests must be re-checked.
     changed: AtomicBool,
+    /// A re-check pass is running; wakes meanwhile make it run once more instead of
+    /// starting a concurrent pass over the same requests.
+    rechecking: AtomicBool,
     poller: Poller,
     doorbell: EventFd,
     listeners: Mutex<Vec<Option<Listener>>>,
@@ -367,9 +374,7 @@ fn handle_event(sh: &Arc<Shared>, scratch: &mut Scratch, tok: u64, events: u32) 
         }
         sh.doorbell.drain();
         let _ = sh.poller.rearm(sh.doorbell.raw(), poller::IN, WAKE_TOKEN);
-        if sh.changed.swap(false, Ordering::AcqRel) {
-            sh.recheck_parked(Wake::Changed);
-        }
+        sh.recheck_changed();
     } else if tok >= LISTENER_BASE {
         sh.accept_ready((tok - LISTENER_BASE) as usize);
     } else if let Some(conn) = sh.take(tok) {
@@ -387,9 +392,7 @@ fn housekeeper_loop(sh: &Arc<Shared>) {
     while !sh.exit.load(Ordering::SeqCst) {
         thread::park_timeout(tick);
         // Fallback for a wake that no worker picked up (all busy in slow handlers).
-        if sh.changed.swap(false, Ordering::AcqRel) {
-            sh.recheck_parked(Wake::Changed);
-        }
+        sh.recheck_changed();
         sh.housekeep(Instant::now());
     }
 }
@@ -564,6 +567,26 @@ impl Shared {
         lock(&self.parked_set).insert(idx as u32);
         if self.shutting.load(Ordering::SeqCst) {
             self.recheck_parked(Wake::Shutdown);
+        }
+    }
+
+    /// Re-checks parked requests while wakes are pending, one pass at a time: a burst
+    /// of wakes (every store change rings) costs one pass, plus at most one more for
+    /// the wakes that arrived during it — not one pass per wake, nor concurrent passes.
+    fn recheck_changed(&self) {
+        loop {
+            if self.rechecking.swap(true, Ordering::AcqRel) {
+                // The running pass sees `changed` when it ends and goes again.
+                return;
+            }
+            while self.changed.swap(false, Ordering::AcqRel) {
+                self.recheck_parked(Wake::Changed);
+            }
+            self.rechecking.store(false, Ordering::Release);
+            // A wake between the last swap and the release above would be lost.
+            if !self.changed.load(Ordering::Acquire) {
+                return;
+            }
         }
     }
 

@@ -1045,10 +1045,14 @@ fn sigkill_loses_nothing_acknowledged() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let reader = thread::spawn(move || {
             let mut last: HashMap<String, Option<i64>> = HashMap::new();
-            for line in BufReader::new(stdout).lines() {
+            for (n, line) in BufReader::new(stdout).lines().enumerate() {
                 let Ok(line) = line else { break };
+                if n == 20 {
+                    let _ = started_tx.send(());
+                }
                 let parts: Vec<&str> = line.split(' ').collect();
                 match parts.as_slice() {
                     ["ACK", k, v] => {
@@ -1064,7 +1068,9 @@ fn sigkill_loses_nothing_acknowledged() {
             }
             last
         });
-        thread::sleep(Duration::from_millis(300 + 150 * round));
+        // Kill mid-stream: only once the child is writing (start-up time varies with load).
+        let _ = started_rx.recv_timeout(Duration::from_secs(30));
+        thread::sleep(Duration::from_millis(100 + 150 * round));
         child.kill().unwrap();
         child.wait().unwrap();
         let acked = reader.join().unwrap();
