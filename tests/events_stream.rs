@@ -71,8 +71,9 @@ fn admin_change_reaches_the_socket_through_the_stream() {
         cp.set_metadata("region", &value);
         while region(&d).as_deref() != Some(&value) {
             assert!(
-                t0.elapsed() < Duration::from_secs(1),
-                "change {i} did not arrive within 1 s; log:\n{}",
+                // Typically a few ms; the bound leaves room for a loaded CI machine.
+                t0.elapsed() < Duration::from_secs(3),
+                "change {i} did not arrive within 3 s; log:\n{}",
                 d.log_text()
             );
             std::thread::sleep(Duration::from_millis(1));
@@ -88,7 +89,7 @@ fn admin_change_reaches_the_socket_through_the_stream() {
     assert!(metric_value(&m, "plexd_nodeapi_events_accepted_total").unwrap_or(0.0) >= 20.0);
     // Secrets index too.
     cp.set_secret("db", "pw");
-    assert!(eventually(Duration::from_secs(1), || {
+    assert!(eventually(Duration::from_secs(5), || {
         d.get("/v1/state/secrets").text().contains("\"db\"")
     }));
     let h = d.get("/v1/health").json();
@@ -105,7 +106,7 @@ fn a_metadata_event_rewrites_no_data_entry() {
     let d = start(&node, &cp, &[]);
     let before = d.get("/v1/state/data/database-config");
     cp.set_metadata("region", "moved");
-    assert!(eventually(Duration::from_secs(1), || {
+    assert!(eventually(Duration::from_secs(5), || {
         region(&d).as_deref() == Some("moved")
     }));
     // The event carried the full data set; entries equal to the cache stay untouched.
@@ -209,7 +210,7 @@ fn bad_events_are_refused_counted_and_leave_the_cache_alone() {
     // The stream was kept: one connection, and a genuine event still applies.
     assert_eq!(cp.stream_connects(), 1);
     cp.set_metadata("region", "after");
-    assert!(eventually(Duration::from_secs(1), || {
+    assert!(eventually(Duration::from_secs(5), || {
         region(&d).as_deref() == Some("after")
     }));
     // A verified event of an unused type is counted as ignored.
@@ -225,7 +226,7 @@ fn dropped_stream_reconnects_with_last_event_id() {
     let cp = node.control_plane(false);
     let d = start(&node, &cp, &[]);
     cp.set_metadata("region", "one");
-    assert!(eventually(Duration::from_secs(1), || {
+    assert!(eventually(Duration::from_secs(5), || {
         region(&d).as_deref() == Some("one")
     }));
     // The ID of the event just delivered (the devcp numbers events 1, 2, …).
@@ -239,7 +240,7 @@ fn dropped_stream_reconnects_with_last_event_id() {
     });
     assert!(ok, "ids {:?}; log:\n{}", cp.last_event_ids(), d.log_text());
     cp.set_metadata("region", "two");
-    assert!(eventually(Duration::from_secs(1), || {
+    assert!(eventually(Duration::from_secs(5), || {
         region(&d).as_deref() == Some("two")
     }));
     let m = metrics(&d);
@@ -323,7 +324,7 @@ fn signing_key_rotation_keeps_the_previous_key_until_its_expiry() {
             .unwrap()
     };
     cp.publish_raw("node_state_updated", &by_a("a1"));
-    assert!(eventually(Duration::from_secs(1), || {
+    assert!(eventually(Duration::from_secs(5), || {
         region(&d).as_deref() == Some("a1")
     }));
 
@@ -345,7 +346,7 @@ fn signing_key_rotation_keeps_the_previous_key_until_its_expiry() {
     assert!(ok, "log:\n{}", d.log_text());
     // The previous key is still good during the transition …
     cp.publish_raw("node_state_updated", &by_a("a2"));
-    assert!(eventually(Duration::from_secs(1), || {
+    assert!(eventually(Duration::from_secs(5), || {
         region(&d).as_deref() == Some("a2")
     }));
     assert!(
