@@ -47,7 +47,8 @@ impl SecretSource {
             Err(e) => (outcome_of(e), None),
         };
         self.health.record_secret_fetch(outcome);
-        log::info!(key = key, version:? = version, outcome = outcome.as_str(), caller = caller(req); "secret access");
+        let version = version.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        log::info!(key = key, version = version.as_str(), outcome = outcome.as_str(), caller = caller(req); "secret access");
         let (plaintext, version) = result?;
         // Size the buffer up front: a reallocation would leave a copy of the plaintext behind.
         let capacity = 64 + 6 * (key.len() + plaintext.len());
