@@ -5,8 +5,9 @@
 //! Start: listeners (socket activation or bind) → store (load the disk cache) →
 //! syncer → HTTP server → control-plane link (background) → event stream → `READY=1`.
 //! Stop: `STOPPING=1` → HTTP server (in-flight and parked requests answered) →
-//! event stream (signalled, not waited for while a read blocks) → link → syncer
-//! (final flush) → remove the socket we created — all within `--shutdown-timeout`.
+//! event stream (signalled, not waited for while a read blocks) → store close (report
+//! journal checkpointed into the files) → link → syncer (final flush) → remove the
+//! socket we created — all within `--shutdown-timeout`.
 //!
 //! Event signing keys: one shared `events::Verifier`, seeded from `--signing-key-file`
 //! and updated by the link from every state response that carries `signing_keys`.
@@ -58,6 +59,7 @@ impl DaemonError {
 /// A running daemon.
 pub struct Daemon {
     server: ServerHandle,
+    store: Arc<Store>,
     syncer: SyncerHandle,
     link: Option<Link>,
     events: Option<EventStreamHandle>,
@@ -234,6 +236,7 @@ impl Daemon {
         );
         Ok(Daemon {
             server,
+            store,
             syncer,
             link,
             events,
@@ -255,6 +258,8 @@ impl Daemon {
         if let Some(events) = self.events {
             events.shutdown(remaining(deadline));
         }
+        // No request can write any more: checkpoint the report journal into the files.
+        self.store.close();
         if let Some(link) = self.link {
             link.shutdown(remaining(deadline));
         }

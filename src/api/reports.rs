@@ -1,15 +1,30 @@
 //! Report writes: parse and check a `PUT`/`DELETE` on `/v1/state/report/{key}`, then
-//! hand a typed request to the store. The store answers only once the change (and what
-//! the syncer needs to send it upstream) is durable.
+//! submit a typed request to the store and park until it is durable.
+//!
+//! The store decides the write at once (a refusal — conflict, not found — is answered
+//! without parking) and hands back a `Ticket`; the request then parks (`Reply::Park`),
+//! holding no worker while the journal's group commit runs. The store's completion
+//! wakes parked requests; the check answers once the ticket has a result. At the park
+//! deadline or at shutdown the check waits up to `LAST_WAIT` for the ticket and then
+//! answers 503 "write still in progress": that write may still complete afterwards (it
+//! was decided and queued), so a client that sees 503 must read the key back before
+//! retrying with `If-Match`.
+
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::api::error::ApiError;
 use crate::api::reads::with_revision;
-use crate::http::{Request, Response};
+use crate::http::{Park, Reply, Request, Response, Wake};
 use crate::keys::ReportKey;
-use crate::store::{Store, StoreError};
+use crate::store::{Json, Store, StoreError, Ticket, Versioned};
+
+/// How long a write may stay parked before it is answered 503.
+const PARK_LIMIT: Duration = Duration::from_secs(30);
+/// How long a timed-out or shutting-down check still waits for its ticket.
+const LAST_WAIT: Duration = Duration::from_secs(3);
 
 /// A validated `PUT` body.
 #[derive(Debug)]
@@ -93,22 +108,62 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-pub fn put(store: &Store, key: &str, req: &Request) -> Result<Response, ApiError> {
-    let put = parse_put(key, req)?;
-    let stored = store
-        .put_report(&put.key, put.content_type, put.payload, put.if_match)
-        .map_err(store_error)?;
-    Ok(with_revision(
-        Response::json(200, stored.value),
-        stored.mod_rev,
-        stored.modified,
-    ))
+fn put_response(result: Result<Versioned<Json>, StoreError>) -> Response {
+    match result {
+        Ok(stored) => with_revision(
+            Response::json(200, stored.value),
+            stored.mod_rev,
+            stored.modified,
+        ),
+        Err(e) => Response::from(store_error(e)),
+    }
 }
 
-pub fn delete(store: &Store, key: &str) -> Result<Response, ApiError> {
+fn delete_response(result: Result<u64, StoreError>) -> Response {
+    match result {
+        Ok(revision) => Response::new(204)
+            .header("X-Plexd-Index", revision.to_string())
+            .header("ETag", super::reads::etag(revision)),
+        Err(e) => Response::from(store_error(e)),
+    }
+}
+
+/// Answers at once if the ticket is already complete, else parks until it is.
+fn park_on<T: Send + 'static>(
+    ticket: Ticket<T>,
+    respond: fn(Result<T, StoreError>) -> Response,
+) -> Reply {
+    if let Some(result) = ticket.try_result() {
+        return Reply::Now(respond(result));
+    }
+    let check = move |wake: Wake| match wake {
+        Wake::Changed => ticket.try_result().map(respond),
+        Wake::TimedOut | Wake::Shutdown => Some(match ticket.wait_timeout(LAST_WAIT) {
+            Some(result) => respond(result),
+            None => {
+                log::warn!(
+                    "report write not durable in time; answering 503 (it may still complete)"
+                );
+                Response::error(
+                    503,
+                    "write still in progress; read the entry back before retrying",
+                )
+            }
+        }),
+    };
+    Reply::Park(Park {
+        deadline: Instant::now() + PARK_LIMIT,
+        check: Box::new(check),
+    })
+}
+
+pub fn put(store: &Store, key: &str, req: &Request) -> Result<Reply, ApiError> {
+    let put = parse_put(key, req)?;
+    let ticket = store.submit_put(&put.key, put.content_type, put.payload, put.if_match);
+    Ok(park_on(ticket, put_response))
+}
+
+pub fn delete(store: &Store, key: &str) -> Result<Reply, ApiError> {
     let key = parse_key(key)?;
-    let revision = store.delete_report(&key).map_err(store_error)?;
-    Ok(Response::new(204)
-        .header("X-Plexd-Index", revision.to_string())
-        .header("ETag", super::reads::etag(revision)))
+    Ok(park_on(store.submit_delete(&key), delete_response))
 }

@@ -250,6 +250,7 @@ impl Folder {
     }
 
     /// Durably removes `name`. A missing file is not an error.
+    #[cfg(test)]
     pub fn remove(&self, name: &str) -> io::Result<()> {
         self.remove_no_dir_sync(name)?;
         self.sync()

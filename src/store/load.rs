@@ -6,6 +6,11 @@
 //! later write replaces or removes exactly that file. A file that does not parse is moved
 //! aside as `<name>.corrupt` and logged at error; of two files carrying the same key the
 //! newer (by version, then mtime) wins and the other is moved aside as `<name>.stale`.
+//! The files of a folder are read and parsed in parallel (`available_parallelism()`
+//! threads over chunks of the sorted listing); quarantine and duplicate handling then run
+//! in name order, as before. Then the report journal's valid prefix is replayed over the
+//! report files in order and checkpointed (kept for the background checkpointer if that
+//! fails), so every acknowledged write is visible and counted as pending sync.
 //! Nothing here runs after `open` returns.
 
 use std::collections::BTreeMap;
@@ -14,6 +19,8 @@ use std::io;
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
+use crate::keys;
+
 use serde::de::DeserializeOwned;
 
 use crate::keys::ReportKey;
@@ -21,16 +28,18 @@ use crate::model::{DataEntry, Metadata, ReportEntry, SecretRef};
 
 use super::apply::normalize_secrets;
 use super::cache::{render, render_meta_item, Cache, DataItem, MetaItem, ReportItem, Stamp};
+use super::checkpoint::{self, Checkpoints};
+use super::commit::{mark_dirty, JournalState, Writes};
 use super::files::{ensure_dir, Folder, CORRUPT_SUFFIX, STALE_SUFFIX};
+use super::journal::{Journal, Record, JOURNAL_FILE};
 use super::outbox::{decode_marks, MARKS_FILE};
-use super::reports::KeyLocks;
 use super::revision::Epochs;
-use super::{folders, io_err, Store, StoreError};
+use super::{folders, io_err, Inner, StoreError};
 
 pub const METADATA_FILE: &str = "metadata.json";
 pub const SECRETS_FILE: &str = "secrets.json";
 
-pub fn open(state_dir: &std::path::Path) -> Result<Store, StoreError> {
+pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
     let (s, d, r) = folders(state_dir);
     for p in [&s, &d, &r] {
         ensure_dir(p).map_err(io_err(format!("creating folder {} failed", p.display())))?;
@@ -134,6 +143,59 @@ pub fn open(state_dir: &std::path::Path) -> Result<Store, StoreError> {
         }
         report_items.insert(item.entry.key.clone(), item);
     }
+
+    let journal_path = state.file(JOURNAL_FILE);
+    let (journal, records, dropped, created) =
+        Journal::open(&journal_path).map_err(io_err(format!(
+            "opening the report journal {} failed",
+            journal_path.display()
+        )))?;
+    if created {
+        state
+            .sync()
+            .map_err(io_err("creating the report journal failed"))?;
+    }
+    if dropped > 0 {
+        log::warn!(bytes = dropped; "report journal ended in a torn or corrupt record; ignored it");
+    }
+    let replayed = records.len();
+    let mut dirty = BTreeMap::new();
+    for record in records {
+        match record {
+            Record::Put(entry) => {
+                if ReportKey::parse(&entry.key).is_err() {
+                    log::error!(key:? = entry.key; "report journal record with an invalid key; skipped");
+                    continue;
+                }
+                let old = report_items.get(&entry.key).map(|i| i.file.clone());
+                let Some(file) = keys::file_name_for(&entry.key).or_else(|| old.clone()) else {
+                    log::error!(key:? = entry.key; "report journal record for a key that cannot be stored; skipped");
+                    continue;
+                };
+                mark_dirty(
+                    &mut dirty,
+                    &entry.key,
+                    old.as_deref().filter(|o| *o != file),
+                );
+                let item = ReportItem {
+                    body: render(&entry),
+                    file,
+                    stamp: at(now),
+                    entry,
+                };
+                report_items.insert(item.entry.key.clone(), item);
+            }
+            Record::Delete(key) => {
+                if let Some(old) = report_items.remove(&key) {
+                    mark_dirty(&mut dirty, &key, Some(&old.file));
+                }
+            }
+        }
+    }
+    if replayed > 0 {
+        report_time = report_time.max(now);
+        log::info!(records = replayed, keys = dirty.len(); "replayed the report journal");
+    }
     last = last.max(report_time);
     for (_, item) in report_items {
         cache.put_report(item);
@@ -166,7 +228,8 @@ pub fn open(state_dir: &std::path::Path) -> Result<Store, StoreError> {
         cache.revision
     );
 
-    Ok(Store {
+    let needs_checkpoint = journal.len() > 0;
+    let inner = Inner {
         state,
         data,
         report,
@@ -174,9 +237,17 @@ pub fn open(state_dir: &std::path::Path) -> Result<Store, StoreError> {
         cache: RwLock::new(cache),
         apply_lock: Mutex::new(()),
         marks_lock: Mutex::new(()),
-        report_locks: KeyLocks::default(),
+        writes: Writes::new(JournalState { journal, dirty }),
+        checkpoints: Checkpoints::default(),
         subscribers: RwLock::new(Vec::new()),
-    })
+    };
+    if needs_checkpoint {
+        if let Err(e) = checkpoint::checkpoint(&inner, true) {
+            log::error!(error:% = e; "checkpointing the replayed report journal failed; it is kept and retried");
+            inner.checkpoints.request();
+        }
+    }
+    Ok(inner)
 }
 
 fn folder_mtime(f: &Folder) -> SystemTime {
@@ -211,25 +282,51 @@ fn set_aside_duplicate(f: &Folder, key: &str, lose: &str, win: &str) {
     }
 }
 
-/// Reads and parses one file. `None` when it is missing (silently), unreadable
-/// (logged) or unparsable (quarantined).
-fn load_json<T: DeserializeOwned>(f: &Folder, name: &str) -> Option<(T, SystemTime)> {
-    let path = f.file(name);
-    let (bytes, mtime) = match read_with_mtime(&path) {
+/// What reading and parsing one file gave.
+enum Parsed<T> {
+    Ok(T, SystemTime),
+    Missing,
+    Unreadable(io::Error),
+    Invalid(String),
+}
+
+/// Reads and parses one file; touches nothing (safe to run on any thread).
+fn read_parse<T: DeserializeOwned>(f: &Folder, name: &str) -> Parsed<T> {
+    let (bytes, mtime) = match read_with_mtime(&f.file(name)) {
         Ok(x) => x,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            log::error!("cannot read state file {}: {e}; skipped", path.display());
-            return None;
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Parsed::Missing,
+        Err(e) => return Parsed::Unreadable(e),
     };
     match serde_json::from_slice(&bytes) {
-        Ok(v) => Some((v, mtime)),
-        Err(e) => {
-            quarantine(f, name, &e.to_string());
+        Ok(v) => Parsed::Ok(v, mtime),
+        Err(e) => Parsed::Invalid(e.to_string()),
+    }
+}
+
+/// Acts on a parse result: `None` when the file is missing (silently), unreadable
+/// (logged) or unparsable (quarantined).
+fn settle<T>(f: &Folder, name: &str, parsed: Parsed<T>) -> Option<(T, SystemTime)> {
+    match parsed {
+        Parsed::Ok(v, t) => Some((v, t)),
+        Parsed::Missing => None,
+        Parsed::Unreadable(e) => {
+            log::error!(
+                "cannot read state file {}: {e}; skipped",
+                f.file(name).display()
+            );
+            None
+        }
+        Parsed::Invalid(why) => {
+            quarantine(f, name, &why);
             None
         }
     }
+}
+
+/// Reads and parses one file. `None` when it is missing (silently), unreadable
+/// (logged) or unparsable (quarantined).
+fn load_json<T: DeserializeOwned>(f: &Folder, name: &str) -> Option<(T, SystemTime)> {
+    settle(f, name, read_parse(f, name))
 }
 
 fn read_with_mtime(path: &std::path::Path) -> io::Result<(Vec<u8>, SystemTime)> {
@@ -240,9 +337,12 @@ fn read_with_mtime(path: &std::path::Path) -> io::Result<(Vec<u8>, SystemTime)> 
     Ok((bytes, mtime))
 }
 
+/// Files per loader thread below which fewer threads are used.
+const MIN_FILES_PER_THREAD: usize = 64;
+
 /// Every `*.json` file of a folder that parses as `T`, with its name and mtime, in name
-/// order.
-fn load_folder<T: DeserializeOwned>(
+/// order. Files are read and parsed in parallel; quarantining runs afterwards, in order.
+fn load_folder<T: DeserializeOwned + Send>(
     f: &Folder,
 ) -> Result<Vec<(String, T, SystemTime)>, StoreError> {
     let mut names = Vec::new();
@@ -266,9 +366,28 @@ fn load_folder<T: DeserializeOwned>(
         }
     }
     names.sort();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(names.len().div_ceil(MIN_FILES_PER_THREAD))
+        .max(1);
+    let chunk = names.len().div_ceil(threads).max(1);
+    let parsed: Vec<Vec<Parsed<T>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|n| read_parse::<T>(f, n)).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().map_err(|_| {
+                    io_err("loading state files")(io::Error::other("loader thread panicked"))
+                })
+            })
+            .collect::<Result<_, _>>()
+    })?;
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        if let Some((v, t)) = load_json::<T>(f, &name) {
+    for (name, p) in names.into_iter().zip(parsed.into_iter().flatten()) {
+        if let Some((v, t)) = settle(f, &name, p) {
             out.push((name, v, t));
         }
     }

@@ -22,14 +22,19 @@
 
 mod apply;
 mod cache;
+mod checkpoint;
+mod commit;
 mod files;
+mod journal;
 mod load;
 mod outbox;
 mod reports;
 mod revision;
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 use std::{fmt, io};
 
@@ -37,10 +42,12 @@ use crate::keys::ReportKey;
 use crate::model::{DataEntry, Metadata, SecretRef};
 
 use cache::{Cache, Stamp};
+use checkpoint::Checkpoints;
+use commit::Writes;
 use files::Folder;
-use reports::KeyLocks;
 use revision::Epochs;
 
+pub use commit::Ticket;
 pub use outbox::SyncBatch;
 
 /// A JSON body rendered once and served many times.
@@ -184,8 +191,16 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
 
 type Subscriber = Arc<dyn Fn(&Change) + Send + Sync>;
 
-/// The state store. `Send + Sync`; share it as `Arc<Store>`.
+/// The state store. `Send + Sync`; share it as `Arc<Store>`. Dropping it closes it
+/// (`close`).
 pub struct Store {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The store's shared state, used by the caller's threads, the committer and the
+/// checkpointer. Not an API of its own: everything public is on `Store`.
+pub struct Inner {
     state: Folder,
     data: Folder,
     report: Folder,
@@ -195,8 +210,22 @@ pub struct Store {
     apply_lock: Mutex<()>,
     /// Serializes writers of the marks file.
     marks_lock: Mutex<()>,
-    report_locks: KeyLocks,
+    writes: Writes,
+    checkpoints: Checkpoints,
     subscribers: RwLock<Vec<Subscriber>>,
+}
+
+impl Deref for Store {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,29 +233,79 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
+    /// Starts the committer and checkpointer threads over a loaded store.
+    fn start(inner: Inner) -> Result<Store, StoreError> {
+        let inner = Arc::new(inner);
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: fn(Arc<Inner>)| {
+            let i = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || f(i))
+                .map_err(io_err(format!("starting the {name} thread failed")))
+        };
+        threads.push(spawn("report-commit", commit::run)?);
+        match spawn("report-checkpoint", checkpoint::run) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                inner.writes.close();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        }
+        Ok(Store {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Finishes queued report writes, stops the background threads and writes every
+    /// journaled change to the report files, emptying the journal. Later report writes
+    /// fail. Idempotent; `Drop` calls it too.
+    pub fn close(&self) {
+        self.writes.close();
+        self.checkpoints.stop();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            if t.join().is_err() {
+                log::error!("a store thread panicked");
+            }
+        }
+        if let Err(e) = checkpoint::checkpoint(&self.inner, true) {
+            log::error!(error:% = e; "final report checkpoint failed; the journal keeps the changes");
+        }
+    }
+
+    /// Writes every journaled change to the report files now and empties the journal.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        checkpoint::checkpoint(&self.inner, true)
+    }
+
+    /// Journal appends so far (each one `fdatasync`), to observe group commit.
+    #[cfg(test)]
+    fn journal_syncs(&self) -> u64 {
+        self.writes.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tests: makes every group commit take `d` longer (a slow disk).
+    #[cfg(test)]
+    pub(crate) fn slow_commits(&self, d: std::time::Duration) {
+        *lock(&self.writes.delay) = d;
+    }
+
     /// Opens the cache folder `state_dir` (that is `{data_dir}/state`): creates it and
     /// its `data/` and `report/` folders (0700), removes stray temp files, moves files
-    /// that do not parse aside as `<name>.corrupt` (logged at error) and loads the rest.
+    /// that do not parse aside as `<name>.corrupt` (logged at error), loads the rest,
+    /// replays the report journal over them and checkpoints it.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        load::open(state_dir)
+        Store::start(load::open(state_dir)?)
     }
 
     /// The folder this store keeps its files in.
     pub fn state_dir(&self) -> &Path {
         self.state.path()
-    }
-
-    fn read(&self) -> RwLockReadGuard<'_, Cache> {
-        self.cache.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Cache> {
-        self.cache.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The store-wide revision: increases with every change, never goes backwards.
-    pub fn revision(&self) -> u64 {
-        self.read().revision
     }
 
     /// `{"metadata":{…},"data_keys":[…],"secret_keys":[…],"report_keys":[…]}`.
@@ -303,31 +382,6 @@ impl Store {
             .push(Arc::from(f));
     }
 
-    fn notify(&self, changes: &[Change]) {
-        if changes.is_empty() {
-            return;
-        }
-        let subs: Vec<Subscriber> = self
-            .subscribers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for change in changes {
-            for s in &subs {
-                s(change);
-            }
-        }
-    }
-
-    /// Asks the epoch allocator whether a jump to a freshly reserved epoch is due.
-    /// Called outside the cache lock, before publishing.
-    fn epoch_jump(&self) -> Result<Option<u64>, StoreError> {
-        let current = self.revision();
-        self.epochs
-            .reserve_ahead(&self.state, current)
-            .map_err(io_err("reserving the next revision epoch failed"))
-    }
-
     // ---- outbox ----------------------------------------------------------------
 
     /// The next batch of report changes to send upstream, or `None` when nothing is
@@ -365,6 +419,51 @@ impl Store {
     /// Number of report keys waiting to be synced upstream.
     pub fn pending_count(&self) -> usize {
         self.read().pending.len()
+    }
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store-wide revision: increases with every change, never goes backwards.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    fn notify(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let subs: Vec<Subscriber> = self
+            .subscribers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for change in changes {
+            for s in &subs {
+                s(change);
+            }
+        }
+    }
+
+    /// Asks the epoch allocator whether a jump to a freshly reserved epoch is due.
+    /// Called outside the cache lock, before publishing.
+    fn epoch_jump(&self) -> Result<Option<u64>, StoreError> {
+        let current = self.revision();
+        self.epochs
+            .reserve_ahead(&self.state, current)
+            .map_err(io_err("reserving the next revision epoch failed"))
+    }
+
+    /// Asks the checkpointer to write changed report files soon.
+    fn checkpoint_soon(&self) {
+        self.checkpoints.request();
     }
 }
 

@@ -1,14 +1,14 @@
-//! Report writes: PUT with optimistic locking and DELETE, serialized per key.
+//! Report writes: PUT with optimistic locking and DELETE, decided in commit order.
 //!
-//! Writers of one key take that key's own mutex (from a map that forgets unused keys),
-//! check `If-Match` against the published entry, make the change durable, and only then
-//! publish it under a brief cache write lock. Different keys proceed in parallel and
-//! share folder fsyncs. The file written is the pending-sync record too (see `outbox`),
-//! so a PUT costs one file fsync and one shared folder fsync. This module does not
-//! validate keys (`ReportKey` did) or parse request bodies (the router did).
+//! `submit_put`/`submit_delete` decide a write under the commit queue's lock against the
+//! key's *pending latest* state (its queued, uncommitted writes, else the published
+//! entry): `If-Match`, the next version, the file it will live in. A refused write gets
+//! a completed `Ticket` at once; an accepted one is queued with its journal record and
+//! completes when the committer made its group durable and published it (see `commit`).
+//! `put_report`/`delete_report` are the same path, waiting for the ticket. This module
+//! does not validate keys (`ReportKey` did), parse request bodies (the router did) or
+//! touch files.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::value::RawValue;
@@ -17,36 +17,10 @@ use crate::keys::{self, ReportKey};
 use crate::model::ReportEntry;
 use crate::timefmt;
 
-use super::cache::{render, ReportItem};
-use super::{io_err, lock, Change, ChangeKind, Json, Store, StoreError, Versioned};
-
-/// Per-key mutexes, created on demand and dropped when nobody holds or waits for them.
-#[derive(Default)]
-pub struct KeyLocks {
-    map: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-impl KeyLocks {
-    /// Runs `f` while holding `key`'s mutex.
-    pub fn with<R>(&self, key: &str, f: impl FnOnce() -> R) -> R {
-        let m = lock(&self.map).entry(key.to_owned()).or_default().clone();
-        let result = {
-            let _guard = lock(&m);
-            f()
-        };
-        let mut map = lock(&self.map);
-        // Ours and the map's: nobody else holds or waits for it.
-        if Arc::strong_count(&m) == 2 {
-            map.remove(key);
-        }
-        result
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        lock(&self.map).len()
-    }
-}
+use super::cache::render;
+use super::commit::{pair, Latest, Op, OpKind, Queue, Ticket};
+use super::journal;
+use super::{lock, Inner, Json, Store, StoreError, Versioned};
 
 /// Whether `if_match` allows writing over `current` (SPEC §4).
 fn precondition_holds(if_match: Option<i64>, current: Option<i64>) -> bool {
@@ -57,10 +31,111 @@ fn precondition_holds(if_match: Option<i64>, current: Option<i64>) -> bool {
     }
 }
 
+fn closed() -> StoreError {
+    StoreError::Io {
+        context: "report write refused".to_owned(),
+        source: std::io::Error::other("the store is closed"),
+    }
+}
+
+impl Inner {
+    /// The state `key` will have once every queued write of it is committed.
+    fn pending_latest(&self, q: &Queue, key: &str) -> Latest {
+        if let Some((latest, _)) = q.latest.get(key) {
+            return latest.clone();
+        }
+        self.read()
+            .reports
+            .get(key)
+            .map(|r| (r.entry.version, r.file.clone()))
+    }
+}
+
 impl Store {
-    /// Creates or replaces a report. `if_match`: `None` → unconditional; `Some(n)` must
-    /// equal the current version (`0` for a key that does not exist). Returns the stored
-    /// entry once it is durable.
+    /// Submits a create-or-replace of a report. `if_match`: `None` → unconditional;
+    /// `Some(n)` must equal the current version (`0` for a key that does not exist),
+    /// judged against every write submitted before this one. The ticket completes with
+    /// the stored entry once it is durable and visible, or with the error.
+    pub fn submit_put(
+        &self,
+        key: &ReportKey,
+        content_type: String,
+        payload: Box<RawValue>,
+        if_match: Option<i64>,
+    ) -> Ticket<Versioned<Json>> {
+        let mut q = lock(&self.writes.queue);
+        if q.closed {
+            return Ticket::ready(Err(closed()));
+        }
+        let current = self.pending_latest(&q, key.as_str());
+        let old_file = current.as_ref().map(|(_, f)| f.clone());
+        // A key whose encoded name is too long can still be updated in the file the Go
+        // agent wrote it to (plain name); a new one cannot be stored.
+        let Some(file) = keys::file_name_for(key.as_str()).or_else(|| old_file.clone()) else {
+            return Ticket::ready(Err(StoreError::KeyNotStorable));
+        };
+        let version = current.as_ref().map(|(v, _)| *v);
+        if !precondition_holds(if_match, version) {
+            return Ticket::ready(Err(StoreError::Conflict { current: version }));
+        }
+        let at = SystemTime::now();
+        let entry = ReportEntry {
+            key: key.as_str().to_owned(),
+            content_type,
+            payload,
+            version: version.map_or(1, |v| v.saturating_add(1)),
+            updated_at: timefmt::format_rfc3339_utc(at),
+        };
+        let body = render(&entry);
+        let record = journal::encode_put(&body);
+        let slot = q.latest.entry(key.as_str().to_owned()).or_insert((None, 0));
+        slot.0 = Some((entry.version, file.clone()));
+        slot.1 += 1;
+        let (ticket, handle) = pair();
+        let op = Op {
+            key: key.as_str().to_owned(),
+            kind: OpKind::Put {
+                entry,
+                body,
+                file,
+                old_file,
+                ticket: handle,
+            },
+            at,
+            record,
+        };
+        self.writes.push(&mut q, op);
+        ticket
+    }
+
+    /// Submits a deletion. The ticket completes with the new store revision once the
+    /// deletion is durable and visible, or with `NotFound` or the error.
+    pub fn submit_delete(&self, key: &ReportKey) -> Ticket<u64> {
+        let mut q = lock(&self.writes.queue);
+        if q.closed {
+            return Ticket::ready(Err(closed()));
+        }
+        let Some((_, file)) = self.pending_latest(&q, key.as_str()) else {
+            return Ticket::ready(Err(StoreError::NotFound));
+        };
+        let slot = q.latest.entry(key.as_str().to_owned()).or_insert((None, 0));
+        slot.0 = None;
+        slot.1 += 1;
+        let (ticket, handle) = pair();
+        let op = Op {
+            key: key.as_str().to_owned(),
+            kind: OpKind::Delete {
+                file,
+                ticket: handle,
+            },
+            at: SystemTime::now(),
+            record: journal::encode_delete(key.as_str()),
+        };
+        self.writes.push(&mut q, op);
+        ticket
+    }
+
+    /// Creates or replaces a report and waits until it is durable (see `submit_put`).
     pub fn put_report(
         &self,
         key: &ReportKey,
@@ -68,132 +143,12 @@ impl Store {
         payload: Box<RawValue>,
         if_match: Option<i64>,
     ) -> Result<Versioned<Json>, StoreError> {
-        let stored = self.report_locks.with(key.as_str(), || {
-            let (current, old_file, old_body) = {
-                let c = self.read();
-                match c.reports.get(key.as_str()) {
-                    Some(r) => (
-                        Some(r.entry.version),
-                        Some(r.file.clone()),
-                        Some(r.body.clone()),
-                    ),
-                    None => (None, None, None),
-                }
-            };
-            // A key whose encoded name is too long can still be updated in the file the
-            // Go agent wrote it to (plain name); a new one cannot be stored.
-            let name = keys::file_name_for(key.as_str())
-                .or_else(|| old_file.clone())
-                .ok_or(StoreError::KeyNotStorable)?;
-            if !precondition_holds(if_match, current) {
-                return Err(StoreError::Conflict { current });
-            }
-            let now = SystemTime::now();
-            let entry = ReportEntry {
-                key: key.as_str().to_owned(),
-                content_type,
-                payload,
-                version: current.map_or(1, |v| v.saturating_add(1)),
-                updated_at: timefmt::format_rfc3339_utc(now),
-            };
-            let body = render(&entry);
-            let jump = self.epoch_jump()?;
-            // Up to the rename a failure leaves the old file; after it, the old content
-            // is put back so that disk matches memory again.
-            self.report
-                .replace_no_dir_sync(&name, &body)
-                .map_err(io_err(format!("persisting report {key:?} failed")))?;
-            let made_durable = self
-                .report
-                .sync()
-                .map_err(io_err(format!("persisting report {key:?} failed")))
-                .and_then(|()| self.finish_rename(old_file.as_deref(), &name));
-            if let Err(e) = made_durable {
-                self.roll_back(&name, old_file.as_deref(), old_body.as_deref());
-                return Err(e);
-            }
-            let stamp = {
-                let mut c = self.write();
-                let stamp = c.next_stamp(now, jump);
-                c.put_report(ReportItem {
-                    entry,
-                    body: body.clone(),
-                    file: name,
-                    stamp,
-                });
-                stamp
-            };
-            Ok(Versioned::new(body, stamp))
-        })?;
-        self.notify(&[Change {
-            revision: stored.mod_rev,
-            kind: ChangeKind::Reports,
-        }]);
-        Ok(stored)
-    }
-
-    /// A report loaded from a file with a non-canonical name (a Go agent cache) moves to
-    /// its canonical name: the old file must go, or it would come back after a restart.
-    fn finish_rename(&self, old_file: Option<&str>, name: &str) -> Result<(), StoreError> {
-        match old_file {
-            Some(old) if old != name => self
-                .report
-                .remove(old)
-                .map_err(io_err(format!("removing old report file {old:?} failed"))),
-            _ => Ok(()),
-        }
-    }
-
-    /// Best effort: puts the previous content back after a failure that came after the
-    /// rename, so disk matches memory again.
-    fn roll_back(&self, name: &str, old_file: Option<&str>, old_body: Option<&[u8]>) {
-        let result = match (old_file, old_body) {
-            (Some(old), Some(body)) if old == name => self.report.replace(name, body),
-            (Some(old), Some(body)) => self
-                .report
-                .replace(old, body)
-                .and_then(|()| self.report.remove(name)),
-            _ => self.report.remove(name),
-        };
-        if let Err(e) = result {
-            log::error!("could not roll back report file {name:?}: {e}");
-        }
+        self.submit_put(key, content_type, payload, if_match).wait()
     }
 
     /// Deletes a report durably; returns the new store revision.
     pub fn delete_report(&self, key: &ReportKey) -> Result<u64, StoreError> {
-        let rev = self.report_locks.with(key.as_str(), || {
-            let (old_file, old_body) = {
-                let c = self.read();
-                match c.reports.get(key.as_str()) {
-                    Some(r) => (r.file.clone(), r.body.clone()),
-                    None => return Err(StoreError::NotFound),
-                }
-            };
-            let jump = self.epoch_jump()?;
-            self.report
-                .remove_no_dir_sync(&old_file)
-                .map_err(io_err(format!("deleting report {key:?} failed")))?;
-            if let Err(e) = self.report.sync() {
-                // The unlink may or may not survive a crash: put the file back.
-                if let Err(e2) = self.report.replace(&old_file, &old_body) {
-                    log::error!("could not restore report file {old_file:?}: {e2}");
-                }
-                return Err(io_err(format!("deleting report {key:?} failed"))(e));
-            }
-            let rev = {
-                let mut c = self.write();
-                let stamp = c.next_stamp(SystemTime::now(), jump);
-                c.remove_report(key.as_str(), stamp);
-                stamp.rev
-            };
-            Ok(rev)
-        })?;
-        self.notify(&[Change {
-            revision: rev,
-            kind: ChangeKind::Reports,
-        }]);
-        Ok(rev)
+        self.submit_delete(key).wait()
     }
 }
 
@@ -210,12 +165,5 @@ mod tests {
         assert!(precondition_holds(Some(3), Some(3)));
         assert!(!precondition_holds(Some(2), Some(3)));
         assert!(!precondition_holds(Some(0), Some(3)));
-    }
-
-    #[test]
-    fn key_locks_are_forgotten() {
-        let locks = KeyLocks::default();
-        locks.with("a", || assert_eq!(locks.len(), 1));
-        assert_eq!(locks.len(), 0);
     }
 }

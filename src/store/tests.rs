@@ -276,7 +276,12 @@ fn stray_temp_files_are_removed_on_open() {
     assert!(names(&f.state.join("data")).is_empty());
     assert_eq!(
         names(&f.state),
-        BTreeSet::from(["data".into(), "report".into(), "revision".into()])
+        BTreeSet::from([
+            "data".into(),
+            "report".into(),
+            "report.journal".into(),
+            "revision".into()
+        ])
     );
     assert!(st.report(&rk("x.tmp-1")).is_some());
 }
@@ -293,8 +298,10 @@ fn duplicate_files_for_one_key_keep_the_newer() {
     let st = Store::open(&f.state).unwrap();
     assert_eq!(parse(&st.report(&rk("a b")).unwrap().value)["version"], 3);
     assert!(names(&f.state.join("report")).contains("a%20b.json.stale"));
-    // Writing moves the key to its canonical file and removes the Go agent's one.
+    // Writing moves the key to its canonical file and removes the Go agent's one (at
+    // the checkpoint that writes the journaled change to the files).
     put(&st, "a b", "4", Some(3)).unwrap();
+    st.flush().unwrap();
     assert_eq!(
         names(&f.state.join("report")),
         BTreeSet::from(["a%20b.json".to_owned(), "a%20b.json.stale".to_owned()])
@@ -321,7 +328,8 @@ fn put_get_if_match_delete_recreate() {
     let ts = e["updated_at"].as_str().unwrap();
     assert!(crate::timefmt::parse_rfc3339(ts).is_some() && ts.ends_with('Z'));
     assert_eq!(st.report(&rk("k")).unwrap(), v1);
-    // The file holds exactly the served body.
+    // The file holds exactly the served body (once checkpointed from the journal).
+    st.flush().unwrap();
     assert_eq!(fs::read(f.state.join("report/k.json")).unwrap(), &*v1.value);
     assert_eq!(
         fs::metadata(f.state.join("report/k.json")).unwrap().mode() & 0o777,
@@ -350,6 +358,7 @@ fn put_get_if_match_delete_recreate() {
     let rev = st.delete_report(&rk("k")).unwrap();
     assert_eq!(rev, st.revision());
     assert!(st.report(&rk("k")).is_none());
+    st.flush().unwrap();
     assert!(!f.state.join("report/k.json").exists());
     assert!(matches!(
         st.delete_report(&rk("k")),
@@ -362,6 +371,7 @@ fn put_get_if_match_delete_recreate() {
     );
     // Keys with reserved characters live in encoded file names.
     put(&st, "a b:c%", "1", None).unwrap();
+    st.flush().unwrap();
     assert!(f.state.join("report/a%20b%3Ac%25.json").exists());
     // A valid key whose encoded name would be too long cannot be stored.
     let wide = "ü".repeat(100);
@@ -756,6 +766,7 @@ fn failed_writes_on_a_full_disk_leave_memory_and_disk_unchanged() {
         ..CpUpdate::default()
     })
     .unwrap();
+    st.flush().unwrap();
     let filler = small.fill();
     let disk = snapshot(&state);
     let summary = st.summary();
@@ -797,6 +808,7 @@ fn fsize_limit_child() {
     let state = PathBuf::from(state);
     let st = Store::open(&state).unwrap();
     put(&st, "r", "1", None).unwrap();
+    st.flush().unwrap();
     let disk = snapshot(&state);
     let before = st.summary();
     unsafe {
@@ -1240,4 +1252,381 @@ fn go_agent_keys_too_long_to_encode_stay_in_their_plain_files() {
         .unwrap();
     assert_eq!(out.skipped_keys, vec![key]);
     assert!(names(&f.state.join("data")).is_empty());
+}
+
+// ---- the report journal ------------------------------------------------------------
+
+fn journal_len(state: &Path) -> u64 {
+    fs::metadata(state.join("report.journal")).unwrap().len()
+}
+
+#[test]
+fn group_commit_acknowledges_many_writers_with_fewer_fsyncs() {
+    let f = fixture();
+    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+    let before = st.journal_syncs();
+    // One thread submitting without waiting: the committer takes them in groups.
+    let tickets: Vec<_> = (0..64)
+        .map(|i| st.submit_put(&rk(&format!("k{}", i % 8)), "t".into(), raw("1"), None))
+        .collect();
+    let mut versions = std::collections::HashMap::new();
+    for (i, t) in tickets.iter().enumerate() {
+        let v = parse(&t.wait().unwrap().value)["version"].as_i64().unwrap();
+        versions.insert(i % 8, v);
+        assert_eq!(v, (i / 8 + 1) as i64, "same-key writes keep their order");
+    }
+    let one_thread = st.journal_syncs() - before;
+    assert!(one_thread < 64, "{one_thread} fsyncs for 64 writes");
+    // Eight threads waiting for each write.
+    let before = st.journal_syncs();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let st = st.clone();
+            thread::spawn(move || {
+                for i in 0..25 {
+                    put(&st, &format!("t{t}-{i}"), "1", None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let syncs = st.journal_syncs() - before;
+    println!(
+        "group commit: 64 queued writes in {one_thread} fsyncs, 200 writes by 8 threads in {syncs}"
+    );
+    assert!(syncs < 200, "{syncs} fsyncs for 200 writes");
+    assert_eq!(st.counts().reports, 8 + 200);
+}
+
+#[test]
+fn concurrent_if_match_on_one_key_lets_exactly_one_win() {
+    let f = fixture();
+    let st = std::sync::Arc::new(Store::open(&f.state).unwrap());
+    for v in 0..3 {
+        put(&st, "k", "1", Some(v)).unwrap();
+    }
+    // Queued back to back: the second is judged against the first, uncommitted one.
+    st.slow_commits(Duration::from_millis(50));
+    let a = st.submit_put(&rk("k"), "t".into(), raw("\"a\""), Some(3));
+    let b = st.submit_put(&rk("k"), "t".into(), raw("\"b\""), Some(3));
+    assert!(matches!(
+        b.try_result(),
+        Some(Err(StoreError::Conflict { current: Some(4) }))
+    ));
+    assert_eq!(parse(&a.wait().unwrap().value)["version"], 4);
+    st.slow_commits(Duration::ZERO);
+    // From two threads at once, many times.
+    for round in 0..20 {
+        let base = 4 + round;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (st, barrier) = (st.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    put(&st, "k", "1", Some(base)).is_ok()
+                })
+            })
+            .collect();
+        let wins = threads
+            .into_iter()
+            .filter(|_| true)
+            .map(|t| t.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(wins, 1, "round {round}");
+    }
+    assert_eq!(parse(&st.report(&rk("k")).unwrap().value)["version"], 24);
+}
+
+fn entry_body(key: &str, v: i64) -> Vec<u8> {
+    format!(
+        "{{\"key\":\"{key}\",\"content_type\":\"t\",\"payload\":{{\"v\":{v}}},\"version\":{v},\"updated_at\":\"2026-03-01T12:00:00Z\"}}"
+    )
+    .into_bytes()
+}
+
+/// `a` put then deleted, `b` put, then `c` put as the last record.
+fn sample_journal() -> (Vec<u8>, usize) {
+    let mut bytes = journal::encode_put(&entry_body("a", 1));
+    bytes.extend(journal::encode_put(&entry_body("b", 1)));
+    bytes.extend(journal::encode_delete("a"));
+    bytes.extend(journal::encode_put(&entry_body("b", 2)));
+    let before_last = bytes.len();
+    bytes.extend(journal::encode_put(&entry_body("c", 1)));
+    (bytes, before_last)
+}
+
+fn report_versions(st: &Store) -> Vec<(String, i64)> {
+    parse(&st.report_list().value)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_owned(),
+                r["version"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn torn_journal_tail_is_ignored_at_every_offset() {
+    let (bytes, before_last) = sample_journal();
+    let dir = tempfile::tempdir().unwrap();
+    for cut in before_last..=bytes.len() {
+        let state = dir.path().join(format!("s{cut}"));
+        fs::create_dir_all(state.join("report")).unwrap();
+        // An older file for `a` that the journal's deletion must remove.
+        fs::write(state.join("report/a.json"), entry_body("a", 9)).unwrap();
+        // ...which the control plane had taken: its deletion must be sent.
+        fs::write(
+            state.join("report-sync.json"),
+            r#"{"a":{"version":9,"updated_at":"2026-03-01T12:00:00Z"}}"#,
+        )
+        .unwrap();
+        fs::write(state.join("report.journal"), &bytes[..cut]).unwrap();
+        let st = Store::open(&state).unwrap();
+        let mut want = vec![("b".to_owned(), 2)];
+        if cut == bytes.len() {
+            want.push(("c".to_owned(), 1));
+        }
+        assert_eq!(report_versions(&st), want, "cut at {cut}");
+        // Replayed changes are pending sync and already checkpointed into files.
+        assert_eq!(
+            st.pending_count(),
+            want.len() + 1,
+            "a's deletion is pending too"
+        );
+        assert_eq!(journal_len(&state), 0);
+        let files = names(&state.join("report"));
+        assert!(!files.contains("a.json"), "cut at {cut}: {files:?}");
+        assert_eq!(files.len(), want.len(), "cut at {cut}: {files:?}");
+        // New writes after a torn tail replay too.
+        put(&st, "d", "1", None).unwrap();
+        drop(st);
+        let st = Store::open(&state).unwrap();
+        assert!(st.report(&rk("d")).is_some());
+    }
+}
+
+#[test]
+fn journal_crc_mismatch_stops_replay_at_that_record() {
+    let f = fixture();
+    let (mut bytes, _) = sample_journal();
+    let first = journal::encode_put(&entry_body("a", 1)).len();
+    let second = journal::encode_put(&entry_body("b", 1)).len();
+    // Flip a payload byte of the second record: it and everything after are ignored.
+    bytes[first + second - 3] ^= 0x20;
+    fs::create_dir_all(&f.state).unwrap();
+    fs::write(f.state.join("report.journal"), &bytes).unwrap();
+    let st = Store::open(&f.state).unwrap();
+    assert_eq!(report_versions(&st), vec![("a".to_owned(), 1)]);
+    assert_eq!(journal_len(&f.state), 0);
+}
+
+#[test]
+fn checkpoint_empties_the_journal_and_leaves_plexd_files() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    // A Go agent file under a non-canonical name moves to its canonical one.
+    put(&st, "x", "1", None).unwrap();
+    put(&st, "a b", "{\"ok\":true}", None).unwrap();
+    put(&st, "gone", "1", None).unwrap();
+    st.delete_report(&rk("gone")).unwrap();
+    assert!(journal_len(&f.state) > 0);
+    st.flush().unwrap();
+    assert_eq!(journal_len(&f.state), 0);
+    assert_eq!(
+        names(&f.state.join("report")),
+        BTreeSet::from(["a%20b.json".to_owned(), "x.json".to_owned()])
+    );
+    for (key, file) in [("x", "x.json"), ("a b", "a%20b.json")] {
+        let bytes = fs::read(f.state.join("report").join(file)).unwrap();
+        assert_eq!(bytes, &*st.report(&rk(key)).unwrap().value);
+        let e: crate::model::ReportEntry = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((e.key.as_str(), e.version), (key, 1));
+        assert_eq!(
+            fs::metadata(f.state.join("report").join(file))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    // The background checkpointer gets there by itself too.
+    put(&st, "x", "2", None).unwrap();
+    let t = Instant::now();
+    while journal_len(&f.state) > 0 && t.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(journal_len(&f.state), 0);
+    let e: Value =
+        serde_json::from_slice(&fs::read(f.state.join("report/x.json")).unwrap()).unwrap();
+    assert_eq!(e["version"], 2);
+    // Closing leaves an empty journal.
+    put(&st, "y", "1", None).unwrap();
+    drop(st);
+    assert_eq!(journal_len(&f.state), 0);
+    assert!(f.state.join("report/y.json").exists());
+}
+
+#[test]
+fn a_failed_group_fails_every_writer_and_changes_nothing() {
+    let f = fixture();
+    let Some(small) = SmallFs::mount(&f.root.join("mnt")) else {
+        eprintln!("SKIP: cannot mount a tmpfs here");
+        return;
+    };
+    let state = small.0.join("state");
+    let st = Store::open(&state).unwrap();
+    put(&st, "r", "1", None).unwrap();
+    st.flush().unwrap();
+    let filler = small.fill();
+    let disk = snapshot(&state);
+    let summary = st.summary();
+    let big = format!("\"{}\"", "x".repeat(64 * 1024));
+    st.slow_commits(Duration::from_millis(30));
+    let tickets: Vec<_> = (0..4)
+        .map(|i| st.submit_put(&rk(&format!("n{i}")), "t".into(), raw(&big), None))
+        .chain([st.submit_put(&rk("r"), "t".into(), raw("2"), Some(1))])
+        // Decided on top of the write before it, which fails: fails as well.
+        .chain([st.submit_put(&rk("r"), "t".into(), raw("3"), Some(2))])
+        .collect();
+    for t in &tickets {
+        let err = t.wait().unwrap_err();
+        assert_eq!(err.status_code(), 500, "{err}");
+    }
+    assert_eq!(st.summary(), summary);
+    assert_eq!(snapshot(&state), disk, "disk changed by a failed group");
+    st.slow_commits(Duration::ZERO);
+    fs::remove_file(filler).unwrap();
+    assert_eq!(
+        parse(&put(&st, "r", "2", Some(1)).unwrap().value)["version"],
+        2
+    );
+}
+
+/// Runs in a child process that the test below kills with SIGKILL mid-group-commit.
+#[test]
+fn group_kill_child() {
+    use std::io::Write;
+    let Some(state) = std::env::var_os("PLEXD_STORE_GROUP_KILL_CHILD") else {
+        return;
+    };
+    let st = std::sync::Arc::new(Store::open(Path::new(&state)).unwrap());
+    let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (st, out) = (st.clone(), out.clone());
+            thread::spawn(move || {
+                for i in 0u64.. {
+                    let key = format!("t{t}-{}", i % 4);
+                    let line = if i % 5 == 4 {
+                        match st.delete_report(&rk(&key)) {
+                            Ok(_) => format!("DEL {key}"),
+                            Err(StoreError::NotFound) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    } else {
+                        let v = put(&st, &key, &format!("{{\"i\":{i}}}"), None).unwrap();
+                        format!("ACK {key} {}", parse(&v.value)["version"])
+                    };
+                    let mut o = out.lock().unwrap();
+                    writeln!(o, "{line}").unwrap();
+                    o.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    let f = fixture();
+    let mut last: HashMap<String, Option<i64>> = HashMap::new();
+    for round in 0..8 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::group_kill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PLEXD_STORE_GROUP_KILL_CHILD", &f.state)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = thread::spawn(move || {
+            let mut acks = 0;
+            let mut seen: Vec<(String, Option<i64>)> = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match line.split(' ').collect::<Vec<_>>().as_slice() {
+                    ["ACK", k, v] => {
+                        if let Ok(v) = v.parse() {
+                            seen.push((k.to_string(), Some(v)));
+                            acks += 1;
+                        }
+                    }
+                    ["DEL", k] => seen.push((k.to_string(), None)),
+                    _ => {}
+                }
+            }
+            (acks, seen)
+        });
+        // Wait for the first acknowledgements, then kill at a varying moment.
+        thread::sleep(Duration::from_millis(250 + 37 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (acks, seen) = reader.join().unwrap();
+        for (k, v) in seen {
+            last.insert(k, v);
+        }
+        assert!(acks > 0 || round > 0, "child acknowledged nothing");
+        let st = Store::open(&f.state).unwrap();
+        // Each of the 8 writer threads had at most one write in flight (done, maybe not
+        // acknowledged): its key may be one step ahead, never behind.
+        let mut in_flight = 0;
+        for (k, want) in &last {
+            let have = st
+                .report(&rk(k))
+                .map(|v| parse(&v.value)["version"].as_i64().unwrap());
+            match (*want, have) {
+                (w, h) if w == h => {}
+                (Some(w), Some(h)) if h == w + 1 => in_flight += 1,
+                (Some(_), None) | (None, Some(1)) => in_flight += 1,
+                _ => panic!("round {round}: {k}: acknowledged {want:?}, found {have:?}"),
+            }
+        }
+        assert!(
+            in_flight <= 8,
+            "{in_flight} keys ahead of their acknowledgement"
+        );
+        for name in walk(&f.state) {
+            let n = name.to_string_lossy();
+            assert!(!n.ends_with(".corrupt") && !n.contains(".tmp"), "{n}");
+        }
+        assert_eq!(
+            journal_len(&f.state),
+            0,
+            "replayed journal was checkpointed"
+        );
+        // What the next child starts from is what the store now shows.
+        for (k, want) in last.iter_mut() {
+            *want = st
+                .report(&rk(k))
+                .map(|v| parse(&v.value)["version"].as_i64().unwrap());
+        }
+    }
 }

@@ -1,0 +1,153 @@
+//! Checkpointing: writes the report files the journal's records changed, then empties
+//! the journal, off the request path.
+//!
+//! A background thread wakes after a group commit, waits `DELAY` to collect more
+//! changes, takes the set of changed keys and writes each key's *published* state the
+//! durable way (temp files fsynced in parallel, renamed, one folder fsync; files a key
+//! left are removed). The journal is emptied only when no key changed meanwhile (or,
+//! past `FORCE_BYTES`, after writing those too while holding the journal), so every
+//! record in it is always reflected in files before it goes. A failed checkpoint keeps
+//! the journal and its keys and is retried. `Store::close` runs a final, forced one:
+//! after a clean shutdown the journal is empty and `report/` is the Go agent's layout.
+//! This module does not decide versions or publish anything: the committer did.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{io_err, lock, Inner, Json, StoreError};
+
+/// How long changes are collected before files are written.
+const DELAY: Duration = Duration::from_millis(1000);
+/// A journal this large is checkpointed without waiting for `DELAY`.
+const EAGER_BYTES: u64 = 8 << 20;
+/// A journal this large is emptied even while writers keep changing keys.
+const FORCE_BYTES: u64 = 64 << 20;
+/// Pause after a failed checkpoint.
+const RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Signal {
+    pending: bool,
+    stop: bool,
+}
+
+/// Wake-ups of the checkpointer thread, and the lock that serializes checkpoints.
+#[derive(Default)]
+pub struct Checkpoints {
+    signal: Mutex<Signal>,
+    wake: Condvar,
+    serial: Mutex<()>,
+}
+
+impl Checkpoints {
+    /// Asks for a checkpoint after the collection delay.
+    pub(super) fn request(&self) {
+        lock(&self.signal).pending = true;
+        self.wake.notify_all();
+    }
+
+    pub(super) fn stop(&self) {
+        lock(&self.signal).stop = true;
+        self.wake.notify_all();
+    }
+}
+
+/// The checkpointer thread.
+pub(super) fn run(inner: Arc<Inner>) {
+    let cp = &inner.checkpoints;
+    loop {
+        {
+            let mut s = lock(&cp.signal);
+            while !s.pending && !s.stop {
+                s = cp.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+            }
+            let until = Instant::now() + DELAY;
+            while !s.stop && lock(&inner.writes.journal).journal.len() < EAGER_BYTES {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                s = cp
+                    .wake
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            if s.stop {
+                return;
+            }
+            s.pending = false;
+        }
+        if let Err(e) = checkpoint(&inner, false) {
+            log::error!(error:% = e; "report checkpoint failed; the journal keeps the changes, retrying");
+            let s = lock(&cp.signal);
+            let (mut s, _) = cp
+                .wake
+                .wait_timeout_while(s, RETRY, |s| !s.stop)
+                .unwrap_or_else(PoisonError::into_inner);
+            s.pending = true;
+        }
+    }
+}
+
+type Dirty = BTreeMap<String, BTreeSet<String>>;
+
+/// Writes every changed key's file; empties the journal when nothing changed meanwhile,
+/// or always when `force`.
+pub(super) fn checkpoint(inner: &Inner, force: bool) -> Result<(), StoreError> {
+    let _serial = lock(&inner.checkpoints.serial);
+    let dirty = std::mem::take(&mut lock(&inner.writes.journal).dirty);
+    if let Err(e) = write_files(inner, &dirty) {
+        merge_back(&mut lock(&inner.writes.journal).dirty, dirty);
+        return Err(io_err("writing report files failed")(e));
+    }
+    let mut js = lock(&inner.writes.journal);
+    if !js.dirty.is_empty() {
+        if !force && js.journal.len() < FORCE_BYTES {
+            return Ok(()); // The next round covers them; the journal stays.
+        }
+        let rest = std::mem::take(&mut js.dirty);
+        if let Err(e) = write_files(inner, &rest) {
+            merge_back(&mut js.dirty, rest);
+            return Err(io_err("writing report files failed")(e));
+        }
+    }
+    if js.journal.is_broken() {
+        return Ok(());
+    }
+    js.journal
+        .reset()
+        .map_err(io_err("emptying the report journal failed"))
+}
+
+fn merge_back(into: &mut Dirty, from: Dirty) {
+    for (k, files) in from {
+        into.entry(k).or_default().extend(files);
+    }
+}
+
+/// Writes the published state of each key in `dirty` and removes the files it left.
+fn write_files(inner: &Inner, dirty: &Dirty) -> io::Result<()> {
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    let mut writes: Vec<(String, Json)> = Vec::new();
+    let mut removes: Vec<String> = Vec::new();
+    {
+        let c = inner.read();
+        for (key, old_files) in dirty {
+            match c.reports.get(key) {
+                Some(item) => {
+                    writes.push((item.file.clone(), item.body.clone()));
+                    removes.extend(old_files.iter().filter(|f| **f != item.file).cloned());
+                }
+                None => removes.extend(old_files.iter().cloned()),
+            }
+        }
+    }
+    let files: Vec<(&str, &[u8])> = writes.iter().map(|(n, b)| (n.as_str(), &b[..])).collect();
+    let removes: Vec<&str> = removes.iter().map(String::as_str).collect();
+    inner.report.prepare(&files)?.commit(&removes)
+}

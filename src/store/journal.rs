@@ -1,0 +1,290 @@
+//! The report journal: `state/report.journal`, an append-only log of report writes that
+//! makes a PUT or DELETE durable with one `fdatasync` shared by a whole group of writers.
+//!
+//! A record is `len: u32 LE | crc: u32 LE | kind: u8 | data`, where `len` counts
+//! `kind` and `data` and `crc` is the CRC-32 (IEEE) of them. `kind` is `P` (data: the
+//! rendered `ReportEntry`, which carries its key) or `D` (data: the deleted key, UTF-8).
+//! Replay reads the longest valid prefix: a short, zero-length, oversized or
+//! CRC-mismatching record ends it (a torn tail after a crash), and everything after is
+//! ignored and cut off before new records are appended.
+//!
+//! An append that fails is cut back to the last good length, so the file never holds a
+//! record nobody was acknowledged for; if even that fails the journal is marked broken
+//! and refuses further appends until restart. This module knows nothing about the cache,
+//! the report files or when to checkpoint: it moves records to and from one file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::model::ReportEntry;
+
+pub const JOURNAL_FILE: &str = "report.journal";
+
+const HEADER: usize = 8;
+/// Records are at most a request body plus a little; anything larger is garbage.
+const MAX_RECORD: usize = 64 * 1024 * 1024;
+const PUT: u8 = b'P';
+const DELETE: u8 = b'D';
+
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), table-driven.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + 1 + data.len());
+    let len = (1 + data.len()) as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[HEADER..]);
+    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A record for a stored entry; `body` is its rendered JSON (the report file's content).
+pub fn encode_put(body: &[u8]) -> Vec<u8> {
+    frame(PUT, body)
+}
+
+/// A record for a deleted key.
+pub fn encode_delete(key: &str) -> Vec<u8> {
+    frame(DELETE, key.as_bytes())
+}
+
+/// A replayed record.
+#[derive(Debug)]
+pub enum Record {
+    Put(ReportEntry),
+    Delete(String),
+}
+
+/// The records of the valid prefix of `bytes`, and that prefix's length.
+pub fn decode(bytes: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some(rest) = bytes.get(at..) {
+        let Some(header) = rest.get(..HEADER) else {
+            break;
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 || len > MAX_RECORD {
+            break;
+        }
+        let Some(body) = rest.get(HEADER..HEADER + len) else {
+            break;
+        };
+        if crc32(body) != crc {
+            break;
+        }
+        let record = match (body[0], &body[1..]) {
+            (PUT, data) => match serde_json::from_slice::<ReportEntry>(data) {
+                Ok(e) => Record::Put(e),
+                Err(_) => break,
+            },
+            (DELETE, data) => match std::str::from_utf8(data) {
+                Ok(k) => Record::Delete(k.to_owned()),
+                Err(_) => break,
+            },
+            _ => break,
+        };
+        records.push(record);
+        at += HEADER + len;
+    }
+    (records, at)
+}
+
+/// The open journal file and its last good length.
+pub struct Journal {
+    file: File,
+    len: u64,
+    broken: bool,
+}
+
+impl Journal {
+    /// Opens (creating, 0600) the journal at `path`, replays its valid prefix and cuts
+    /// off anything after it. Returns the journal, its records and how many bytes of torn
+    /// tail were dropped. `created` tells the caller to fsync the folder.
+    pub fn open(path: &Path) -> io::Result<(Journal, Vec<Record>, u64, bool)> {
+        let created = !path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (records, valid) = decode(&bytes);
+        let dropped = (bytes.len() - valid) as u64;
+        if dropped > 0 {
+            file.set_len(valid as u64)?;
+            file.sync_data()?;
+        }
+        let journal = Journal {
+            file,
+            len: valid as u64,
+            broken: false,
+        };
+        Ok((journal, records, dropped, created))
+    }
+
+    /// Bytes of records in the file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Appends `bytes` (whole records) and makes them durable. On error the file is cut
+    /// back to its previous length; if that fails too, the journal is marked broken.
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "the report journal is unusable until restart",
+            ));
+        }
+        let result = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let cut = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data());
+                if let Err(e2) = cut {
+                    self.broken = true;
+                    log::error!(error:% = e2; "cannot cut the report journal back after a failed write; refusing report writes until restart");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Empties the journal durably (every record is reflected in the report files).
+    pub fn reset(&mut self) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let result = self.file.set_len(0).and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len = 0;
+                Ok(())
+            }
+            Err(e) => {
+                // The length on disk is unknown now; appending after it could hide records.
+                self.broken = true;
+                log::error!(error:% = e; "cannot empty the report journal; refusing report writes until restart");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    fn put_body(key: &str, v: i64) -> Vec<u8> {
+        format!(
+            r#"{{"key":"{key}","content_type":"application/json","payload":{{"v":{v}}},"version":{v},"updated_at":"2026-03-01T12:00:00Z"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn round_trip_and_torn_tails() {
+        let mut bytes = encode_put(&put_body("a", 1));
+        bytes.extend(encode_delete("a"));
+        let good = bytes.len();
+        let last = encode_put(&put_body("b", 7));
+        bytes.extend(&last);
+        let (recs, len) = decode(&bytes);
+        assert_eq!(len, bytes.len());
+        assert_eq!(recs.len(), 3);
+        assert!(matches!(&recs[1], Record::Delete(k) if k == "a"));
+        assert!(matches!(&recs[2], Record::Put(e) if e.key == "b" && e.version == 7));
+        // Every cut inside the last record drops exactly that record.
+        for cut in good..bytes.len() {
+            let (recs, len) = decode(&bytes[..cut]);
+            assert_eq!((recs.len(), len), (2, good), "cut at {cut}");
+        }
+        // A flipped bit stops replay at that record, even with valid records after it.
+        let mut flipped = bytes.clone();
+        flipped[good - 2] ^= 0x01;
+        flipped.extend(encode_delete("z"));
+        let (recs, len) = decode(&flipped);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(len, encode_put(&put_body("a", 1)).len());
+        // Zeros (a preallocated tail) are not records.
+        let mut zeros = bytes.clone();
+        zeros.extend([0u8; 64]);
+        assert_eq!(decode(&zeros).1, bytes.len());
+    }
+
+    #[test]
+    fn append_reset_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let (mut j, recs, dropped, created) = Journal::open(&path).unwrap();
+        assert!(recs.is_empty() && dropped == 0 && created);
+        j.append(&encode_put(&put_body("a", 1))).unwrap();
+        j.append(&encode_delete("a")).unwrap();
+        let len = j.len();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&encode_put(&put_body("b", 1))[..10]).unwrap();
+        drop(f);
+        let (mut j, recs, dropped, created) = Journal::open(&path).unwrap();
+        assert_eq!((recs.len(), dropped, created), (2, 10, false));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        j.append(&encode_delete("c")).unwrap();
+        j.reset().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
