@@ -167,3 +167,109 @@ pub fn delete(store: &Store, key: &str) -> Result<Reply, ApiError> {
     let key = parse_key(key)?;
     Ok(park_on(store.submit_delete(&key), delete_response))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::http::{Handler, Listener, Method, Server, ServerConfig};
+
+    /// Just the report routes and one read, over a real server.
+    struct Reports(Arc<Store>);
+
+    impl Handler for Reports {
+        fn handle(&self, req: &Request) -> Reply {
+            let key = req.path.trim_start_matches("/r/");
+            let reply = match req.method {
+                Method::Put => put(&self.0, key, req),
+                Method::Delete => delete(&self.0, key),
+                _ => Ok(Reply::Now(match self.0.report(&parse_key(key).unwrap()) {
+                    Some(v) => Response::json(200, v.value),
+                    None => Response::error(404, "not found"),
+                })),
+            };
+            reply.unwrap_or_else(|e| Reply::Now(Response::from(e)))
+        }
+    }
+
+    fn send(path: &std::path::Path, head: &str, body: &str) -> UnixStream {
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let req = format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        s.write_all(req.as_bytes()).unwrap();
+        s
+    }
+
+    fn status(mut s: UnixStream) -> u16 {
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got[9..12]).parse().unwrap()
+    }
+
+    #[test]
+    fn gets_are_served_while_puts_wait_for_a_slow_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+        let sock = dir.path().join("api.sock");
+        let config = ServerConfig {
+            workers: 1,
+            ..ServerConfig::default()
+        };
+        let server = Server::start(
+            config,
+            vec![Listener::Unix(UnixListener::bind(&sock).unwrap())],
+            Arc::new(Reports(Arc::clone(&store))),
+        )
+        .unwrap();
+        let waker = server.waker();
+        store.subscribe(Box::new(move |_| waker.wake()));
+        let body = r#"{"content_type":"application/json","payload":{"ok":true}}"#;
+        assert_eq!(
+            status(send(&sock, "PUT /r/seen HTTP/1.1\r\nHost: x", body)),
+            200
+        );
+        store.slow_commits(Duration::from_millis(400));
+        let started = Instant::now();
+        let puts: Vec<UnixStream> = (0..8)
+            .map(|i| send(&sock, &format!("PUT /r/k{i} HTTP/1.1\r\nHost: x"), body))
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        assert_eq!(
+            status(send(&sock, "GET /r/seen HTTP/1.1\r\nHost: x", "")),
+            200
+        );
+        let get_took = t.elapsed();
+        assert!(
+            get_took < Duration::from_millis(300),
+            "GET took {get_took:?} behind parked PUTs"
+        );
+        for s in puts {
+            assert_eq!(status(s), 200);
+        }
+        // At most two slow groups: the one running when they arrived and one more.
+        assert!(started.elapsed() < Duration::from_millis(2000));
+        // A conflict is answered without parking; a conditional DELETE path works too.
+        store.slow_commits(Duration::ZERO);
+        let conflict = send(&sock, "PUT /r/k0 HTTP/1.1\r\nHost: x\r\nIf-Match: 7", body);
+        assert_eq!(status(conflict), 409);
+        assert_eq!(
+            status(send(&sock, "DELETE /r/k0 HTTP/1.1\r\nHost: x", "")),
+            204
+        );
+        assert_eq!(
+            status(send(&sock, "DELETE /r/k0 HTTP/1.1\r\nHost: x", "")),
+            404
+        );
+        server.shutdown(Duration::from_secs(5));
+    }
+}

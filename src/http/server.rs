@@ -567,6 +567,15 @@ impl Shared {
         lock(&self.parked_set).insert(idx as u32);
         if self.shutting.load(Ordering::SeqCst) {
             self.recheck_parked(Wake::Shutdown);
+        } else {
+            // A wake that came after the worker's last look but before the insert above
+            // found nothing to re-check: look once more now that the request is in the
+            // set (a spurious `Changed` check is harmless by contract).
+            let mut slot = lock(&self.slots[idx]);
+            let gen = slot.gen;
+            if let Some(conn) = slot.conn.as_mut() {
+                self.resolve(idx, gen, conn, Wake::Changed);
+            }
         }
     }
 
