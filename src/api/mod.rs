@@ -49,10 +49,8 @@ impl Api {
             self.access.check_secret(req)?;
         }
         let reply = match (&req.method, resource) {
-            (Method::Put, Resource::ReportKey(key)) => reports::put(&self.store, &key, req)?.into(),
-            (Method::Delete, Resource::ReportKey(key)) => {
-                reports::delete(&self.store, &key)?.into()
-            }
+            (Method::Put, Resource::ReportKey(key)) => reports::put(&self.store, &key, req)?,
+            (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
             (_, Resource::SecretKey(key)) => {
                 reads::refuse_blocking_on_secret_value(req)?;
                 self.secrets.get(&key, req)?.into()
