@@ -18,8 +18,12 @@ use std::time::{Duration, Instant};
 
 use super::{io_err, lock, Inner, Json, StoreError};
 
-/// How long changes are collected before files are written.
-const DELAY: Duration = Duration::from_millis(1000);
+/// How long changes are collected before files are written (a key changed many times
+/// meanwhile is written once).
+const DELAY: Duration = Duration::from_millis(2000);
+/// The checkpointer (and the file writers it starts, which inherit it) yields the CPU
+/// to request handling: it is never on a request's path.
+const NICE: libc::c_int = 10;
 /// A journal this large is checkpointed without waiting for `DELAY`.
 const EAGER_BYTES: u64 = 8 << 20;
 /// A journal this large is emptied even while writers keep changing keys.
@@ -56,6 +60,14 @@ impl Checkpoints {
 
 /// The checkpointer thread.
 pub(super) fn run(inner: Arc<Inner>) {
+    // SAFETY: plain syscalls on this thread's own id; no memory is passed.
+    let lowered = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, NICE)
+    };
+    if lowered != 0 {
+        log::debug!(error:% = std::io::Error::last_os_error(); "cannot lower the checkpointer's priority");
+    }
     let cp = &inner.checkpoints;
     loop {
         {

@@ -11,14 +11,18 @@
 //!
 //! Files under `state_dir` (= `{data_dir}/state`): `metadata.json`, `secrets.json`,
 //! `data/{key}.json`, `report/{key}.json` (the Go agent's formats, key names encoded by
-//! `keys::file_name_for`), plus `revision` (see `revision`) and `report-sync.json` (see
-//! `outbox`). Lock order: a report key's mutex or the apply mutex or the marks mutex,
-//! then the cache `RwLock`; callbacks run after all are released.
+//! `keys::file_name_for`), plus `revision` (see `revision`), `report-sync.json` (see
+//! `outbox`) and `report.journal` (see `journal`). Report writes go through the journal
+//! with group commit (`commit`); the report files are written from it in the background
+//! (`checkpoint`) and at `close`. Two threads run per store: `report-commit` and
+//! `report-checkpoint`. Lock order: checkpoint serial lock, then journal state, then
+//! commit queue, then the apply mutex or the marks mutex, then the cache `RwLock`;
+//! callbacks run after all are released.
 //!
 //! Invariants: a failed write leaves memory and disk as they were; a control-plane update
 //! is published in one write-lock section (never new metadata with old data); the
 //! revision never goes backwards, across restarts included; nothing acknowledged to a
-//! client is lost from the outbox.
+//! client is lost from the outbox; a report write is visible only once it is durable.
 
 mod apply;
 mod cache;
