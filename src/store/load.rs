@@ -34,7 +34,7 @@ use super::files::{ensure_dir, Folder, CORRUPT_SUFFIX, STALE_SUFFIX};
 use super::journal::{Journal, Record, JOURNAL_FILE};
 use super::outbox::{decode_marks, MARKS_FILE};
 use super::revision::Epochs;
-use super::{folders, io_err, Inner, StoreError};
+use super::{folders, io_err, Inner, Json, StoreError};
 
 pub const METADATA_FILE: &str = "metadata.json";
 pub const SECRETS_FILE: &str = "secrets.json";
@@ -86,14 +86,14 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
 
     let mut data_items: BTreeMap<String, DataItem> = BTreeMap::new();
     let mut data_time = folder_mtime(&data);
-    for (name, entry, t) in load_folder::<DataEntry>(&data)? {
+    for (name, (entry, body), t) in load_folder(&data, with_body::<DataEntry>)? {
         if entry.key.is_empty() {
             quarantine(&data, &name, "empty key");
             continue;
         }
         data_time = data_time.max(t);
         let item = DataItem {
-            body: render(&entry),
+            body,
             file: name,
             stamp: at(t),
             entry,
@@ -117,14 +117,14 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
 
     let mut report_items: BTreeMap<String, ReportItem> = BTreeMap::new();
     let mut report_time = folder_mtime(&report);
-    for (name, entry, t) in load_folder::<ReportEntry>(&report)? {
+    for (name, (entry, body), t) in load_folder(&report, with_body::<ReportEntry>)? {
         if let Err(e) = ReportKey::parse(&entry.key) {
             quarantine(&report, &name, &e.to_string());
             continue;
         }
         report_time = report_time.max(t);
         let item = ReportItem {
-            body: render(&entry),
+            body,
             file: name,
             stamp: at(t),
             entry,
@@ -290,6 +290,12 @@ enum Parsed<T> {
     Invalid(String),
 }
 
+/// An entry with its rendered body (rendered on the loader threads too).
+fn with_body<T: serde::Serialize>(entry: T) -> (T, Json) {
+    let body = render(&entry);
+    (entry, body)
+}
+
 /// Reads and parses one file; touches nothing (safe to run on any thread).
 fn read_parse<T: DeserializeOwned>(f: &Folder, name: &str) -> Parsed<T> {
     let (bytes, mtime) = match read_with_mtime(&f.file(name)) {
@@ -340,11 +346,13 @@ fn read_with_mtime(path: &std::path::Path) -> io::Result<(Vec<u8>, SystemTime)> 
 /// Files per loader thread below which fewer threads are used.
 const MIN_FILES_PER_THREAD: usize = 64;
 
-/// Every `*.json` file of a folder that parses as `T`, with its name and mtime, in name
-/// order. Files are read and parsed in parallel; quarantining runs afterwards, in order.
-fn load_folder<T: DeserializeOwned + Send>(
+/// Every `*.json` file of a folder that parses as `T`, turned into `U` by `prepare`,
+/// with its name and mtime, in name order. Files are read, parsed and prepared in
+/// parallel; quarantining runs afterwards, in order.
+fn load_folder<T: DeserializeOwned, U: Send>(
     f: &Folder,
-) -> Result<Vec<(String, T, SystemTime)>, StoreError> {
+    prepare: fn(T) -> U,
+) -> Result<Vec<(String, U, SystemTime)>, StoreError> {
     let mut names = Vec::new();
     let dir =
         fs::read_dir(f.path()).map_err(io_err(format!("listing {} failed", f.path().display())))?;
@@ -371,10 +379,21 @@ fn load_folder<T: DeserializeOwned + Send>(
         .min(names.len().div_ceil(MIN_FILES_PER_THREAD))
         .max(1);
     let chunk = names.len().div_ceil(threads).max(1);
-    let parsed: Vec<Vec<Parsed<T>>> = std::thread::scope(|s| {
+    let parsed: Vec<Vec<Parsed<U>>> = std::thread::scope(|s| {
         let handles: Vec<_> = names
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|n| read_parse::<T>(f, n)).collect()))
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|n| match read_parse::<T>(f, n) {
+                            Parsed::Ok(v, t) => Parsed::Ok(prepare(v), t),
+                            Parsed::Missing => Parsed::Missing,
+                            Parsed::Unreadable(e) => Parsed::Unreadable(e),
+                            Parsed::Invalid(why) => Parsed::Invalid(why),
+                        })
+                        .collect()
+                })
+            })
             .collect();
         handles
             .into_iter()
