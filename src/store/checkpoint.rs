@@ -60,14 +60,7 @@ impl Checkpoints {
 
 /// The checkpointer thread.
 pub(super) fn run(inner: Arc<Inner>) {
-    // SAFETY: plain syscalls on this thread's own id; no memory is passed.
-    let lowered = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, NICE)
-    };
-    if lowered != 0 {
-        log::debug!(error:% = std::io::Error::last_os_error(); "cannot lower the checkpointer's priority");
-    }
+    lower_priority(NICE);
     let cp = &inner.checkpoints;
     loop {
         {
@@ -101,6 +94,18 @@ pub(super) fn run(inner: Arc<Inner>) {
                 .unwrap_or_else(PoisonError::into_inner);
             s.pending = true;
         }
+    }
+}
+
+/// Sets this thread's nice value (threads it starts inherit it). Best effort.
+pub(super) fn lower_priority(nice: libc::c_int) {
+    // SAFETY: plain syscalls on this thread's own id; no memory is passed.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0
+    };
+    if failed {
+        log::debug!(error:% = std::io::Error::last_os_error(); "cannot lower a store thread's priority");
     }
 }
 
