@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::api::error::ApiError;
 use crate::api::route::Resource;
 use crate::duration;
-use crate::http::{Park, Reply, Request, Response, Wake};
+use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
 use crate::keys::ReportKey;
 use crate::store::{Json, Store, Versioned};
 
@@ -248,6 +248,7 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     Ok(Reply::Park(Park {
         deadline,
         check: Box::new(check),
+        kind: ParkKind::Change,
     }))
 }
 

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::api::error::ApiError;
 use crate::api::reads::with_revision;
-use crate::http::{Park, Reply, Request, Response, Wake};
+use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
 use crate::keys::ReportKey;
 use crate::store::{Json, Store, StoreError, Ticket, Versioned};
 
@@ -154,6 +154,7 @@ fn park_on<T: Send + 'static>(
     Reply::Park(Park {
         deadline: Instant::now() + PARK_LIMIT,
         check: Box::new(check),
+        kind: ParkKind::Completion,
     })
 }
 

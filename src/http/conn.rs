@@ -17,7 +17,7 @@ use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Head, Rej
 use super::poller;
 use super::server::Shared;
 use super::write::{read_some, read_timeout, render, send_all, Framing, WHOLE_TRANSFER_STALLS};
-use super::{Method, Park, Reply, Request, Response, Stream, Transport, Wake};
+use super::{Method, Park, ParkKind, Reply, Request, Response, Stream, Transport, Wake};
 
 /// Where a connection is between events.
 pub(crate) enum Phase {
@@ -261,7 +261,7 @@ fn park_or_answer(
     }
     if answer.is_none() {
         let parked = shared.stats.parked.fetch_add(1, Ordering::AcqRel);
-        if parked as usize >= shared.config.max_parked {
+        if park.kind == ParkKind::Change && parked as usize >= shared.config.max_parked {
             shared.stats.parked.fetch_sub(1, Ordering::AcqRel);
             shared.stats.parked_rejected.fetch_add(1, Ordering::Relaxed);
             answer =

@@ -203,10 +203,22 @@ pub enum Wake {
 /// Re-examines a parked request. Must return `Some` for `TimedOut` and `Shutdown`.
 pub type ParkCheck = Box<dyn FnMut(Wake) -> Option<Response> + Send>;
 
+/// What a parked request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkKind {
+    /// A change its client asked to hear about (a blocking query). These are bounded by
+    /// `ServerConfig::max_parked`: beyond it the client gets 429.
+    Change,
+    /// Work the server already started for it (a durable write). Never refused for lack
+    /// of room: connections bound these.
+    Completion,
+}
+
 /// A request to answer later, without holding a worker thread meanwhile.
 pub struct Park {
     pub deadline: Instant,
     pub check: ParkCheck,
+    pub kind: ParkKind,
 }
 
 /// Writes a streamed body after the head; the connection closes when it returns.

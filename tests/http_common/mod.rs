@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexd_nodeapi::http::{
-    Handler, Limits, Listener, Park, Reply, Request, Response, Server, ServerConfig, ServerHandle,
-    Stream, Transport, Wake,
+    Handler, Limits, Listener, Park, ParkKind, Reply, Request, Response, Server, ServerConfig,
+    ServerHandle, Stream, Transport, Wake,
 };
 
 #[derive(Default)]
@@ -62,6 +62,7 @@ impl Handler for TestHandler {
                     .unwrap_or(5000);
                 let ready = self.ready.clone();
                 Reply::Park(Park {
+                    kind: ParkKind::Change,
                     deadline: Instant::now() + Duration::from_millis(ms),
                     check: Box::new(move |why| match why {
                         Wake::Changed if ready.load(Ordering::SeqCst) => {
