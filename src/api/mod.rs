@@ -34,9 +34,14 @@ pub struct Api {
 }
 
 impl Api {
-    fn dispatch(&self, req: &Request) -> Result<Reply, ApiError> {
+    /// `resolved` is `route::resolve(&req.path)`, computed once by `handle`.
+    fn dispatch(
+        &self,
+        req: &Request,
+        resolved: Result<Resource, RouteError>,
+    ) -> Result<Reply, ApiError> {
         self.access.check_transport(req)?;
-        let resource = route::resolve(&req.path).map_err(|e| match e {
+        let resource = resolved.map_err(|e| match e {
             RouteError::NotFound => ApiError::NotFound("not found".into()),
             RouteError::BadKey => ApiError::BadRequest("invalid key: bad percent-encoding".into()),
         })?;
@@ -72,10 +77,11 @@ impl Handler for Api {
 
     fn handle(&self, req: &Request) -> Reply {
         let started = Instant::now();
+        let resolved = route::resolve(&req.path);
+        let route = resolved.as_ref().map_or("unknown", Resource::label);
         let reply = self
-            .dispatch(req)
+            .dispatch(req, resolved)
             .unwrap_or_else(|e| Reply::Now(Response::from(e)));
-        let route = route::resolve(&req.path).map_or("unknown", |r| r.label());
         let status = match &reply {
             Reply::Now(r) => r.status,
             Reply::Park(_) => 0,

@@ -134,10 +134,33 @@ pub fn etag(mod_rev: u64) -> String {
 
 /// Adds `ETag`, `X-Plexd-Index` and `Last-Modified` for a resource at `mod_rev`.
 pub fn with_revision(response: Response, mod_rev: u64, modified: SystemTime) -> Response {
+    with_tag(response, etag(mod_rev), mod_rev, modified)
+}
+
+fn with_tag(response: Response, tag: String, mod_rev: u64, modified: SystemTime) -> Response {
     response
-        .header("ETag", etag(mod_rev))
+        .header("ETag", tag)
         .header("X-Plexd-Index", mod_rev.to_string())
-        .header("Last-Modified", httpdate::fmt_http_date(modified))
+        .header("Last-Modified", http_date(modified))
+}
+
+/// `modified` as an HTTP date. Most responses repeat the same few timestamps, so each
+/// thread keeps the last one it formatted.
+fn http_date(modified: SystemTime) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = whole_seconds(modified);
+    LAST.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if last.0 != secs {
+            *last = (
+                secs,
+                httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs)),
+            );
+        }
+        last.1.clone()
+    })
 }
 
 fn render(lookup: Lookup, conditions: &Conditions) -> Response {
@@ -145,9 +168,9 @@ fn render(lookup: Lookup, conditions: &Conditions) -> Response {
         Lookup::Found(v) => {
             let tag = etag(v.mod_rev);
             if conditions.not_modified(&tag, v.modified) {
-                with_revision(Response::new(304), v.mod_rev, v.modified)
+                with_tag(Response::new(304), tag, v.mod_rev, v.modified)
             } else {
-                with_revision(Response::json(200, v.value), v.mod_rev, v.modified)
+                with_tag(Response::json(200, v.value), tag, v.mod_rev, v.modified)
             }
         }
         Lookup::Missing {
@@ -156,7 +179,7 @@ fn render(lookup: Lookup, conditions: &Conditions) -> Response {
             message,
         } => Response::error(404, message)
             .header("X-Plexd-Index", mod_rev.to_string())
-            .header("Last-Modified", httpdate::fmt_http_date(modified)),
+            .header("Last-Modified", http_date(modified)),
     }
 }
 
