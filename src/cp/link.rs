@@ -20,10 +20,10 @@
 //! HTTP call longer than its timeout: the thread is then left to end on its own.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use super::background::Background;
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
@@ -65,8 +65,7 @@ pub struct Link {
     signing_keys: Arc<Mutex<Option<SigningKeys>>>,
     stop: Sender<()>,
     trigger: Sender<()>,
-    done: Receiver<()>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl Link {
@@ -80,7 +79,6 @@ impl Link {
         let signing_keys = Arc::new(Mutex::new(None));
         let (stop_tx, stop_rx) = bounded(1);
         let (trigger_tx, trigger_rx) = bounded(1);
-        let (done_tx, done_rx) = bounded(1);
         let mut worker = Worker {
             store,
             client,
@@ -90,24 +88,11 @@ impl Link {
             stop: stop_rx,
             trigger: trigger_rx,
         };
-        let thread = std::thread::Builder::new()
-            .name("cp-link".into())
-            .spawn(move || {
-                worker.run();
-                let _ = done_tx.send(());
-            });
-        let thread = match thread {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log::error!(error:% = e; "cannot start the control-plane link");
-                None
-            }
-        };
+        let thread = Background::spawn("cp-link", "link", move || worker.run());
         Link {
             signing_keys,
             stop: stop_tx,
             trigger: trigger_tx,
-            done: done_rx,
             thread,
         }
     }
@@ -135,17 +120,10 @@ impl Link {
     }
 
     /// Stops the loop; waits at most `timeout` for an in-flight fetch.
-    pub fn shutdown(mut self, timeout: Duration) {
+    pub fn shutdown(self, timeout: Duration) {
         let _ = self.stop.try_send(());
-        match self.done.recv_timeout(timeout) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                if let Some(t) = self.thread.take() {
-                    let _ = t.join();
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                log::warn!("state fetch still in flight at shutdown; not waiting");
-            }
+        if !self.thread.wait(timeout) {
+            log::warn!("state fetch still in flight at shutdown; not waiting");
         }
     }
 }

@@ -6,6 +6,7 @@
 //! handlers call the client for secrets. Nothing here serves HTTP or knows the local
 //! API's routes; the development control plane lives apart in `crate::devcp`.
 
+pub mod background;
 pub mod backoff;
 pub mod client;
 pub mod event_apply;

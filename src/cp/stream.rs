@@ -27,9 +27,9 @@
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::background::Background;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use super::backoff::Backoff;
@@ -101,15 +101,13 @@ pub struct StreamDeps {
 pub struct EventStreamHandle {
     stop: Arc<AtomicBool>,
     wake: Sender<()>,
-    done: Receiver<()>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 /// Starts the stream thread.
 pub fn start(deps: StreamDeps, options: StreamOptions) -> EventStreamHandle {
     let stop = Arc::new(AtomicBool::new(false));
     let (wake_tx, wake_rx) = bounded(1);
-    let (done_tx, done_rx) = bounded(1);
     let mut worker = Worker {
         source: deps.client.event_source(options.idle_timeout),
         deps,
@@ -118,23 +116,10 @@ pub fn start(deps: StreamDeps, options: StreamOptions) -> EventStreamHandle {
         wake: wake_rx,
         parser: SseParser::default(),
     };
-    let thread = std::thread::Builder::new()
-        .name("cp-events".into())
-        .spawn(move || {
-            worker.run();
-            let _ = done_tx.send(());
-        });
-    let thread = match thread {
-        Ok(t) => Some(t),
-        Err(e) => {
-            log::error!(error:% = e; "cannot start the event stream");
-            None
-        }
-    };
+    let thread = Background::spawn("cp-events", "event stream", move || worker.run());
     EventStreamHandle {
         stop,
         wake: wake_tx,
-        done: done_rx,
         thread,
     }
 }
@@ -142,18 +127,11 @@ pub fn start(deps: StreamDeps, options: StreamOptions) -> EventStreamHandle {
 impl EventStreamHandle {
     /// Signals the thread to stop; waits at most `timeout` (and never more than a
     /// short grace) for it. A thread blocked reading the stream is left behind.
-    pub fn shutdown(mut self, timeout: Duration) {
+    pub fn shutdown(self, timeout: Duration) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.wake.try_send(());
-        match self.done.recv_timeout(timeout.min(SHUTDOWN_GRACE)) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                if let Some(t) = self.thread.take() {
-                    let _ = t.join();
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                log::debug!("event stream read still blocked at shutdown; not waiting");
-            }
+        if !self.thread.wait(timeout.min(SHUTDOWN_GRACE)) {
+            log::debug!("event stream read still blocked at shutdown; not waiting");
         }
     }
 }

@@ -13,10 +13,10 @@
 //! never changes report contents and never holds a store lock across a request.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TrySendError};
+use super::background::Background;
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
@@ -57,8 +57,7 @@ pub struct Syncer;
 pub struct SyncerHandle {
     notify: Sender<()>,
     stop: Sender<Instant>,
-    done: Receiver<()>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl Syncer {
@@ -80,7 +79,6 @@ impl Syncer {
     ) -> SyncerHandle {
         let (notify_tx, notify_rx) = bounded(1);
         let (stop_tx, stop_rx) = bounded(1);
-        let (done_tx, done_rx) = bounded(1);
         let mut worker = Worker {
             store,
             client,
@@ -90,23 +88,10 @@ impl Syncer {
             notify: notify_rx,
             stop: stop_rx,
         };
-        let thread = std::thread::Builder::new()
-            .name("report-syncer".into())
-            .spawn(move || {
-                worker.run();
-                let _ = done_tx.send(());
-            });
-        let thread = match thread {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log::error!(error:% = e; "cannot start the report syncer");
-                None
-            }
-        };
+        let thread = Background::spawn("report-syncer", "syncer", move || worker.run());
         SyncerHandle {
             notify: notify_tx,
             stop: stop_tx,
-            done: done_rx,
             thread,
         }
     }
@@ -132,18 +117,11 @@ impl SyncerHandle {
     /// Stops the syncer after one final flush attempt bounded by `timeout`. If a
     /// request is still in flight when the timeout passes, the thread is left to
     /// finish on its own and this returns anyway.
-    pub fn shutdown(mut self, timeout: Duration) {
+    pub fn shutdown(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let _ = self.stop.try_send(deadline);
-        match self.done.recv_timeout(timeout) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                if let Some(t) = self.thread.take() {
-                    let _ = t.join();
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                log::warn!("final report flush did not finish within the shutdown timeout");
-            }
+        if !self.thread.wait(timeout) {
+            log::warn!("final report flush did not finish within the shutdown timeout");
         }
     }
 }
