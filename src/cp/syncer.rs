@@ -162,7 +162,6 @@ impl Worker {
                     recv(self.stop) -> deadline => return self.final_flush(&client, deadline.ok()),
                 }
             }
-            notified = false;
             // Debounce: collect changes until `debounce` after the first one.
             let until = Instant::now() + self.options.debounce;
             loop {
@@ -181,6 +180,9 @@ impl Worker {
                 match self.flush(&client, None) {
                     Flush::Done | Flush::OutOfTime => {
                         self.options.backoff.reset();
+                        // Changes made during the flush (or left by a byte-capped
+                        // batch): debounce them, then send.
+                        notified = self.store.pending_count() > 0;
                         break;
                     }
                     Flush::Retry(delay) => {
@@ -214,16 +216,20 @@ impl Worker {
             return;
         }
         log::info!(pending:% = pending; "final report flush");
-        match self.flush(client, Some(deadline)) {
-            Flush::Done => {}
-            Flush::Retry(_) | Flush::OutOfTime => {
-                log::warn!(pending:% = self.store.pending_count(); "reports still pending at shutdown; they are kept on disk and sent after restart")
+        loop {
+            match self.flush(client, Some(deadline)) {
+                Flush::Done if self.store.pending_count() > 0 && Instant::now() < deadline => {}
+                Flush::Done => return,
+                Flush::Retry(_) | Flush::OutOfTime => {
+                    log::warn!(pending:% = self.store.pending_count(); "reports still pending at shutdown; they are kept on disk and sent after restart");
+                    return;
+                }
             }
         }
     }
 
-    /// Sends batches until nothing is pending, a failure asks for a retry, or
-    /// `deadline` passes.
+    /// Sends batches until one comes back below the key cap (everything pending when it
+    /// was built went out), a failure asks for a retry, or `deadline` passes.
     fn flush(&mut self, client: &CpClient, deadline: Option<Instant>) -> Flush {
         let mut sent_entries = 0usize;
         let mut sent_deleted = 0usize;
@@ -249,6 +255,12 @@ impl Worker {
                     sent_entries += batch.request.entries.len();
                     sent_deleted += batch.request.deleted.len();
                     batches += 1;
+                    // A batch below the key cap took everything pending when it was
+                    // built: what is pending now arrived during the flush and gets its
+                    // own debounce window (the run loop checks for it).
+                    if batch.len() < self.limit {
+                        break Flush::Done;
+                    }
                 }
                 Err(CpError::Status { status, .. }) if matches!(status, 400 | 413 | 422) => {
                     if batch.len() > 1 {
