@@ -32,7 +32,7 @@ use super::stream_metrics::StreamMetrics;
 use super::syncer::MAX_RETRY_AFTER;
 use crate::events::{KeySet, Verifier};
 use crate::model::SigningKeys;
-use crate::store::{CpUpdate, Store};
+use crate::store::{ApplyOutcome, CpUpdate, Store};
 
 /// State fetches per reconciliation when events keep landing during the fetch.
 const MAX_FETCHES: usize = 3;
@@ -185,66 +185,65 @@ impl Worker {
 
     /// One fetch-and-apply; on failure, the delay before the next attempt.
     fn reconcile(&mut self) -> Result<(), Duration> {
-        // A state fetched while an event was being applied may predate that event;
-        // applying it would step the cache back until the next reconcile. Fetch again
-        // (a few times at most) when an event landed during the fetch.
-        let mut attempts = 0;
-        let state = loop {
-            let generation = self.event_generation();
+        // A state fetched before an event was applied may predate that event; applying
+        // it would step the cache back. The store applies it only if no other update
+        // landed since the fetch began (checked under its apply lock); otherwise fetch
+        // again, a few times at most — events that keep arriving carry the state anyway.
+        for _ in 0..MAX_FETCHES {
+            let seen = self.store.control_plane_applies();
             let state = match self.client.fetch_state() {
                 Ok(s) => s,
                 Err(e) => return Err(self.fetch_failed(&e)),
             };
-            attempts += 1;
-            if self.event_generation() == generation || attempts >= MAX_FETCHES {
-                break state;
+            let keys = state.signing_keys.clone();
+            if let Some(keys) = &keys {
+                self.install_keys(keys);
             }
-            log::debug!("an event was applied during the state fetch; fetching again");
-        };
-        let keys = state.signing_keys.clone();
-        // The full state is authoritative: a collection it leaves out is empty.
-        let update = CpUpdate {
-            metadata: Some(state.metadata.unwrap_or_default()),
-            data: Some(state.data.unwrap_or_default()),
-            secret_refs: Some(state.secret_refs.unwrap_or_default()),
-        };
-        if let Some(keys) = &keys {
-            self.install_keys(keys);
-        }
-        match self.store.apply_control_plane(update) {
-            Ok(outcome) => {
-                if keys.is_some() {
-                    *self
-                        .signing_keys
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = keys;
+            // The full state is authoritative: a collection it leaves out is empty.
+            let update = CpUpdate {
+                metadata: Some(state.metadata.unwrap_or_default()),
+                data: Some(state.data.unwrap_or_default()),
+                secret_refs: Some(state.secret_refs.unwrap_or_default()),
+            };
+            match self.store.apply_control_plane_since(update, seen) {
+                Ok(Some(outcome)) => {
+                    if keys.is_some() {
+                        *self
+                            .signing_keys
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = keys;
+                    }
+                    self.record_applied(&outcome);
+                    return Ok(());
                 }
-                self.health.record_reconcile_ok();
-                if let Some(m) = &self.options.metrics {
-                    m.record_reconciliation(outcome.changed());
+                Ok(None) => {
+                    log::debug!("an event was applied during the state fetch; fetching again")
                 }
-                for key in &outcome.skipped_keys {
-                    log::warn!(key:? = key; "data entry with an unusable key skipped");
+                Err(e) => {
+                    let msg = format!("applying node state failed: {e}");
+                    log::error!("{msg}");
+                    self.health.record_reconcile_failure(&msg, false);
+                    return Err(self.options.backoff.next_delay());
                 }
-                if outcome.changed() {
-                    log::info!(metadata_changed:% = outcome.metadata_changed, data_written:% = outcome.data_written, data_removed:% = outcome.data_removed, secrets_changed:% = outcome.secrets_changed; "reconciliation corrected the cache");
-                } else {
-                    log::debug!("reconciliation: cache matches the control plane");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let msg = format!("applying node state failed: {e}");
-                log::error!("{msg}");
-                self.health.record_reconcile_failure(&msg, false);
-                Err(self.options.backoff.next_delay())
             }
         }
+        log::debug!("events kept arriving during state fetches; reconciling at the next interval");
+        Ok(())
     }
 
-    /// Events applied so far (0 without stream metrics).
-    fn event_generation(&self) -> u64 {
-        self.options.metrics.as_ref().map_or(0, |m| m.accepted())
+    fn record_applied(&self, outcome: &ApplyOutcome) {
+        self.health.record_reconcile_ok();
+        if let Some(m) = &self.options.metrics {
+            m.record_reconciliation(outcome.changed());
+        }
+        for key in &outcome.skipped_keys {
+            log::warn!(key:? = key; "data entry with an unusable key skipped");
+        }
+        if outcome.changed() {
+            log::info!(metadata_changed:% = outcome.metadata_changed, data_written:% = outcome.data_written, data_removed:% = outcome.data_removed, secrets_changed:% = outcome.secrets_changed; "reconciliation corrected the cache");
+        } else {
+            log::debug!("reconciliation: cache matches the control plane");
+        }
     }
 
     /// Records a failed fetch; the delay before the next attempt.

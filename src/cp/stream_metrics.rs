@@ -73,8 +73,7 @@ impl StreamMetrics {
         self.accepted.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Events applied so far (the link uses it to notice an event landing during a
-    /// state fetch).
+    /// Events applied so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
     }

@@ -9,6 +9,7 @@
 //! error is returned; the next reconcile retries. This module does not fetch anything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::MutexGuard;
 use std::time::SystemTime;
 
 use crate::keys;
@@ -51,6 +52,37 @@ impl Store {
     /// Applies a control-plane update durably, then publishes it atomically.
     pub fn apply_control_plane(&self, update: CpUpdate) -> Result<ApplyOutcome, StoreError> {
         let serial = lock(&self.apply_lock);
+        self.apply_serialized(serial, update)
+    }
+
+    /// How many control-plane updates (events and reconciliations alike) have been
+    /// applied so far. A reconciler reads it before it fetches the full state.
+    pub fn control_plane_applies(&self) -> u64 {
+        *lock(&self.apply_lock)
+    }
+
+    /// Applies `update` only if no other control-plane update was applied since the
+    /// count was `seen`, checked and applied under the one apply lock: a full state
+    /// fetched before an event arrived must not step the cache back over that event.
+    /// `Ok(None)`: superseded — fetch again.
+    pub fn apply_control_plane_since(
+        &self,
+        update: CpUpdate,
+        seen: u64,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let serial = lock(&self.apply_lock);
+        if *serial != seen {
+            return Ok(None);
+        }
+        self.apply_serialized(serial, update).map(Some)
+    }
+
+    fn apply_serialized(
+        &self,
+        mut serial: MutexGuard<'_, u64>,
+        update: CpUpdate,
+    ) -> Result<ApplyOutcome, StoreError> {
+        *serial += 1;
         let mut outcome = ApplyOutcome::default();
 
         // Plan: compare with the cache (CPU only, under the read lock).

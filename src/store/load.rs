@@ -235,7 +235,7 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
         report,
         epochs,
         cache: RwLock::new(cache),
-        apply_lock: Mutex::new(()),
+        apply_lock: Mutex::new(0),
         marks_lock: Mutex::new(()),
         writes: Writes::new(JournalState { journal, dirty }),
         checkpoints: Checkpoints::default(),

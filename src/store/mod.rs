@@ -211,7 +211,8 @@ pub struct Inner {
     epochs: Epochs,
     cache: RwLock<Cache>,
     /// Serializes control-plane applies.
-    apply_lock: Mutex<()>,
+    /// Serializes control-plane applies and counts them (see `apply_control_plane_since`).
+    apply_lock: Mutex<u64>,
     /// Serializes writers of the marks file.
     marks_lock: Mutex<()>,
     writes: Writes,

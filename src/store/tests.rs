@@ -1630,3 +1630,52 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
         }
     }
 }
+
+#[test]
+fn a_full_state_fetched_before_an_event_does_not_step_back_over_it() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    let mut meta = Metadata::new();
+    meta.insert("region".into(), "old".into());
+    st.apply_control_plane(CpUpdate {
+        metadata: Some(meta.clone()),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    // The reconciler starts its fetch …
+    let seen = st.control_plane_applies();
+    // … an event lands meanwhile …
+    let mut newer = Metadata::new();
+    newer.insert("region".into(), "new".into());
+    st.apply_control_plane(CpUpdate {
+        metadata: Some(newer),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    // … so the (older) fetched state is refused and the event's state stays.
+    let stale = CpUpdate {
+        metadata: Some(meta),
+        ..CpUpdate::default()
+    };
+    assert!(st.apply_control_plane_since(stale, seen).unwrap().is_none());
+    assert_eq!(
+        parse(&st.metadata_value("region").unwrap().value)["value"],
+        "new"
+    );
+    // With nothing in between, the conditional apply goes through.
+    let seen = st.control_plane_applies();
+    let mut fresh = Metadata::new();
+    fresh.insert("region".into(), "fresh".into());
+    let applied = st.apply_control_plane_since(
+        CpUpdate {
+            metadata: Some(fresh),
+            ..CpUpdate::default()
+        },
+        seen,
+    );
+    assert!(applied.unwrap().is_some());
+    assert_eq!(
+        parse(&st.metadata_value("region").unwrap().value)["value"],
+        "fresh"
+    );
+}
