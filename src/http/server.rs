@@ -133,10 +133,10 @@ impl Server {
         let poller = Poller::new()?;
         let doorbell = EventFd::new()?;
         poller.add(doorbell.raw(), poller::IN, WAKE_TOKEN)?;
-        for (i, l) in listeners.iter().enumerate() {
+        for l in &listeners {
             l.set_nonblocking()?;
-            poller.add(l.raw_fd(), poller::IN, LISTENER_BASE + i as u64)?;
         }
+        let listener_fds: Vec<RawFd> = listeners.iter().map(Listener::raw_fd).collect();
         let slots = (0..config.max_connections)
             .map(|_| Mutex::new(Slot { gen: 1, conn: None }))
             .collect();
@@ -184,6 +184,13 @@ impl Server {
         {
             Ok(t) => threads.push(t),
             Err(e) => {
+                stop_threads(&shared, threads, Instant::now() + Duration::from_secs(1));
+                return Err(e);
+            }
+        }
+        // Accept only once every thread runs: the first answer finds the pool complete.
+        for (i, fd) in listener_fds.into_iter().enumerate() {
+            if let Err(e) = shared.poller.add(fd, poller::IN, LISTENER_BASE + i as u64) {
                 stop_threads(&shared, threads, Instant::now() + Duration::from_secs(1));
                 return Err(e);
             }
