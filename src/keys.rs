@@ -132,7 +132,8 @@ pub fn percent_encode_segment(s: &str) -> String {
     out
 }
 
-fn hex_val(b: u8) -> Option<u8> {
+/// The value of one hexadecimal digit (either case).
+pub(crate) fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

@@ -7,6 +7,7 @@
 //! the content. This module reads no files itself: callers pass the bytes in, so the
 //! policy of where the files live stays with the configuration code.
 
+use crate::keys::hex_val;
 use std::fmt;
 
 use base64::Engine as _;
@@ -125,15 +126,6 @@ pub fn token_from_bytes(file_bytes: &[u8]) -> Result<Zeroizing<String>, TokenErr
         return Err(TokenError::BadCharacter);
     }
     Ok(Zeroizing::new(text.to_owned()))
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

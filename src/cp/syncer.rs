@@ -163,17 +163,8 @@ impl Worker {
                 }
             }
             // Debounce: collect changes until `debounce` after the first one.
-            let until = Instant::now() + self.options.debounce;
-            loop {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                select! {
-                    recv(self.notify) -> _ => {},
-                    recv(self.stop) -> deadline => return self.final_flush(&client, deadline.ok()),
-                    default(left) => break,
-                }
+            if let Some(deadline) = self.sleep(self.options.debounce) {
+                return self.final_flush(&client, deadline);
             }
             // Drain the outbox, retrying until it is empty.
             loop {
@@ -187,24 +178,29 @@ impl Worker {
                     }
                     Flush::Retry(delay) => {
                         log::debug!(in_ms:% = delay.as_millis(); "retrying report sync");
-                        let until = Instant::now() + delay;
-                        loop {
-                            let left = until.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                break;
-                            }
-                            select! {
-                                // Changes during a backoff wait for it; they are
-                                // picked up by the retry.
-                                recv(self.notify) -> _ => {},
-                                recv(self.stop) -> deadline => {
-                                    return self.final_flush(&client, deadline.ok())
-                                }
-                                default(left) => break,
-                            }
+                        // Changes during a backoff wait for it; the retry picks them up.
+                        if let Some(deadline) = self.sleep(delay) {
+                            return self.final_flush(&client, deadline);
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits `period`, absorbing change notifications (they are covered by the flush
+    /// that follows). `Some(deadline)` if shutdown was asked for meanwhile.
+    fn sleep(&self, period: Duration) -> Option<Option<Instant>> {
+        let until = Instant::now() + period;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            select! {
+                recv(self.notify) -> _ => {},
+                recv(self.stop) -> deadline => return Some(deadline.ok()),
+                default(left) => return None,
             }
         }
     }
