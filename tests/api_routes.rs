@@ -360,24 +360,8 @@ fn secret_decryption_failure_is_a_generic_500() {
 #[test]
 fn tcp_listener_requires_the_bearer_token() {
     let node = Node::new();
-    let token_file = node.path().join("http-token");
-    std::fs::write(&token_file, "tok-123\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let d = node
-        .daemon()
-        .args([
-            "--http-listen",
-            &addr,
-            "--http-token-file",
-            token_file.to_str().unwrap(),
-        ])
-        .start();
-    let a: std::net::SocketAddr = addr.parse().unwrap();
+    let d = node.daemon().http_with_token("tok-123").start();
+    let a = d.tcp.expect("tcp listener");
     assert_eq!(tcp_request(a, "GET", "/v1/state", &[], None).status, 401);
     let r = tcp_request(
         a,

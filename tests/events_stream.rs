@@ -7,33 +7,19 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{eventually, Node, TestDaemon, NODE_ID, NSK_HEX};
+use common::{eventually, sample, Node, TestDaemon, NODE_ID, NSK_HEX};
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane};
 use plexd_nodeapi::events::{new_nonce, Signer};
 use plexd_nodeapi::timefmt::format_rfc3339_utc;
-
-fn metrics(d: &TestDaemon) -> String {
-    d.get("/metrics").text()
-}
-
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 /// Waits until the stream is open and the first reconciliation (which brings the
 /// signing keys) is done.
 fn wait_streaming(d: &TestDaemon, cp: &DevControlPlane) {
     let ok = eventually(Duration::from_secs(10), || {
-        let m = metrics(d);
+        let m = d.metrics();
         cp.open_streams() > 0
-            && metric_value(&m, "plexd_nodeapi_event_stream_connected") == Some(1.0)
-            && metric_value(&m, "plexd_nodeapi_reconciliations_total").unwrap_or(0.0) >= 1.0
+            && sample(&m, "plexd_nodeapi_event_stream_connected") == Some(1.0)
+            && sample(&m, "plexd_nodeapi_reconciliations_total").unwrap_or(0.0) >= 1.0
     });
     assert!(ok, "stream not up; log:\n{}", d.log_text());
 }
@@ -85,8 +71,8 @@ fn admin_change_reaches_the_socket_through_the_stream() {
         "admin change -> socket: median {:?}, min {:?}, max {:?} (n=20, 1 ms polling)",
         latencies[10], latencies[0], latencies[19]
     );
-    let m = metrics(&d);
-    assert!(metric_value(&m, "plexd_nodeapi_events_accepted_total").unwrap_or(0.0) >= 20.0);
+    let m = d.metrics();
+    assert!(sample(&m, "plexd_nodeapi_events_accepted_total").unwrap_or(0.0) >= 20.0);
     // Secrets index too.
     cp.set_secret("db", "pw");
     assert!(eventually(Duration::from_secs(5), || {
@@ -195,15 +181,15 @@ fn bad_events_are_refused_counted_and_leave_the_cache_alone() {
         "replayed",
     ];
     let ok = eventually(Duration::from_secs(3), || {
-        let m = metrics(&d);
+        let m = d.metrics();
         labels.iter().all(|l| {
-            metric_value(
+            sample(
                 &m,
                 &format!("plexd_nodeapi_events_rejected_total{{reason=\"{l}\"}}"),
             ) == Some(1.0)
         })
     });
-    assert!(ok, "metrics:\n{}\nlog:\n{}", metrics(&d), d.log_text());
+    assert!(ok, "metrics:\n{}\nlog:\n{}", d.metrics(), d.log_text());
     assert_eq!(region(&d).as_deref(), Some("good"));
     let log = d.log_text();
     assert!(log.contains("reason=bad_signature"), "{log}");
@@ -216,7 +202,8 @@ fn bad_events_are_refused_counted_and_leave_the_cache_alone() {
     // A verified event of an unused type is counted as ignored.
     cp.publish_signed("node_rebooted", "{}").unwrap();
     assert!(eventually(Duration::from_secs(2), || {
-        metrics(&d).contains("plexd_nodeapi_events_ignored_total{event_type=\"node_rebooted\"} 1")
+        d.metrics()
+            .contains("plexd_nodeapi_events_ignored_total{event_type=\"node_rebooted\"} 1")
     }));
 }
 
@@ -232,7 +219,7 @@ fn dropped_stream_reconnects_with_last_event_id() {
     // The ID of the event just delivered (the devcp numbers events 1, 2, …).
     let last = cp.publish_signed("noop", "{}").unwrap();
     assert!(eventually(Duration::from_secs(2), || {
-        metrics(&d).contains("event_type=\"noop\"} 1")
+        d.metrics().contains("event_type=\"noop\"} 1")
     }));
     cp.drop_streams();
     let ok = eventually(Duration::from_secs(5), || {
@@ -243,8 +230,8 @@ fn dropped_stream_reconnects_with_last_event_id() {
     assert!(eventually(Duration::from_secs(5), || {
         region(&d).as_deref() == Some("two")
     }));
-    let m = metrics(&d);
-    assert!(metric_value(&m, "plexd_nodeapi_event_stream_reconnects_total").unwrap_or(0.0) >= 1.0);
+    let m = d.metrics();
+    assert!(sample(&m, "plexd_nodeapi_event_stream_reconnects_total").unwrap_or(0.0) >= 1.0);
 }
 
 #[test]
@@ -335,7 +322,8 @@ fn signing_key_rotation_keeps_the_previous_key_until_its_expiry() {
     // The rotation event (signed with A) makes the daemon fetch the new keys; events
     // signed with B then verify.
     assert!(eventually(Duration::from_secs(2), || {
-        metrics(&d).contains("event_type=\"signing_key_rotated\"} 1")
+        d.metrics()
+            .contains("event_type=\"signing_key_rotated\"} 1")
     }));
     let ok = eventually(Duration::from_secs(2), || {
         cp.publish_signed("node_state_updated", &state_payload("b1"))
@@ -357,15 +345,15 @@ fn signing_key_rotation_keeps_the_previous_key_until_its_expiry() {
     std::thread::sleep(
         transition.saturating_sub(rotated_at.elapsed()) + Duration::from_millis(300),
     );
-    let rejected_before = metric_value(
-        &metrics(&d),
+    let rejected_before = sample(
+        &d.metrics(),
         "plexd_nodeapi_events_rejected_total{reason=\"bad_signature\"}",
     )
     .unwrap_or(0.0);
     cp.publish_raw("node_state_updated", &by_a("a3"));
     assert!(eventually(Duration::from_secs(2), || {
-        metric_value(
-            &metrics(&d),
+        sample(
+            &d.metrics(),
             "plexd_nodeapi_events_rejected_total{reason=\"bad_signature\"}",
         )
         .unwrap_or(0.0)

@@ -154,17 +154,6 @@ fn idle_and_half_sent_connections_do_not_delay_a_fresh_request() {
     assert_eq!(d.get("/v1/state").status, 200);
 }
 
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Threads:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap()
-}
-
 #[test]
 fn hostile_keys_from_the_control_plane_stay_inside_state() {
     let node = Node::new();

@@ -365,24 +365,6 @@ fn blocking_query_special_cases() {
     assert_eq!(r.json()["payload"], "here");
 }
 
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Threads:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap()
-}
-
-fn metric(d: &TestDaemon, name: &str) -> f64 {
-    let text = d.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name}"))
-}
-
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
@@ -539,4 +521,8 @@ fn blocking_query_is_woken_by_a_control_plane_event() {
     assert_eq!(r.status, 200);
     assert!(index(&r) > i);
     assert_eq!(r.json()["value"], "ap-south-1");
+}
+
+fn metric(d: &TestDaemon, name: &str) -> f64 {
+    d.metric(name).unwrap_or_else(|| panic!("no sample {name}"))
 }

@@ -371,24 +371,8 @@ fn parked_requests_are_counted_when_answered() {
 #[test]
 fn metrics_and_health_on_tcp_need_the_token() {
     let node = Node::new();
-    let token_file = node.path().join("http-token");
-    std::fs::write(&token_file, "tok-obs\n").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let _daemon = node
-        .daemon()
-        .args([
-            "--http-listen",
-            &addr,
-            "--http-token-file",
-            token_file.to_str().unwrap(),
-        ])
-        .start();
-    let a = addr.parse().unwrap();
+    let daemon = node.daemon().http_with_token("tok-obs").start();
+    let a = daemon.tcp.expect("tcp listener");
     for path in ["/metrics", "/v1/health"] {
         assert_eq!(tcp_request(a, "GET", path, &[], None).status, 401, "{path}");
         let r = tcp_request(a, "GET", path, &[("Authorization", "Bearer tok-obs")], None);

@@ -9,20 +9,6 @@ use std::time::Duration;
 use common::{eventually, Node, TestDaemon};
 use plexd_nodeapi::devcp::DevControlPlane;
 
-fn metric_value(d: &TestDaemon, series: &str) -> f64 {
-    d.get("/metrics")
-        .text()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 fn region(d: &TestDaemon) -> Option<String> {
     let r = d.get("/v1/state/metadata/region");
     (r.status == 200).then(|| r.json()["value"].as_str().unwrap_or_default().to_owned())
@@ -166,4 +152,8 @@ fn files_edited_while_stopped_are_restored() {
     assert!(ok, "log:\n{}", d.log_text());
     assert_eq!(std::fs::read(&file).unwrap(), original);
     assert!(metric_value(&d, "plexd_nodeapi_reconcile_corrections_total") >= 1.0);
+}
+
+fn metric_value(d: &TestDaemon, series: &str) -> f64 {
+    d.metric(series).unwrap_or(0.0)
 }

@@ -106,6 +106,25 @@ impl DaemonBuilder<'_> {
         self
     }
 
+    /// Enables the TCP listener on a free loopback port with `token` as its bearer token
+    /// (written to a file in the node's folder).
+    pub fn http_with_token(self, token: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let token_file = self.node.path().join("http-token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+        let addr = format!("127.0.0.1:{port}");
+        let file = token_file.to_string_lossy().into_owned();
+        self.args([
+            "--http-listen".to_owned(),
+            addr,
+            "--http-token-file".to_owned(),
+            file,
+        ])
+    }
+
     pub fn control_plane(self, cp: &DevControlPlane) -> Self {
         let url = cp.url();
         self.args(["--control-plane".to_owned(), url])
@@ -181,6 +200,16 @@ impl TestDaemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("daemon did not become ready; log:\n{}", self.log_text());
+    }
+
+    /// The `/metrics` page.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").text()
+    }
+
+    /// The value of one metric sample (`name{labels}` as written), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics(), series)
     }
 
     pub fn log_text(&self) -> String {
@@ -467,4 +496,24 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The value of sample `series` (`name{labels}` exactly as written) in a metrics page.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The number of threads of process `pid`.
+pub fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+        .expect("Threads line")
 }
