@@ -61,6 +61,47 @@ pub struct Settings {
     pub log_level: Option<String>,
     pub max_connections: Option<u64>,
     pub workers: Option<u64>,
+    pub upstream_workers: Option<u64>,
+    pub secret_timeout: Option<String>,
+    pub max_body_memory: Option<SizeSetting>,
+    pub max_report_keys: Option<u64>,
+    pub max_report_bytes: Option<SizeSetting>,
+}
+
+/// A byte size as typed: a plain number of bytes (also from JSON), or text with a
+/// unit (`64MiB`, `512KiB`, `1GiB`; `K`, `M`, `G` are binary units too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSetting {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses a byte size (see `SizeSetting`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(format!("{text:?}: unknown unit (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn size_of(field: &str, s: &Option<SizeSetting>, default: u64) -> Result<u64, ConfigError> {
+    match s {
+        None => Ok(default),
+        Some(SizeSetting::Bytes(n)) => Ok(*n),
+        Some(SizeSetting::Text(t)) => parse_size(t).map_err(|e| ConfigError::new(field, e)),
+    }
 }
 
 macro_rules! overlay {
@@ -103,7 +144,12 @@ impl Settings {
             secret_auth,
             log_level,
             max_connections,
-            workers
+            workers,
+            upstream_workers,
+            secret_timeout,
+            max_body_memory,
+            max_report_keys,
+            max_report_bytes
         );
         self
     }
@@ -130,6 +176,11 @@ impl Settings {
             "log-level" => self.log_level = Some(need(value)?),
             "max-connections" => self.max_connections = Some(parse_count(&flag, &need(value)?)?),
             "workers" => self.workers = Some(parse_count(&flag, &need(value)?)?),
+            "upstream-workers" => self.upstream_workers = Some(parse_count(&flag, &need(value)?)?),
+            "secret-timeout" => self.secret_timeout = Some(need(value)?),
+            "max-body-memory" => self.max_body_memory = Some(SizeSetting::Text(need(value)?)),
+            "max-report-keys" => self.max_report_keys = Some(parse_count(&flag, &need(value)?)?),
+            "max-report-bytes" => self.max_report_bytes = Some(SizeSetting::Text(need(value)?)),
             "http" => self.http = Some(true),
             "secret-auth" => self.secret_auth = Some(true),
             _ => return Err(ConfigError::new(&flag, "unknown flag")),
@@ -169,6 +220,15 @@ pub struct Config {
     pub log_level: LevelFilter,
     pub max_connections: usize,
     pub workers: usize,
+    /// Threads for calls that wait on the control plane (secret fetches).
+    pub upstream_workers: usize,
+    /// How long a secret request waits for the control plane.
+    pub secret_timeout: Duration,
+    /// Bytes of request bodies held in memory at once.
+    pub max_body_memory: usize,
+    /// Report quotas: distinct keys, and bytes of stored payloads.
+    pub max_report_keys: usize,
+    pub max_report_bytes: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -307,6 +367,31 @@ impl Config {
             1024,
         )?;
 
+        let upstream_workers = bounded("--upstream-workers", s.upstream_workers, 4, 1, 256)?;
+        let secret_timeout =
+            positive_duration("--secret-timeout", s.secret_timeout.as_deref(), "5s")?;
+        if secret_timeout > Duration::from_secs(30) {
+            return Err(ConfigError::new("--secret-timeout", "must be at most 30s"));
+        }
+        let max_body_memory = size_of("--max-body-memory", &s.max_body_memory, 64 << 20)?;
+        if max_body_memory < 1 << 20 {
+            return Err(ConfigError::new(
+                "--max-body-memory",
+                "must be at least 1MiB (the largest request body)",
+            ));
+        }
+        let max_report_keys = bounded(
+            "--max-report-keys",
+            s.max_report_keys,
+            10_000,
+            1,
+            10_000_000,
+        )?;
+        let max_report_bytes = size_of("--max-report-bytes", &s.max_report_bytes, 64 << 20)?;
+        if max_report_bytes == 0 {
+            return Err(ConfigError::new("--max-report-bytes", "must be positive"));
+        }
+
         Ok(Config {
             data_dir,
             socket,
@@ -325,6 +410,11 @@ impl Config {
             log_level,
             max_connections,
             workers,
+            upstream_workers,
+            secret_timeout,
+            max_body_memory: usize::try_from(max_body_memory).unwrap_or(usize::MAX),
+            max_report_keys,
+            max_report_bytes,
         })
     }
 

@@ -31,6 +31,7 @@ use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, PublicKey, Verifier};
 use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::listen;
+use crate::pool::Pool;
 use crate::store::{ChangeKind, Store};
 use crate::systemd;
 
@@ -59,6 +60,7 @@ impl DaemonError {
 /// A running daemon.
 pub struct Daemon {
     server: ServerHandle,
+    upstream: Arc<Pool>,
     store: Arc<Store>,
     syncer: SyncerHandle,
     link: Option<Link>,
@@ -148,6 +150,19 @@ impl Daemon {
         }
 
         let status = Status::new(Arc::clone(&store), Arc::clone(&health), config.secret_auth);
+        // Calls that wait on the control plane run here, never on an HTTP worker. The
+        // queue holds what the threads could finish within about two timeouts.
+        let upstream = Arc::new(
+            Pool::start(
+                "upstream",
+                config.upstream_workers,
+                config.upstream_workers * 16,
+            )
+            .map_err(|e| {
+                remove_socket(own_socket.as_ref());
+                DaemonError::Start(format!("upstream pool: {e}"))
+            })?,
+        );
         let api = Arc::new(Api {
             store: Arc::clone(&store),
             access: Access::new(
@@ -155,11 +170,13 @@ impl Daemon {
                 config.secret_auth,
                 Access::lookup_secrets_gid(),
             ),
-            secrets: SecretSource {
+            secrets: Arc::new(SecretSource {
                 client: client.clone(),
                 nsk: config.nsk.clone(),
                 health: Arc::clone(&health),
-            },
+            }),
+            upstream: Arc::clone(&upstream),
+            secret_timeout: config.secret_timeout,
             status,
         });
         if config.secret_auth && Access::lookup_secrets_gid().is_none() {
@@ -171,6 +188,7 @@ impl Daemon {
         let server_config = ServerConfig {
             workers: config.workers,
             max_connections: config.max_connections,
+            max_body_memory: config.max_body_memory,
             ..ServerConfig::default()
         };
         let server = Server::start(
@@ -236,6 +254,7 @@ impl Daemon {
         );
         Ok(Daemon {
             server,
+            upstream,
             store,
             syncer,
             link,
@@ -255,6 +274,7 @@ impl Daemon {
         }
         log::info!("shutting down");
         self.server.shutdown(remaining(deadline));
+        self.upstream.shutdown(remaining(deadline));
         if let Some(events) = self.events {
             events.shutdown(remaining(deadline));
         }

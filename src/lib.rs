@@ -21,6 +21,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod pool;
 pub mod state_cli;
 pub mod state_watch;
 pub mod store;

@@ -14,9 +14,10 @@ pub mod secrets;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::http::{Handler, Method, Park, Reply, Request, Response};
+use crate::http::{Handler, Later, Method, Park, Reply, Request, Response};
+use crate::pool::Pool;
 use crate::store::Store;
 
 use access::Access;
@@ -29,7 +30,11 @@ use status::Status;
 pub struct Api {
     pub store: Arc<Store>,
     pub access: Access,
-    pub secrets: SecretSource,
+    pub secrets: Arc<SecretSource>,
+    /// Where calls that wait on the control plane run (never on an HTTP worker).
+    pub upstream: Arc<Pool>,
+    /// How long a secret request may wait for the control plane.
+    pub secret_timeout: Duration,
     pub status: Status,
 }
 
@@ -58,7 +63,7 @@ impl Api {
             (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
             (_, Resource::SecretKey(key)) => {
                 reads::refuse_blocking_on_secret_value(req)?;
-                self.secrets.get(&key, req)?.into()
+                self.secret_later(key, req)
             }
             (_, Resource::Health) => self.status.health(req).into(),
             (_, Resource::Metrics) => self.status.metrics().into(),
@@ -69,12 +74,6 @@ impl Api {
 }
 
 impl Handler for Api {
-    /// Secret fetches go to the network. (Report writes park on the journal's group
-    /// commit instead of blocking, so they hold no worker.)
-    fn may_block(&self, req: &Request) -> bool {
-        req.path.starts_with("/v1/state/secrets/")
-    }
-
     fn handle(&self, req: &Request) -> Reply {
         let started = Instant::now();
         let resolved = route::resolve(&req.path);
@@ -84,15 +83,15 @@ impl Handler for Api {
             .unwrap_or_else(|e| Reply::Now(Response::from(e)));
         let status = match &reply {
             Reply::Now(r) => r.status,
-            Reply::Park(_) => 0,
+            Reply::Park(_) | Reply::Later(_) => 0,
             Reply::Stream(s) => s.status,
         };
         if status == 0 {
-            log::debug!(method = req.method.as_str(), path = req.path.as_str(); "request parked");
+            log::debug!(method = req.method.as_str(), path = req.path; "request parked");
         } else {
             log::debug!(
                 method = req.method.as_str(),
-                path = req.path.as_str(),
+                path = req.path,
                 status = status,
                 duration_us = started.elapsed().as_micros() as u64;
                 "request"
@@ -100,6 +99,8 @@ impl Handler for Api {
         }
         match reply {
             Reply::Park(park) => Reply::Park(self.count_when_answered(park, route, started)),
+            // A later answer is counted by the work that produces it (`secret_later`).
+            Reply::Later(later) => Reply::Later(later),
             reply => {
                 self.status
                     .metrics
@@ -111,6 +112,45 @@ impl Handler for Api {
 }
 
 impl Api {
+    /// A secret fetch runs on the upstream pool; the request waits parked (no worker
+    /// held) for its answer, at most `secret_timeout`. A full pool answers 503 at once.
+    fn secret_later(&self, key: String, req: &Request) -> Reply {
+        let started = Instant::now();
+        let route = "/v1/state/secrets/{key}";
+        let caller = secrets::caller(req);
+        let source = Arc::clone(&self.secrets);
+        let pool = Arc::clone(&self.upstream);
+        let metrics = Arc::clone(&self.status.metrics);
+        let timeout_metrics = Arc::clone(&self.status.metrics);
+        Reply::Later(Later {
+            deadline: started + self.secret_timeout,
+            start: Box::new(move |resume| {
+                let job = Box::new(move || {
+                    if resume.is_cancelled() {
+                        return;
+                    }
+                    let response = source.get(&key, &caller).unwrap_or_else(Response::from);
+                    metrics.record_request(route, response.status, started.elapsed());
+                    resume.answer(response);
+                });
+                pool.try_submit(job).map_err(|_| {
+                    Response::from(ApiError::Unavailable(
+                        "too many secret requests are waiting for the control plane",
+                    ))
+                    .header("Retry-After", "1")
+                })
+            }),
+            on_timeout: Box::new(move || {
+                let response = Response::from(ApiError::Unavailable(
+                    "the control plane did not answer in time",
+                ))
+                .header("Retry-After", "5");
+                timeout_metrics.record_request(route, response.status, started.elapsed());
+                response
+            }),
+        })
+    }
+
     /// A parked request is counted (status and whole latency) when its check produces
     /// the answer — on a change, at its deadline or at shutdown — not when it parks.
     /// One whose client goes away first is never counted.

@@ -4,11 +4,11 @@
 //! The store decides the write at once (a refusal — conflict, not found — is answered
 //! without parking) and hands back a `Ticket`; the request then parks (`Reply::Park`),
 //! holding no worker while the journal's group commit runs. The store's completion
-//! wakes parked requests; the check answers once the ticket has a result. At the park
-//! deadline or at shutdown the check waits up to `LAST_WAIT` for the ticket and then
-//! answers 503 "write still in progress": that write may still complete afterwards (it
-//! was decided and queued), so a client that sees 503 must read the key back before
-//! retrying with `If-Match`.
+//! wakes parked requests; the check answers once the ticket has a result (at shutdown
+//! too: the server keeps it parked until then or its shutdown deadline). At the park
+//! deadline the check answers 503 "write still in progress" without waiting: that write
+//! may still complete afterwards (it was decided and queued), so a client that sees 503
+//! must read the key back before retrying with `If-Match`.
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,6 @@ use crate::store::{Json, Store, StoreError, Ticket, Versioned};
 
 /// How long a write may stay parked before it is answered 503.
 const PARK_LIMIT: Duration = Duration::from_secs(30);
-/// How long a timed-out or shutting-down check still waits for its ticket.
-const LAST_WAIT: Duration = Duration::from_secs(3);
 
 /// A validated `PUT` body.
 #[derive(Debug)]
@@ -137,8 +135,8 @@ fn park_on<T: Send + 'static>(
         return Reply::Now(respond(result));
     }
     let check = move |wake: Wake| match wake {
-        Wake::Changed => ticket.try_result().map(respond),
-        Wake::TimedOut | Wake::Shutdown => Some(match ticket.wait_timeout(LAST_WAIT) {
+        Wake::Changed | Wake::Shutdown => ticket.try_result().map(respond),
+        Wake::TimedOut => Some(match ticket.try_result() {
             Some(result) => respond(result),
             None => {
                 log::warn!(
@@ -148,6 +146,7 @@ fn park_on<T: Send + 'static>(
                     503,
                     "write still in progress; read the entry back before retrying",
                 )
+                .header("Retry-After", "1")
             }
         }),
     };
@@ -183,7 +182,7 @@ mod tests {
     struct Reports(Arc<Store>);
 
     impl Handler for Reports {
-        fn handle(&self, req: &Request) -> Reply {
+        fn handle(&self, req: &Request<'_>) -> Reply {
             let key = req.path.trim_start_matches("/r/");
             let reply = match req.method {
                 Method::Put => put(&self.0, key, req),

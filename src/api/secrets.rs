@@ -31,7 +31,8 @@ struct SecretBody<'a> {
     version: i64,
 }
 
-fn caller(req: &Request) -> String {
+/// Who asked, for the audit log: uid/pid on the socket, the address on TCP.
+pub fn caller(req: &Request) -> String {
     match &*req.transport {
         Transport::Unix(Some(p)) => format!("uid={} pid={}", p.uid, p.pid),
         Transport::Unix(None) => "unix peer unknown".into(),
@@ -40,7 +41,8 @@ fn caller(req: &Request) -> String {
 }
 
 impl SecretSource {
-    pub fn get(&self, key: &str, req: &Request) -> Result<Response, ApiError> {
+    /// Fetches and decrypts `key` now (blocking: run it on the upstream pool).
+    pub fn get(&self, key: &str, caller: &str) -> Result<Response, ApiError> {
         let result = self.fetch(key);
         let (outcome, version) = match &result {
             Ok((_, v)) => (SecretOutcome::Ok, Some(*v)),
@@ -48,7 +50,7 @@ impl SecretSource {
         };
         self.health.record_secret_fetch(outcome);
         let version = version.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        log::info!(key = key, version = version.as_str(), outcome = outcome.as_str(), caller = caller(req); "secret access");
+        log::info!(key = key, version = version.as_str(), outcome = outcome.as_str(), caller = caller; "secret access");
         let (plaintext, version) = result?;
         // Size the buffer up front: a reallocation would leave a copy of the plaintext behind.
         let capacity = 64 + 6 * (key.len() + plaintext.len());

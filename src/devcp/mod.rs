@@ -119,6 +119,7 @@ impl DevControlPlane {
                 max_body_bytes: 16 * 1024 * 1024,
                 ..Limits::default()
             },
+            ..ServerConfig::default()
         };
         let handler = Arc::new(DevHandler {
             state: Arc::clone(&state),

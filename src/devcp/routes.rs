@@ -41,7 +41,7 @@ fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
     }
 }
 
-fn method_not_allowed(allow: &str) -> Response {
+fn method_not_allowed(allow: &'static str) -> Response {
     Response::error(405, "method not allowed").header("Allow", allow)
 }
 
@@ -116,8 +116,8 @@ impl DevHandler {
             return Reply::Stream(Stream {
                 status: 200,
                 headers: vec![
-                    ("Content-Type".into(), "text/event-stream".to_owned()),
-                    ("Cache-Control".into(), "no-cache".to_owned()),
+                    ("Content-Type".into(), "text/event-stream".into()),
+                    ("Cache-Control".into(), "no-cache".into()),
                 ],
                 body: Box::new(body),
             });
@@ -158,13 +158,13 @@ impl DevHandler {
     fn report(&self, req: &Request) -> Response {
         let encoding = req.header("content-encoding").map(str::trim);
         let gzipped = encoding.is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
-        let body = match encoding {
-            None | Some("identity") => req.body.clone(),
+        let body: std::borrow::Cow<[u8]> = match encoding {
+            None | Some("identity") => req.body.into(),
             Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
                 let mut out = Vec::new();
-                let decoder = flate2::read::GzDecoder::new(req.body.as_slice());
+                let decoder = flate2::read::GzDecoder::new(req.body);
                 match decoder.take(MAX_DECODED_BODY + 1).read_to_end(&mut out) {
-                    Ok(_) if out.len() as u64 <= MAX_DECODED_BODY => out,
+                    Ok(_) if out.len() as u64 <= MAX_DECODED_BODY => out.into(),
                     Ok(_) => return Response::error(413, "decoded body too large"),
                     Err(_) => return Response::error(400, "invalid gzip body"),
                 }
