@@ -63,6 +63,9 @@ pub struct Settings {
     pub workers: Option<u64>,
     pub upstream_workers: Option<u64>,
     pub secret_timeout: Option<String>,
+    pub head_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub max_body_memory: Option<SizeSetting>,
     pub max_report_keys: Option<u64>,
     pub max_report_bytes: Option<SizeSetting>,
@@ -147,6 +150,9 @@ impl Settings {
             workers,
             upstream_workers,
             secret_timeout,
+            head_timeout,
+            body_timeout,
+            idle_timeout,
             max_body_memory,
             max_report_keys,
             max_report_bytes
@@ -178,6 +184,9 @@ impl Settings {
             "workers" => self.workers = Some(parse_count(&flag, &need(value)?)?),
             "upstream-workers" => self.upstream_workers = Some(parse_count(&flag, &need(value)?)?),
             "secret-timeout" => self.secret_timeout = Some(need(value)?),
+            "head-timeout" => self.head_timeout = Some(need(value)?),
+            "body-timeout" => self.body_timeout = Some(need(value)?),
+            "idle-timeout" => self.idle_timeout = Some(need(value)?),
             "max-body-memory" => self.max_body_memory = Some(SizeSetting::Text(need(value)?)),
             "max-report-keys" => self.max_report_keys = Some(parse_count(&flag, &need(value)?)?),
             "max-report-bytes" => self.max_report_bytes = Some(SizeSetting::Text(need(value)?)),
@@ -224,6 +233,11 @@ pub struct Config {
     pub upstream_workers: usize,
     /// How long a secret request waits for the control plane.
     pub secret_timeout: Duration,
+    /// A request head must arrive within this; its body within `body_timeout` after
+    /// it; an idle keep-alive connection is closed after `idle_timeout`.
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
     /// Bytes of request bodies held in memory at once.
     pub max_body_memory: usize,
     /// Report quotas: distinct keys, and bytes of stored payloads.
@@ -373,6 +387,9 @@ impl Config {
         if secret_timeout > Duration::from_secs(30) {
             return Err(ConfigError::new("--secret-timeout", "must be at most 30s"));
         }
+        let head_timeout = positive_duration("--head-timeout", s.head_timeout.as_deref(), "10s")?;
+        let body_timeout = positive_duration("--body-timeout", s.body_timeout.as_deref(), "10s")?;
+        let idle_timeout = positive_duration("--idle-timeout", s.idle_timeout.as_deref(), "60s")?;
         let max_body_memory = size_of("--max-body-memory", &s.max_body_memory, 64 << 20)?;
         if max_body_memory < 1 << 20 {
             return Err(ConfigError::new(
@@ -412,6 +429,9 @@ impl Config {
             workers,
             upstream_workers,
             secret_timeout,
+            head_timeout,
+            body_timeout,
+            idle_timeout,
             max_body_memory: usize::try_from(max_body_memory).unwrap_or(usize::MAX),
             max_report_keys,
             max_report_bytes,

@@ -29,10 +29,10 @@ use crate::cp::stream::{self, EventStreamHandle, StreamDeps, StreamOptions};
 use crate::cp::stream_metrics::StreamMetrics;
 use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, PublicKey, Verifier};
-use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::http::{Limits, Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::listen;
 use crate::pool::Pool;
-use crate::store::{ChangeKind, Store};
+use crate::store::{ChangeKind, Quota, Store};
 use crate::systemd;
 
 /// Why the daemon could not start. `exit_code` is what the process exits with.
@@ -89,6 +89,7 @@ impl Daemon {
         };
 
         raise_fd_limit(config.max_connections);
+        tune_allocator();
 
         // Listeners first: a bind failure must leave the disk untouched.
         let mut unix = None;
@@ -125,6 +126,15 @@ impl Daemon {
             }
         };
 
+        store.set_report_quota(Quota {
+            max_keys: config.max_report_keys,
+            max_bytes: config.max_report_bytes,
+        });
+        let (keys, bytes, _) = store.report_usage();
+        if keys > config.max_report_keys as u64 || bytes > config.max_report_bytes {
+            log::warn!(keys = keys, bytes = bytes, max_keys = config.max_report_keys, max_bytes = config.max_report_bytes;
+                "stored reports exceed the report quota: every entry is kept, new growth is refused");
+        }
         let health = Arc::new(LinkHealth::new(client.is_some()));
         let syncer = Syncer::spawn(
             Arc::clone(&store),
@@ -149,7 +159,8 @@ impl Daemon {
             }));
         }
 
-        let status = Status::new(Arc::clone(&store), Arc::clone(&health), config.secret_auth);
+        let mut status = Status::new(Arc::clone(&store), Arc::clone(&health), config.secret_auth);
+        status.max_connections = config.max_connections;
         // Calls that wait on the control plane run here, never on an HTTP worker. The
         // queue holds what the threads could finish within about two timeouts.
         let upstream = Arc::new(
@@ -170,15 +181,17 @@ impl Daemon {
                 config.secret_auth,
                 Access::lookup_secrets_gid(),
             ),
-            secrets: Arc::new(SecretSource {
-                client: client.clone(),
-                nsk: config.nsk.clone(),
-                health: Arc::clone(&health),
-            }),
+            secrets: Arc::new(SecretSource::new(
+                client.clone(),
+                config.nsk.clone(),
+                Arc::clone(&health),
+                config.secret_timeout,
+            )),
             upstream: Arc::clone(&upstream),
-            secret_timeout: config.secret_timeout,
             status,
         });
+        let _ = api.status.upstream.set(upstream.stats());
+        let _ = api.status.circuit.set(Arc::clone(&api.secrets));
         if config.secret_auth && Access::lookup_secrets_gid().is_none() {
             log::warn!("group plexd-secrets does not exist: only root may read secrets");
         }
@@ -189,6 +202,12 @@ impl Daemon {
             workers: config.workers,
             max_connections: config.max_connections,
             max_body_memory: config.max_body_memory,
+            limits: Limits {
+                head_timeout: config.head_timeout,
+                body_timeout: config.body_timeout,
+                idle_timeout: config.idle_timeout,
+                ..Limits::default()
+            },
             ..ServerConfig::default()
         };
         let server = Server::start(
@@ -298,6 +317,19 @@ fn file_keys(key: Option<&str>) -> Option<KeySet> {
             log::warn!(error:% = e; "signing key file unusable; events are accepted only once the control plane supplies keys");
             None
         }
+    }
+}
+
+/// Makes large buffers (request bodies, rendered reports) go back to the kernel when
+/// they are freed. glibc raises its mmap threshold every time a large mapped block is
+/// freed; after that, blocks of that size come from the heap arenas and their pages stay
+/// in RSS. Fixing the threshold keeps every allocation of 128 KiB or more in a mapping
+/// of its own, unmapped on free. (musl maps large allocations by itself.)
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

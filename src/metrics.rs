@@ -25,8 +25,8 @@ pub const ROUTES: [&str; 12] = [
 ];
 
 /// Status codes counted individually; anything else is counted as `other`.
-const CODES: [u16; 17] = [
-    200, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 429, 431, 500, 501, 503, 505,
+const CODES: [u16; 18] = [
+    200, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 429, 431, 500, 501, 503, 505, 507,
 ];
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -152,4 +152,73 @@ pub fn label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Refusals the API decides (the HTTP core counts its own), by reason, each logged at
+/// most once a minute so that an overload does not flood the log.
+pub struct Rejections {
+    counts: [AtomicU64; ApiReject::ALL.len()],
+    logged: [AtomicU64; ApiReject::ALL.len()],
+    started: std::time::Instant,
+}
+
+/// Why the API refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiReject {
+    /// 503: too many secret requests already wait for the control plane.
+    UpstreamBusy,
+    /// 503: the control plane did not answer within `--secret-timeout`.
+    UpstreamTimeout,
+    /// 503: the control plane is known to be unreachable (circuit open).
+    UpstreamUnavailable,
+    /// 507: a report write beyond `--max-report-keys` / `--max-report-bytes`.
+    ReportQuota,
+}
+
+impl ApiReject {
+    pub const ALL: [ApiReject; 4] = [
+        ApiReject::UpstreamBusy,
+        ApiReject::UpstreamTimeout,
+        ApiReject::UpstreamUnavailable,
+        ApiReject::ReportQuota,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ApiReject::UpstreamBusy => "upstream_busy",
+            ApiReject::UpstreamTimeout => "upstream_timeout",
+            ApiReject::UpstreamUnavailable => "upstream_unavailable",
+            ApiReject::ReportQuota => "report_quota",
+        }
+    }
+}
+
+impl Default for Rejections {
+    fn default() -> Rejections {
+        Rejections {
+            counts: Default::default(),
+            logged: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Rejections {
+    pub fn count(&self, reason: ApiReject) {
+        let i = reason as usize;
+        let n = self.counts[i].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.logged[i].load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 60_000)
+            && self.logged[i]
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn!(reason = reason.label(), total = n; "request refused (logged at most once a minute per reason)");
+        }
+    }
+
+    pub fn get(&self, reason: ApiReject) -> u64 {
+        self.counts[reason as usize].load(Ordering::Relaxed)
+    }
 }

@@ -20,10 +20,20 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many waiting requests")]
     TooManyWaiters,
+    /// 507: a quota would be exceeded; the message names the limit and the use.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(&'static str),
+    /// 503, retry in a second.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// 503: the control plane did not answer within the request's deadline.
+    #[error("the control plane did not answer in time")]
+    UpstreamTimeout,
+    /// 503 while the control plane is known to be unreachable.
+    #[error("control plane unreachable; secrets are unavailable until it answers again")]
+    UpstreamDown { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -36,8 +46,11 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyWaiters => 429,
+            ApiError::InsufficientStorage(_) => 507,
             ApiError::Internal(_) => 500,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_)
+            | ApiError::UpstreamTimeout
+            | ApiError::UpstreamDown { .. } => 503,
         }
     }
 }
@@ -48,7 +61,12 @@ impl From<ApiError> for Response {
         match e {
             ApiError::MethodNotAllowed { allow } => response.header("Allow", allow),
             ApiError::Unauthorized => response.header("WWW-Authenticate", "Bearer"),
-            ApiError::TooManyWaiters => response.header("Retry-After", "1"),
+            ApiError::TooManyWaiters | ApiError::Unavailable(_) | ApiError::UpstreamTimeout => {
+                response.header("Retry-After", "1")
+            }
+            ApiError::UpstreamDown { retry_after_secs } => {
+                response.header("Retry-After", retry_after_secs)
+            }
             _ => response,
         }
     }

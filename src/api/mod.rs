@@ -6,6 +6,7 @@
 //! JSON response in one place (`error`). Nothing here parses HTTP or touches a file.
 
 pub mod access;
+pub mod breaker;
 pub mod error;
 pub mod reads;
 pub mod reports;
@@ -14,9 +15,10 @@ pub mod secrets;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::http::{Handler, Later, Method, Park, Reply, Request, Response};
+use crate::metrics::ApiReject;
 use crate::pool::Pool;
 use crate::store::Store;
 
@@ -33,8 +35,6 @@ pub struct Api {
     pub secrets: Arc<SecretSource>,
     /// Where calls that wait on the control plane run (never on an HTTP worker).
     pub upstream: Arc<Pool>,
-    /// How long a secret request may wait for the control plane.
-    pub secret_timeout: Duration,
     pub status: Status,
 }
 
@@ -76,11 +76,14 @@ impl Api {
 impl Handler for Api {
     fn handle(&self, req: &Request) -> Reply {
         let started = Instant::now();
-        let resolved = route::resolve(&req.path);
+        let resolved = route::resolve(req.path);
         let route = resolved.as_ref().map_or("unknown", Resource::label);
         let reply = self
             .dispatch(req, resolved)
             .unwrap_or_else(|e| Reply::Now(Response::from(e)));
+        if matches!(&reply, Reply::Now(r) if r.status == 507) {
+            self.status.rejections.count(ApiReject::ReportQuota);
+        }
         let status = match &reply {
             Reply::Now(r) => r.status,
             Reply::Park(_) | Reply::Later(_) => 0,
@@ -117,34 +120,50 @@ impl Api {
     fn secret_later(&self, key: String, req: &Request) -> Reply {
         let started = Instant::now();
         let route = "/v1/state/secrets/{key}";
+        if self.secrets.client.is_some() {
+            if let breaker::Admit::Refuse { retry_after } = self.secrets.breaker.admit(started) {
+                self.status.rejections.count(ApiReject::UpstreamUnavailable);
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Response::from(ApiError::UpstreamDown {
+                    retry_after_secs: secs,
+                })
+                .into();
+            }
+        }
         let caller = secrets::caller(req);
         let source = Arc::clone(&self.secrets);
+        let deadline = started + self.secrets.timeout;
         let pool = Arc::clone(&self.upstream);
         let metrics = Arc::clone(&self.status.metrics);
         let timeout_metrics = Arc::clone(&self.status.metrics);
+        let rejections = Arc::clone(&self.status.rejections);
+        let job_rejections = Arc::clone(&self.status.rejections);
+        let timeout_rejections = Arc::clone(&self.status.rejections);
         Reply::Later(Later {
-            deadline: started + self.secret_timeout,
+            deadline,
             start: Box::new(move |resume| {
                 let job = Box::new(move || {
                     if resume.is_cancelled() {
                         return;
                     }
-                    let response = source.get(&key, &caller).unwrap_or_else(Response::from);
+                    let result = source.get(&key, &caller, deadline);
+                    if matches!(result, Err(ApiError::UpstreamTimeout)) {
+                        job_rejections.count(ApiReject::UpstreamTimeout);
+                    }
+                    let response = result.unwrap_or_else(Response::from);
                     metrics.record_request(route, response.status, started.elapsed());
                     resume.answer(response);
                 });
                 pool.try_submit(job).map_err(|_| {
+                    rejections.count(ApiReject::UpstreamBusy);
                     Response::from(ApiError::Unavailable(
                         "too many secret requests are waiting for the control plane",
                     ))
-                    .header("Retry-After", "1")
                 })
             }),
             on_timeout: Box::new(move || {
-                let response = Response::from(ApiError::Unavailable(
-                    "the control plane did not answer in time",
-                ))
-                .header("Retry-After", "5");
+                timeout_rejections.count(ApiReject::UpstreamTimeout);
+                let response = Response::from(ApiError::UpstreamTimeout);
                 timeout_metrics.record_request(route, response.status, started.elapsed());
                 response
             }),

@@ -64,7 +64,7 @@ pub fn parse_if_match(req: &Request) -> Result<Option<i64>, ApiError> {
 pub fn parse_put(key: &str, req: &Request) -> Result<PutReport, ApiError> {
     let key = parse_key(key)?;
     let if_match = parse_if_match(req)?;
-    let body: PutBody = serde_json::from_slice(&req.body).map_err(|_| {
+    let body: PutBody = serde_json::from_slice(req.body).map_err(|_| {
         ApiError::BadRequest(
             "invalid JSON body: expected {\"content_type\": …, \"payload\": …}".into(),
         )
@@ -99,6 +99,12 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::KeyNotStorable => {
             ApiError::BadRequest("invalid key: too long once encoded as a file name".into())
         }
+        StoreError::QuotaExceeded { limit, max, used } => ApiError::InsufficientStorage(format!(
+            "report quota exceeded: {used} {unit} stored, the limit ({flag}) is {max}; \
+                 delete reports or raise the limit",
+            unit = limit.unit(),
+            flag = limit.flag(),
+        )),
         other => {
             log::error!(error:% = other; "report write failed");
             ApiError::Internal("the report could not be stored; nothing was changed")

@@ -9,8 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::cp::health::{LinkHealth, SecretOutcome};
-use crate::http::{Request, Response, ServerStats};
-use crate::metrics::{family, label, single, RequestMetrics};
+use crate::http::{RejectReason, Request, Response, ServerStats};
+use crate::metrics::{family, label, single, ApiReject, Rejections, RequestMetrics};
+use crate::pool::PoolStats;
 use crate::store::Store;
 use crate::timefmt::format_rfc3339_utc;
 
@@ -23,6 +24,12 @@ pub trait ExtraMetrics: Send + Sync {
 
 pub struct Status {
     pub metrics: Arc<RequestMetrics>,
+    pub rejections: Arc<Rejections>,
+    /// The upstream pool (secret fetches), once it runs.
+    pub upstream: OnceLock<Arc<PoolStats>>,
+    /// The secret route's circuit breaker.
+    pub circuit: OnceLock<Arc<crate::api::secrets::SecretSource>>,
+    pub max_connections: usize,
     pub store: Arc<Store>,
     pub health: Arc<LinkHealth>,
     pub server: OnceLock<Arc<ServerStats>>,
@@ -44,6 +51,10 @@ impl Status {
     pub fn new(store: Arc<Store>, health: Arc<LinkHealth>, secret_auth: bool) -> Status {
         Status {
             metrics: Arc::new(RequestMetrics::default()),
+            rejections: Arc::new(Rejections::default()),
+            upstream: OnceLock::new(),
+            circuit: OnceLock::new(),
+            max_connections: 0,
             store,
             health,
             server: OnceLock::new(),
@@ -100,6 +111,7 @@ impl Status {
             "control_plane": control_plane,
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
+            "limits": self.limits_health(),
         });
         let code = if req.query_param("ready").is_some() && !ready {
             503
@@ -253,6 +265,7 @@ impl Status {
         if let Some(extra) = self.extra.get() {
             extra.render(&mut out);
         }
+        self.limits_metrics(&mut out);
         family(
             &mut out,
             "plexd_nodeapi_build_info",
@@ -268,5 +281,155 @@ impl Status {
         Response::new(200)
             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             .body(out.into_bytes())
+    }
+}
+
+impl Status {
+    /// Use against every bound a client can push on, for `/v1/health`.
+    fn limits_health(&self) -> serde_json::Value {
+        let (keys, bytes, quota) = self.store.report_usage();
+        let mut doc = json!({
+            "reports": {
+                "keys": keys, "max_keys": quota.max_keys,
+                "bytes": bytes, "max_bytes": quota.max_bytes,
+            },
+        });
+        if let Some(s) = self.server.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let (used, limit, waiting) = s.body_memory();
+            doc["connections"] = json!({
+                "open": s.open_connections.load(Relaxed),
+                "max": self.max_connections,
+                "evicted": s.evicted_connections.load(Relaxed),
+            });
+            doc["body_memory"] = json!({"bytes": used, "max_bytes": limit, "waiting": waiting});
+            doc["parked"] = json!(s.parked.load(Relaxed));
+        }
+        if let Some(p) = self.upstream.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            doc["upstream"] = json!({
+                "queued": p.queued.load(Relaxed),
+                "running": p.running.load(Relaxed),
+            });
+        }
+        if let Some(s) = self.circuit.get() {
+            doc["secret_circuit"] = json!(s.breaker.state(Instant::now()).as_str());
+        }
+        doc
+    }
+
+    /// Refusals by reason, and the use of every bound, for `/metrics`.
+    fn limits_metrics(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        family(
+            out,
+            "plexd_nodeapi_rejected_total",
+            "counter",
+            "Requests and connections refused to protect the daemon, by reason.",
+        );
+        if let Some(s) = self.server.get() {
+            for r in RejectReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "plexd_nodeapi_rejected_total{{reason=\"{}\"}} {}",
+                    r.label(),
+                    s.rejected(r)
+                );
+            }
+        }
+        for r in ApiReject::ALL {
+            let _ = writeln!(
+                out,
+                "plexd_nodeapi_rejected_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.rejections.get(r)
+            );
+        }
+        if let Some(s) = self.server.get() {
+            single(
+                out,
+                "plexd_nodeapi_connections_evicted_total",
+                "counter",
+                "Idle keep-alive connections closed to admit a newcomer at the connection limit.",
+                s.evicted_connections.load(Relaxed),
+            );
+            let (used, limit, waiting) = s.body_memory();
+            single(
+                out,
+                "plexd_nodeapi_body_memory_bytes",
+                "gauge",
+                "Bytes of request bodies held in memory.",
+                used,
+            );
+            single(
+                out,
+                "plexd_nodeapi_body_memory_limit_bytes",
+                "gauge",
+                "The request body memory budget (--max-body-memory).",
+                limit,
+            );
+            single(
+                out,
+                "plexd_nodeapi_body_memory_waiting",
+                "gauge",
+                "Connections waiting for body memory.",
+                waiting,
+            );
+        }
+        if let Some(p) = self.upstream.get() {
+            single(
+                out,
+                "plexd_nodeapi_upstream_queued",
+                "gauge",
+                "Calls to the control plane waiting for an upstream thread.",
+                p.queued.load(Relaxed),
+            );
+            single(
+                out,
+                "plexd_nodeapi_upstream_running",
+                "gauge",
+                "Calls to the control plane in progress.",
+                p.running.load(Relaxed),
+            );
+        }
+        if let Some(s) = self.circuit.get() {
+            let state = s.breaker.state(Instant::now());
+            single(
+                out,
+                "plexd_nodeapi_secret_circuit_open",
+                "gauge",
+                "1 while secret requests are refused at once because the control plane is unreachable (or one probe runs).",
+                u8::from(state != crate::api::breaker::CircuitState::Closed),
+            );
+        }
+        let (keys, bytes, quota) = self.store.report_usage();
+        single(
+            out,
+            "plexd_nodeapi_report_keys",
+            "gauge",
+            "Report keys stored.",
+            keys,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_keys_limit",
+            "gauge",
+            "The report key quota (--max-report-keys).",
+            quota.max_keys,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_bytes",
+            "gauge",
+            "Bytes of report payloads stored.",
+            bytes,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_bytes_limit",
+            "gauge",
+            "The report payload quota (--max-report-bytes).",
+            quota.max_bytes,
+        );
     }
 }

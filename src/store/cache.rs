@@ -87,6 +87,8 @@ pub struct Cache {
     pub reports: BTreeMap<String, ReportItem>,
     pub reports_stamp: Stamp,
     reports_body: OnceLock<Json>,
+    /// Bytes of report payloads stored (the report quota counts these).
+    pub report_bytes: u64,
 
     summary_body: OnceLock<Json>,
 
@@ -113,6 +115,7 @@ impl Cache {
             reports: BTreeMap::new(),
             reports_stamp: base,
             reports_body: OnceLock::new(),
+            report_bytes: 0,
             summary_body: OnceLock::new(),
             marks: HashMap::new(),
             pending: BTreeSet::new(),
@@ -250,12 +253,18 @@ impl Cache {
         let key = item.entry.key.clone();
         self.reports_stamp = item.stamp;
         self.reports_body = OnceLock::new();
-        self.reports.insert(key.clone(), item);
+        self.report_bytes += item.entry.payload_len();
+        if let Some(old) = self.reports.insert(key.clone(), item) {
+            self.report_bytes -= old.entry.payload_len();
+        }
         self.refresh_pending(&key);
     }
 
     pub fn remove_report(&mut self, key: &str, stamp: Stamp) -> Option<ReportItem> {
         let old = self.reports.remove(key);
+        if let Some(o) = &old {
+            self.report_bytes -= o.entry.payload_len();
+        }
         self.reports_stamp = stamp;
         self.reports_body = OnceLock::new();
         self.refresh_pending(key);

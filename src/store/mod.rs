@@ -51,7 +51,7 @@ use commit::Writes;
 use files::Folder;
 use revision::Epochs;
 
-pub use commit::Ticket;
+pub use commit::{Quota, Ticket};
 pub use outbox::SyncBatch;
 
 /// A JSON body rendered once and served many times.
@@ -139,6 +139,13 @@ pub enum StoreError {
     /// A valid report key whose encoded file name would exceed the file-name limit.
     #[error("key cannot be stored: its file name would be too long")]
     KeyNotStorable,
+    /// The write would grow report use beyond the quota.
+    #[error("report quota exceeded: {used} {unit} stored, limit {max}", unit = limit.unit())]
+    QuotaExceeded {
+        limit: QuotaLimit,
+        max: u64,
+        used: u64,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -161,7 +168,32 @@ impl StoreError {
             StoreError::Conflict { .. } => 409,
             StoreError::NotFound => 404,
             StoreError::KeyNotStorable => 400,
+            StoreError::QuotaExceeded { .. } => 507,
             StoreError::Io { .. } | StoreError::Encode { .. } => 500,
+        }
+    }
+}
+
+/// Which report quota a write ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaLimit {
+    Keys,
+    Bytes,
+}
+
+impl QuotaLimit {
+    /// The flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            QuotaLimit::Keys => "--max-report-keys",
+            QuotaLimit::Bytes => "--max-report-bytes",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            QuotaLimit::Keys => "report keys",
+            QuotaLimit::Bytes => "payload bytes",
         }
     }
 }
