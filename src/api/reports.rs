@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::api::error::ApiError;
 use crate::api::reads::with_revision;
-use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
+use crate::http::{HeaderValue, Park, ParkKind, Reply, Request, Response, Wake};
 use crate::keys::ReportKey;
 use crate::store::{Json, Store, StoreError, Ticket, Versioned};
 
@@ -126,8 +126,8 @@ fn put_response(result: Result<Versioned<Json>, StoreError>) -> Response {
 fn delete_response(result: Result<u64, StoreError>) -> Response {
     match result {
         Ok(revision) => Response::new(204)
-            .header("X-Plexd-Index", revision.to_string())
-            .header("ETag", super::reads::etag(revision)),
+            .header("X-Plexd-Index", HeaderValue::Int(revision))
+            .header("ETag", HeaderValue::QuotedInt(revision)),
         Err(e) => Response::from(store_error(e)),
     }
 }

@@ -105,6 +105,9 @@ pub(crate) struct Conn {
     /// A request completed during the last step (the loop moves the connection to the
     /// young end of its idle list).
     pub served: bool,
+    /// The peer shut down its sending side (`socat`, `nc -N` do after the request)
+    /// while a request waited: the answer is still sent, then the connection ends.
+    pub half_closed: bool,
     /// The loop's bookkeeping: idle-list links, place in the parked list, whether it is
     /// queued for budget.
     pub prev: u32,
@@ -170,6 +173,7 @@ impl Conn {
             reserved: 0,
             needs: 0,
             served: false,
+            half_closed: false,
             prev: NONE,
             next: NONE,
             in_idle: false,
@@ -183,7 +187,8 @@ impl Conn {
     }
 
     /// The epoll interest the state calls for. Waiting states listen only for the peer
-    /// going away; a connection waiting for budget is not read at all.
+    /// going away (a half-close once, then only a full hang-up, which epoll always
+    /// reports); a connection waiting for budget is not read at all.
     pub fn wanted_interest(&self) -> u32 {
         if self.needs > 0 {
             return 0;
@@ -191,8 +196,8 @@ impl Conn {
         match self.state {
             State::Idle | State::Head | State::Body(_) | State::Linger => IN,
             State::Writing(_) => OUT,
-            State::Parked(_) | State::Waiting(_) => RDHUP,
-            State::BudgetWait => 0,
+            State::Parked(_) | State::Waiting(_) if !self.half_closed => RDHUP,
+            State::Parked(_) | State::Waiting(_) | State::BudgetWait => 0,
         }
     }
 
@@ -213,9 +218,11 @@ pub(crate) fn on_ready(cx: &mut Cx, conn: &mut Conn, events: u32) -> Next {
     match conn.state {
         State::Writing(_) => flush(cx, conn),
         State::Parked(_) | State::Waiting(_) => {
-            if events & (RDHUP | HUP_OR_ERR) != 0 {
+            if events & HUP_OR_ERR != 0 {
                 Next::Close
             } else {
+                // A half-close: the client still reads the answer.
+                conn.half_closed |= events & RDHUP != 0;
                 Next::Keep
             }
         }

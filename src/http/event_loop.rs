@@ -432,6 +432,10 @@ impl EventLoop {
                 self.after(idx, next);
             }
         }
+        let adopted = std::mem::take(&mut *lock(&self.mailbox.adopted));
+        for sock in adopted {
+            self.admit(sock, true, None);
+        }
         let evict = self.mailbox.evict.swap(0, Ordering::AcqRel);
         for _ in 0..evict {
             self.evict_oldest_idle();

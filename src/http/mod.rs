@@ -96,21 +96,24 @@ pub struct Headers<'a> {
 }
 
 impl<'a> Headers<'a> {
-    fn text(&self, (start, len): (u32, u32)) -> &'a str {
-        let bytes = self
-            .head
+    fn bytes(&self, (start, len): (u32, u32)) -> &'a [u8] {
+        self.head
             .get(start as usize..(start + len) as usize)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn text(&self, place: (u32, u32)) -> &'a str {
         // httparse admits only visible ASCII and obs-text; the latter is not UTF-8 text
         // a handler could use, so such a value reads as empty.
-        std::str::from_utf8(bytes).map_or("", str::trim)
+        std::str::from_utf8(self.bytes(place)).map_or("", str::trim)
     }
 
     /// First header named `name` (case-insensitive), trimmed.
     pub fn get(&self, name: &str) -> Option<&'a str> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.spans
+            .iter()
+            .find(|s| self.bytes(s.name).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|s| self.text(s.value))
     }
 
     /// Every header as (name as sent, value trimmed).

@@ -51,6 +51,8 @@ pub(crate) struct Mailbox {
     pub oldest_idle: AtomicU64,
     /// Requests this loop handed to the handler.
     pub requests: AtomicU64,
+    /// Connections accepted elsewhere for this loop to serve (`ServerHandle::adopt`).
+    pub adopted: Mutex<Vec<OwnedFd>>,
 }
 
 impl Mailbox {
@@ -65,6 +67,7 @@ impl Mailbox {
             idle: AtomicUsize::new(0),
             oldest_idle: AtomicU64::new(NO_IDLE),
             requests: AtomicU64::new(0),
+            adopted: Mutex::new(Vec::new()),
         })
     }
 
