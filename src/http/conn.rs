@@ -248,8 +248,16 @@ pub(crate) fn read_and_serve(cx: &mut Cx, conn: &mut Conn) -> Next {
         cx.scratch.read.extend_from_slice(&conn.inbuf);
         conn.inbuf = Vec::new();
     }
+    // While bodies wait for budget, read no more than a head: a connection that then
+    // has to wait keeps at most that much.
+    let budget = cx.shared.budget();
+    let tight = budget.waiters() > 0 || budget.used() + READ_CHUNK > budget.limit();
+    let room = if tight {
+        limits.max_head_bytes + 1
+    } else {
+        READ_CHUNK.max(limits.max_head_bytes + 1)
+    };
     loop {
-        let room = READ_CHUNK.max(limits.max_head_bytes + 1);
         let filled = match read_some(conn.raw(), &mut cx.scratch.read, room) {
             Ok(0) => return Next::Close,
             Ok(n) => n == room,

@@ -274,6 +274,7 @@ impl EventLoop {
                 }
                 self.parked.push(idx as u32);
                 self.timers.push(Reverse((d, idx as u32, gen)));
+                self.compact_timers();
             }
             (None, at) if at != NONE => self.parked_remove(idx),
             _ => {}
@@ -382,6 +383,23 @@ impl EventLoop {
                 self.after(idx, next);
             }
         }
+    }
+
+    /// Timers of requests answered early stay in the heap until they come due; when
+    /// they outnumber the live ones, drop them (writes park for up to 30 s each).
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.parked.len() + 1024 {
+            return;
+        }
+        let slots = &self.slots;
+        self.timers.retain(|Reverse((d, idx, gen))| {
+            slots
+                .get(*idx as usize)
+                .filter(|s| s.gen == *gen)
+                .and_then(|s| s.conn.as_ref())
+                .and_then(Conn::deadline)
+                .is_some_and(|live| live == *d)
+        });
     }
 
     fn fire_timers(&mut self) {

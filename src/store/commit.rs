@@ -111,7 +111,7 @@ pub(super) struct Op {
     pub key: String,
     pub kind: OpKind,
     pub at: SystemTime,
-    pub record: Vec<u8>,
+    pub record: super::journal::Frame,
     /// What the write changes in the report quota's use, counted while it is in flight.
     pub usage: UsageDelta,
 }
@@ -261,16 +261,14 @@ pub(super) fn run(inner: Arc<Inner>) {
 }
 
 fn commit(inner: &Inner, group: Vec<Op>) {
-    let size: usize = group.iter().map(|op| op.record.len()).sum();
-    let mut bytes = Vec::with_capacity(size);
-    for op in &group {
-        bytes.extend_from_slice(&op.record);
-    }
+    let frames: Vec<&super::journal::Frame> = group.iter().map(|op| &op.record).collect();
     let mut js = lock(&inner.writes.journal);
     inner.writes.syncs.fetch_add(1, Ordering::Relaxed);
     #[cfg(test)]
     std::thread::sleep(*lock(&inner.writes.delay));
-    if let Err(e) = js.journal.append(&bytes) {
+    let appended = js.journal.append(&frames);
+    drop(frames);
+    if let Err(e) = appended {
         drop(js);
         fail(inner, group, &e);
         return;
