@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use plexd_nodeapi::api::route::{resolve, Resource};
-use plexd_nodeapi::config::Settings;
+use plexd_nodeapi::cli::config::Settings;
 use serde_json::Value;
 
 fn contrib(path: &str) -> PathBuf {

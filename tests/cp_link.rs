@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use plexd_nodeapi::cp::backoff::Backoff;
 use plexd_nodeapi::cp::client::{CpClient, CpConfig, CpError};
-use plexd_nodeapi::cp::health::LinkHealth;
 use plexd_nodeapi::cp::link::{Link, LinkOptions};
-use plexd_nodeapi::cp::nsk::Nsk;
-use plexd_nodeapi::cp::secret::decrypt_secret;
 use plexd_nodeapi::cp::syncer::{Syncer, SyncerHandle, SyncerOptions};
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane, FailRoute};
-use plexd_nodeapi::keys::ReportKey;
 use plexd_nodeapi::model::{ReportEntry, ReportSyncRequest, SigningKeys};
+use plexd_nodeapi::secrets::cipher::decrypt_secret;
+use plexd_nodeapi::secrets::nsk::Nsk;
+use plexd_nodeapi::store::keys::ReportKey;
 use plexd_nodeapi::store::Store;
+use plexd_nodeapi::telemetry::health::LinkHealth;
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
@@ -651,10 +651,10 @@ fn json_server(body: &'static str) -> SocketAddr {
 
 #[test]
 fn link_treats_null_and_absent_collections_as_empty_and_installs_keys() {
-    use plexd_nodeapi::cp::stream_metrics::StreamMetrics;
     use plexd_nodeapi::events::{Signer, Verifier};
     use plexd_nodeapi::model::{DataEntry, SecretRef};
     use plexd_nodeapi::store::CpUpdate;
+    use plexd_nodeapi::telemetry::stream::StreamMetrics;
 
     let n = node();
     n.store

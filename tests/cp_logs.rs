@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use plexd_nodeapi::cp::backoff::Backoff;
 use plexd_nodeapi::cp::client::{CpClient, CpConfig};
-use plexd_nodeapi::cp::health::LinkHealth;
 use plexd_nodeapi::cp::link::{Link, LinkOptions};
-use plexd_nodeapi::cp::nsk::Nsk;
-use plexd_nodeapi::cp::secret::decrypt_secret;
 use plexd_nodeapi::cp::syncer::{Syncer, SyncerOptions};
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane, FailRoute};
-use plexd_nodeapi::keys::ReportKey;
+use plexd_nodeapi::secrets::cipher::decrypt_secret;
+use plexd_nodeapi::secrets::nsk::Nsk;
+use plexd_nodeapi::store::keys::ReportKey;
 use plexd_nodeapi::store::Store;
+use plexd_nodeapi::telemetry::health::LinkHealth;
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 

@@ -3,10 +3,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use plexd_nodeapi::cp::nsk::Nsk;
-use plexd_nodeapi::cp::secret::decrypt_secret;
 use plexd_nodeapi::devcp::{DevChange, DevConfig, DevControlPlane};
 use plexd_nodeapi::model::{NodeState, ReportSyncRequest, SecretResponse};
+use plexd_nodeapi::secrets::cipher::decrypt_secret;
+use plexd_nodeapi::secrets::nsk::Nsk;
 
 const TOKEN: &str = "dev-token";
 

@@ -83,7 +83,7 @@ pub fn prepare_data_dir(dir: &Path, entries: &[DataEntry]) -> Result<(), BenchEr
     )
     .map_err(io_err("writing metadata.json"))?;
     for e in entries {
-        let name = plexd_nodeapi::keys::file_name_for(&e.key)
+        let name = plexd_nodeapi::store::keys::file_name_for(&e.key)
             .ok_or_else(|| BenchError::Setup(format!("no file name for key {}", e.key)))?;
         let json = serde_json::to_string(e)
             .map_err(|err| BenchError::Setup(format!("encoding {}: {err}", e.key)))?;

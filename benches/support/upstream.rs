@@ -10,9 +10,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use plexd_nodeapi::cp::nsk::Nsk;
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane};
 use plexd_nodeapi::model::DataEntry;
+use plexd_nodeapi::secrets::nsk::Nsk;
 use serde_json::value::RawValue;
 
 use super::daemon::{bench_data_entry, NODE_ID, NSK_HEX};

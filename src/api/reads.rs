@@ -27,7 +27,7 @@ use crate::api::error::ApiError;
 use crate::api::route::Resource;
 use crate::duration;
 use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
-use crate::keys::ReportKey;
+use crate::store::keys::ReportKey;
 use crate::store::{Json, Store, Versioned};
 
 /// Longest `wait` a blocking query may ask for.

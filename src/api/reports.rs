@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use crate::api::error::ApiError;
 use crate::api::reads::with_revision;
 use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
-use crate::keys::ReportKey;
+use crate::store::keys::ReportKey;
 use crate::store::{Json, Store, StoreError, Ticket, Versioned};
 
 /// How long a write may stay parked before it is answered 503.

@@ -12,10 +12,10 @@ use zeroize::Zeroizing;
 
 use crate::api::error::ApiError;
 use crate::cp::client::{CpClient, CpError};
-use crate::cp::health::{LinkHealth, SecretOutcome};
-use crate::cp::nsk::Nsk;
-use crate::cp::secret::decrypt_secret;
 use crate::http::{Body, Request, Response, Transport};
+use crate::secrets::cipher::decrypt_secret;
+use crate::secrets::nsk::Nsk;
+use crate::telemetry::health::{LinkHealth, SecretOutcome};
 
 /// What the secret route needs: the control plane and the key to open what it sends.
 pub struct SecretSource {

@@ -8,10 +8,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::cp::health::{LinkHealth, SecretOutcome};
 use crate::http::{Request, Response, ServerStats};
-use crate::metrics::{family, label, single, RequestMetrics};
 use crate::store::Store;
+use crate::telemetry::health::{LinkHealth, SecretOutcome};
+use crate::telemetry::metrics::{family, label, single, RequestMetrics};
 use crate::timefmt::format_rfc3339_utc;
 
 /// Counters owned by other threads (event stream, reconciler) that the metrics page shows.

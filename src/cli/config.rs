@@ -15,8 +15,8 @@ use log::LevelFilter;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::cp::nsk::Nsk;
 use crate::duration;
+use crate::secrets::nsk::Nsk;
 
 pub const DEFAULT_SOCKET: &str = "/var/run/plexd/api.sock";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9100";

@@ -17,22 +17,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::config::{Config, ConfigError};
+use super::sd_notify;
 use crate::api::access::Access;
 use crate::api::secrets::SecretSource;
 use crate::api::status::Status;
 use crate::api::Api;
-use crate::config::{Config, ConfigError};
 use crate::cp::client::{CpClient, CpConfig};
-use crate::cp::health::LinkHealth;
 use crate::cp::link::{Link, LinkOptions};
 use crate::cp::stream::{self, EventStreamHandle, StreamDeps, StreamOptions};
-use crate::cp::stream_metrics::StreamMetrics;
 use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, PublicKey, Verifier};
+use crate::http::activation;
+use crate::http::listen;
 use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
-use crate::listen;
 use crate::store::{ChangeKind, Store};
-use crate::systemd;
+use crate::telemetry::health::LinkHealth;
+use crate::telemetry::stream::StreamMetrics;
 
 /// Why the daemon could not start. `exit_code` is what the process exits with.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,7 @@ impl Daemon {
         // Listeners first: a bind failure must leave the disk untouched.
         let mut unix = None;
         let mut tcp = None;
-        for l in systemd::listen_fds() {
+        for l in activation::listen_fds() {
             match l {
                 Listener::Unix(u) if unix.is_none() => unix = Some(u),
                 Listener::Tcp(t) if tcp.is_none() => tcp = Some(t),
@@ -223,7 +224,7 @@ impl Daemon {
             log::warn!("no control plane configured: serving the disk cache offline; secrets answer 503, reports stay pending");
         }
 
-        if let Err(e) = systemd::notify("READY=1") {
+        if let Err(e) = sd_notify::notify("READY=1") {
             log::warn!(error:% = e; "sd_notify READY=1 failed");
         }
         log::info!(
@@ -250,7 +251,7 @@ impl Daemon {
     /// Stops everything within the shutdown timeout.
     pub fn shutdown(self) {
         let deadline = Instant::now() + self.shutdown_timeout;
-        if let Err(e) = systemd::notify("STOPPING=1") {
+        if let Err(e) = sd_notify::notify("STOPPING=1") {
             log::warn!(error:% = e; "sd_notify STOPPING=1 failed");
         }
         log::info!("shutting down");

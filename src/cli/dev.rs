@@ -11,11 +11,11 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, Settings};
-use crate::cp::nsk::Nsk;
-use crate::daemon::{Daemon, SignalWait};
+use super::config::{Config, Settings};
+use super::daemon::{Daemon, SignalWait};
 use crate::devcp::{DevConfig, DevControlPlane};
-use crate::logging;
+use crate::secrets::nsk::Nsk;
+use crate::telemetry::logging;
 
 pub const DEFAULT_DEV_DIR: &str = ".plexd-dev";
 pub const DEV_NODE_ID: &str = "dev-node";

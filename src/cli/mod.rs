@@ -1,16 +1,24 @@
 //! The command line: which subcommand, with which arguments. Parses (with `lexopt`)
-//! and dispatches; the work lives in `daemon`, `dev` and `state_cli`.
+//! and dispatches; the work lives in `daemon`, `dev` and `state`.
 //!
 //! Exit statuses: 0 success, 1 runtime failure (bind, load), 2 bad configuration or
-//! usage; `state` adds its own (see `state_cli`).
+//! usage; `state` adds its own (see `state`).
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dev;
+pub mod sd_notify;
+pub mod state;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
-use crate::config::{Config, ConfigError, Settings, BOOLEAN_FLAGS};
-use crate::{daemon, dev, logging, state_cli};
+use crate::telemetry::logging;
+use config::{Config, ConfigError, Settings, BOOLEAN_FLAGS};
 
 pub const USAGE: &str = "\
 plexd-nodeapi — the node-local state API of a Plexsphere node
@@ -63,7 +71,7 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
     match sub.as_str() {
         "serve" => serve(parser),
         "dev" => dev_command(parser),
-        "state" => state_cli::main(parser),
+        "state" => state::main(parser),
         "version" => {
             println!("{}", version_text());
             0

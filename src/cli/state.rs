@@ -17,10 +17,10 @@ use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
-use crate::client::{ClientError, ClientResponse, LocalClient};
-use crate::config::DEFAULT_SOCKET;
-use crate::keys::percent_encode_segment;
-use crate::state_watch::{self, Sink, Target};
+use super::client::{ClientError, ClientResponse, LocalClient};
+use super::config::DEFAULT_SOCKET;
+use super::watch::{self, Sink, Target};
+use crate::encoding::percent_encode_segment;
 
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
@@ -247,7 +247,7 @@ pub fn main(parser: lexopt::Parser) -> i32 {
             } else {
                 Sink::Command(command)
             };
-            return state_watch::run(client, target, sink);
+            return watch::run(client, target, sink);
         }
     };
     report(result)

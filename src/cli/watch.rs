@@ -22,9 +22,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::client::{ClientResponse, LocalClient};
-use crate::keys::percent_encode_segment;
-use crate::state_cli::{exit_for_status, EXIT_ERROR, EXIT_USAGE};
+use super::client::{ClientResponse, LocalClient};
+use super::state::{exit_for_status, EXIT_ERROR, EXIT_USAGE};
+use crate::encoding::percent_encode_segment;
 
 /// How long each blocking query asks the daemon to wait.
 const WAIT: Duration = Duration::from_secs(300);
@@ -335,7 +335,7 @@ fn compact(body: &[u8]) -> String {
     match serde_json::from_slice::<&serde_json::value::RawValue>(body) {
         Ok(_) => {
             let text = String::from_utf8_lossy(body);
-            crate::state_cli::compact_json(&text)
+            super::state::compact_json(&text)
         }
         Err(_) => String::from_utf8_lossy(body).replace('\n', " "),
     }

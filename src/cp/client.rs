@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::keys::percent_encode_segment;
+use crate::encoding::percent_encode_segment;
 use crate::model::{NodeState, ReportSyncRequest, SecretResponse};
 
 /// Largest response body accepted (after gzip decoding).

@@ -35,11 +35,11 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
 use super::event_apply::{apply_event, Applied, SIGNING_KEY_ROTATED};
-use super::health::LinkHealth;
-use super::stream_metrics::StreamMetrics;
 use super::syncer::MAX_RETRY_AFTER;
 use crate::events::{SseItem, SseParser, Verifier};
 use crate::store::Store;
+use crate::telemetry::health::LinkHealth;
+use crate::telemetry::stream::StreamMetrics;
 
 /// Default idle timeout: no byte for this long → reconnect.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -20,8 +20,8 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
-use super::health::LinkHealth;
 use crate::store::Store;
+use crate::telemetry::health::LinkHealth;
 
 /// Most keys per report POST.
 pub const MAX_BATCH_KEYS: usize = 1000;

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::cp::nsk::Nsk;
 use crate::events::{SignError, Signer};
 use crate::http::{Limits, Listener, Server, ServerConfig, ServerHandle};
 use crate::model::{Metadata, NodeState, ReportEntry, ReportSyncRequest, SigningKeys};
+use crate::secrets::nsk::Nsk;
 
 pub use events::EventHub;
 pub use routes::DevHandler;

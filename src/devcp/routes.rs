@@ -12,10 +12,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::cp::secret::encrypt_secret;
+use crate::encoding::percent_decode;
 use crate::http::{Handler, Method, Reply, Request, Response, Stream, Transport};
-use crate::keys::percent_decode;
 use crate::model::{Metadata, ReportSyncRequest, SecretResponse};
+use crate::secrets::cipher::encrypt_secret;
 
 use super::state::{DevState, FailRoute, ReportOutcome};
 

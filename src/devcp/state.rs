@@ -14,11 +14,11 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::events::EventHub;
-use crate::cp::nsk::Nsk;
 use crate::events::Signer;
 use crate::model::{
     DataEntry, Metadata, NodeState, ReportEntry, ReportSyncRequest, SecretRef, SigningKeys,
 };
+use crate::secrets::nsk::Nsk;
 use crate::timefmt::format_rfc3339_utc;
 
 /// Which control-plane route an injected failure applies to.

@@ -1,15 +1,15 @@
-//! The two systemd protocols the daemon speaks: socket activation (`LISTEN_FDS`) and
-//! readiness notification (`NOTIFY_SOCKET`).
+//! Socket activation: the listening sockets systemd passes (`LISTEN_FDS`), handed out
+//! as `http::Listener`s.
 //!
-//! No libsystemd: both are a few lines of environment parsing and one datagram. This
-//! module does not decide which passed socket replaces which flag; `main` does.
+//! No libsystemd: a few lines of environment parsing. This module does not decide which
+//! passed socket replaces which flag (the daemon's start sequence does), and readiness
+//! notification (`NOTIFY_SOCKET`) is the command line's business (`cli::sd_notify`).
 
-use std::io;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 
-use crate::http::Listener;
+use super::Listener;
 
 /// First descriptor systemd passes.
 const LISTEN_FDS_START: RawFd = 3;
@@ -64,35 +64,17 @@ fn family(fd: RawFd) -> Option<libc::c_int> {
     (r == 0).then_some(libc::c_int::from(addr.ss_family))
 }
 
-/// Sends `state` (e.g. `READY=1`) to `$NOTIFY_SOCKET`; a no-op when it is unset.
-/// An address starting with `@` is in the abstract namespace.
-pub fn notify(state: &str) -> io::Result<()> {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let sock = UnixDatagram::unbound()?;
-    let bytes = target.as_encoded_bytes();
-    if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = SocketAddr::from_abstract_name(name)?;
-        sock.send_to_addr(state.as_bytes(), &addr)?;
-    } else {
-        sock.send_to(state.as_bytes(), &target)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    //! Both protocols read the environment, which tests must not change inside the
+    //! Socket activation reads the environment, which tests must not change inside the
     //! multi-threaded test harness: each test re-runs this test binary as a child with
     //! the environment (and descriptors) set up, and the child does the checking.
 
     use super::*;
+    use std::io;
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     use std::process::Command;
-    use std::time::Duration;
 
     const CHILD: &str = "PLEXD_SYSTEMD_TEST_CHILD";
 
@@ -117,47 +99,12 @@ mod tests {
     }
 
     #[test]
-    fn notify_sends_datagram_to_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let rx = UnixDatagram::bind(&path).unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        run_child("systemd::tests::child_notify", |c| {
-            c.env("NOTIFY_SOCKET", &path);
-        });
-        let mut buf = [0u8; 64];
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
-    }
-
-    #[test]
-    fn notify_sends_datagram_to_abstract_name() {
-        use std::os::linux::net::SocketAddrExt;
-        let name = format!("plexd-test-notify-{}", std::process::id());
-        let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        run_child("systemd::tests::child_notify", |c| {
-            c.env("NOTIFY_SOCKET", format!("@{name}"));
-        });
-        let mut buf = [0u8; 64];
-        let n = rx.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
-    }
-
-    #[test]
-    fn child_notify() {
-        if is_child() {
-            notify("READY=1").unwrap();
-        }
-    }
-
-    #[test]
     fn listen_fds_takes_passed_sockets() {
         let dir = tempfile::tempdir().unwrap();
         let unix = UnixListener::bind(dir.path().join("a.sock")).unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let (ufd, tfd) = (unix.as_raw_fd(), tcp.as_raw_fd());
-        let out = run_child("systemd::tests::child_listen_fds", |c| {
+        let out = run_child("http::activation::tests::child_listen_fds", |c| {
             c.env("LISTEN_FDS", "2");
             // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
             unsafe {
@@ -173,7 +120,7 @@ mod tests {
             }
         });
         assert!(out.contains("CHILD-OK unix=1 tcp=1"), "{out}");
-        let out = run_child("systemd::tests::child_listen_fds_other_pid", |c| {
+        let out = run_child("http::activation::tests::child_listen_fds_other_pid", |c| {
             c.env("LISTEN_FDS", "2").env("LISTEN_PID", "1");
         });
         assert!(out.contains("CHILD-OK none"), "{out}");

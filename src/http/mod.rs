@@ -16,7 +16,9 @@
 //! a connection with no complete request holds no thread and keeps only its unparsed
 //! bytes; the core never panics on input, and a panicking handler becomes a 500.
 
+pub mod activation;
 mod conn;
+pub mod listen;
 mod parse;
 mod poller;
 mod server;

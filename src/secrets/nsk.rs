@@ -7,7 +7,7 @@
 //! the content. This module reads no files itself: callers pass the bytes in, so the
 //! policy of where the files live stays with the configuration code.
 
-use crate::keys::hex_val;
+use crate::encoding::hex_val;
 use std::fmt;
 
 use base64::Engine as _;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::MutexGuard;
 use std::time::SystemTime;
 
-use crate::keys;
+use super::keys;
 use crate::model::{DataEntry, SecretRef};
 
 use super::cache::{render, render_meta_item, DataItem, MetaItem, Stamp};

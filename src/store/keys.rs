@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::encoding::HEX;
+
 /// Longest report key accepted, in bytes.
 pub const MAX_REPORT_KEY_LEN: usize = 200;
 
@@ -89,58 +91,8 @@ pub fn file_name_for(key: &str) -> Option<String> {
     (out.len() <= MAX_FILE_NAME).then_some(out)
 }
 
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
-
 /// Longest file name most Linux file systems accept.
 pub const MAX_FILE_NAME: usize = 255;
-
-/// Decodes `%XX` escapes (any case) in a URL path segment. Returns `None` for a broken
-/// escape or a result that is not UTF-8; `+` is kept as is (paths, not forms).
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    if !bytes.contains(&b'%') {
-        return Some(s.to_owned());
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hi = hex_val(*bytes.get(i + 1)?)?;
-            let lo = hex_val(*bytes.get(i + 2)?)?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Percent-encodes a key for use as one URL path segment (RFC 3986 unreserved kept).
-pub fn percent_encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[(b >> 4) as usize]));
-            out.push(char::from(HEX[(b & 0xf) as usize]));
-        }
-    }
-    out
-}
-
-/// The value of one hexadecimal digit (either case).
-pub(crate) fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -185,20 +137,5 @@ mod tests {
         assert_eq!(file_name_for(""), None);
         assert_eq!(file_name_for(&"/".repeat(100)), None);
         assert!(file_name_for(&"k".repeat(250)).is_some());
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(
-            percent_decode("db%2Fpassword").as_deref(),
-            Some("db/password")
-        );
-        assert_eq!(percent_decode("a%2fb").as_deref(), Some("a/b"));
-        assert_eq!(percent_decode("plain+key").as_deref(), Some("plain+key"));
-        assert_eq!(percent_decode("%C3%BC").as_deref(), Some("ü"));
-        assert_eq!(percent_decode("%"), None);
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%FF"), None);
-        assert_eq!(percent_encode_segment("db/pass word"), "db%2Fpass%20word");
     }
 }

@@ -19,11 +19,9 @@ use std::io;
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::keys;
-
 use serde::de::DeserializeOwned;
 
-use crate::keys::ReportKey;
+use super::keys::{self, ReportKey};
 use crate::model::{DataEntry, Metadata, ReportEntry, SecretRef};
 
 use super::apply::normalize_secrets;

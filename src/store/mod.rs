@@ -30,6 +30,7 @@ mod checkpoint;
 mod commit;
 mod files;
 mod journal;
+pub mod keys;
 mod load;
 mod outbox;
 mod reports;
@@ -42,13 +43,13 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 use std::{fmt, io};
 
-use crate::keys::ReportKey;
 use crate::model::{DataEntry, Metadata, SecretRef};
 
 use cache::{Cache, Stamp};
 use checkpoint::Checkpoints;
 use commit::Writes;
 use files::Folder;
+use keys::ReportKey;
 use revision::Epochs;
 
 pub use commit::Ticket;

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use serde_json::value::RawValue;
 
-use crate::keys::{self, ReportKey};
+use super::keys::{self, ReportKey};
 use crate::model::ReportEntry;
 use crate::timefmt;
 

@@ -1214,7 +1214,7 @@ fn go_agent_keys_too_long_to_encode_stay_in_their_plain_files() {
     let f = fixture();
     fs::create_dir_all(f.state.join("data")).unwrap();
     let key = "é".repeat(100);
-    assert!(crate::keys::file_name_for(&key).is_none());
+    assert!(super::keys::file_name_for(&key).is_none());
     let plain = format!("{key}.json");
     fs::write(
         f.state.join("data").join(&plain),

@@ -14,8 +14,8 @@ use std::sync::{Mutex, PoisonError};
 
 use serde_json::json;
 
+use super::metrics::{family, label, single};
 use crate::api::status::ExtraMetrics;
-use crate::metrics::{family, label, single};
 
 /// Distinct ignored event types counted by name; more are counted as `other`.
 pub const MAX_TYPE_LABELS: usize = 32;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use plexd_nodeapi::cp::nsk::Nsk;
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane};
+use plexd_nodeapi::secrets::nsk::Nsk;
 
 pub const NSK_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 pub const NODE_ID: &str = "n_test";
