@@ -2,9 +2,7 @@
 //! non-root clients (children that drop to another uid/gid/groups before connecting),
 //! and the socket's own mode and liveness rules.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! Every route of SPEC §4 with its success shape and every error status, over the real
 //! Unix socket (and TCP with a token) of a real daemon.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const PUT_BODY: &str = r#"{"content_type":"application/json","payload":{"status":"healthy"}}"#;

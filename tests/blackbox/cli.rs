@@ -2,9 +2,7 @@
 //! 2, one line naming the field), bind failures (exit 1), `version`, and the `state`
 //! client end to end against a running daemon.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::{Command, Output};
 use std::time::Duration;
 

@@ -1,9 +1,7 @@
 //! Files and reports across restarts, crashes and outages: persistence, offline serving,
 //! corrupt files, SIGKILL during concurrent writers, and the durable outbox.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

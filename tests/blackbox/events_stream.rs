@@ -3,11 +3,9 @@
 //! the cache untouched, reconnects (dropped and silent streams) with `Last-Event-ID`,
 //! signing-key rotation, and a prompt shutdown while a read is blocked.
 
-mod common;
-
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{eventually, sample, Node, TestDaemon, NODE_ID, NSK_HEX};
+use crate::common::{eventually, sample, Node, TestDaemon, NODE_ID, NSK_HEX};
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane};
 use plexd_nodeapi::events::{new_nonce, Signer};
 use plexd_nodeapi::timefmt::format_rfc3339_utc;

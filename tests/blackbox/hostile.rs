@@ -2,9 +2,7 @@
 //! hostile keys from clients and from the control plane, floods of idle and half-sent
 //! connections, and secrets that must never reach a file or a log line.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};

@@ -4,14 +4,12 @@
 //! woken by a PUT, a reconcile and an SSE event, timing out, not woken by other keys, bounded
 //! (429), answered at shutdown, and cheap for everyone else while 1,000 wait.
 
-mod common;
-
 use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn index(r: &Resp) -> u64 {
     r.header("x-plexd-index")

@@ -3,13 +3,11 @@
 //! check of the Prometheus text format (0.0.4), counters that move with requests
 //! (parked ones included, when answered), and the TCP token rule for `/metrics`.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 // ---- a small Prometheus text-format checker ---------------------------------------
 

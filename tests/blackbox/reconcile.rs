@@ -2,11 +2,9 @@
 //! differ — a change that produced no event, an event whose content diverges, state
 //! emptied or files edited while the daemon was stopped.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, Node, TestDaemon};
+use crate::common::{eventually, Node, TestDaemon};
 use plexd_nodeapi::devcp::DevControlPlane;
 
 fn region(d: &TestDaemon) -> Option<String> {

@@ -3,15 +3,13 @@
 //! a missing key waited for, an unreachable daemon retried, an index that goes
 //! backwards (another store) reset, Ctrl-C → exit 0.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct Watch {
     child: Child,

@@ -36,8 +36,17 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
+/// It installs the process-wide logger, so it runs alone in a child process.
 #[test]
 fn no_credentials_or_secrets_in_logs() {
+    crate::alone(
+        module_path!(),
+        "no_credentials_or_secrets_in_logs",
+        no_credentials_or_secrets_in_logs_alone,
+    );
+}
+
+fn no_credentials_or_secrets_in_logs_alone() {
     log::set_boxed_logger(Box::new(Capture)).unwrap();
     log::set_max_level(log::LevelFilter::Trace);
 

@@ -1,12 +1,10 @@
 //! Wire-level tests of the HTTP core over real Unix sockets: framing, keep-alive,
 //! limits, timeouts, parked requests, streams and shutdown.
 
-mod http_common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http_common::{Client, TestServer};
+use crate::http_common::{Client, TestServer};
 
 #[test]
 fn keep_alive_serves_many_requests_on_one_connection() {
@@ -421,7 +419,7 @@ fn tcp_listener_serves_with_peer_address() {
     let h = Server::start(
         Default::default(),
         vec![Listener::Tcp(l)],
-        std::sync::Arc::new(http_common::TestHandler::default()),
+        std::sync::Arc::new(crate::http_common::TestHandler::default()),
     )
     .unwrap();
     let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -1,13 +1,11 @@
 //! 2,000 idle keep-alive connections and 50 half-sent heads must neither hold threads
-//! nor delay a fresh client. Alone in its test binary so the thread count is stable.
-
-mod http_common;
+//! nor delay a fresh client. Runs alone in a child process so the thread count is stable.
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http_common::{thread_count, TestServer};
+use crate::http_common::{thread_count, TestServer};
 
 fn rss_kib() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -18,8 +16,17 @@ fn rss_kib() -> usize {
         .unwrap()
 }
 
+/// It counts the process's threads, so it runs alone in a child process.
 #[test]
 fn idle_and_half_sent_connections_hold_no_worker() {
+    crate::alone(
+        module_path!(),
+        "idle_and_half_sent_connections_hold_no_worker",
+        idle_and_half_sent_connections_hold_no_worker_alone,
+    );
+}
+
+fn idle_and_half_sent_connections_hold_no_worker_alone() {
     let srv = TestServer::with(|c| {
         c.workers = 4;
         c.limits.head_timeout = Duration::from_secs(30);
@@ -52,7 +59,7 @@ fn idle_and_half_sent_connections_hold_no_worker() {
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
         let t = Instant::now();
-        let mut c = http_common::Client::new(UnixStream::connect(&srv.path).unwrap());
+        let mut c = crate::http_common::Client::new(UnixStream::connect(&srv.path).unwrap());
         assert_eq!(c.get("/json").status, 200);
         worst = worst.max(t.elapsed());
     }
