@@ -1,6 +1,7 @@
 //! `GET /v1/health` and `GET /metrics`: the daemon's own state, for people and for
-//! Prometheus. Reads counters others keep (store, link health, HTTP core stats); keeps
-//! none of its own except the request counters it is handed.
+//! Prometheus. Reads what others keep (the store, the telemetry records of the link and
+//! the event stream, the HTTP core's stats); keeps nothing of its own except the
+//! request counters.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -12,21 +13,15 @@ use crate::http::{Request, Response, ServerStats};
 use crate::store::Store;
 use crate::telemetry::health::{LinkHealth, SecretOutcome};
 use crate::telemetry::metrics::{family, label, single, RequestMetrics};
+use crate::telemetry::stream::StreamMetrics;
 use crate::timefmt::format_rfc3339_utc;
-
-/// Counters owned by other threads (event stream, reconciler) that the metrics page shows.
-pub trait ExtraMetrics: Send + Sync {
-    fn render(&self, out: &mut String);
-    /// Fields merged into the health document's `control_plane` object.
-    fn health_fields(&self) -> serde_json::Map<String, serde_json::Value>;
-}
 
 pub struct Status {
     pub metrics: Arc<RequestMetrics>,
     pub store: Arc<Store>,
     pub health: Arc<LinkHealth>,
+    pub stream: Arc<StreamMetrics>,
     pub server: OnceLock<Arc<ServerStats>>,
-    pub extra: OnceLock<Arc<dyn ExtraMetrics>>,
     pub secret_auth: bool,
     started: Instant,
 }
@@ -41,13 +36,18 @@ fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 impl Status {
-    pub fn new(store: Arc<Store>, health: Arc<LinkHealth>, secret_auth: bool) -> Status {
+    pub fn new(
+        store: Arc<Store>,
+        health: Arc<LinkHealth>,
+        stream: Arc<StreamMetrics>,
+        secret_auth: bool,
+    ) -> Status {
         Status {
             metrics: Arc::new(RequestMetrics::default()),
             store,
             health,
+            stream,
             server: OnceLock::new(),
-            extra: OnceLock::new(),
             secret_auth,
             started: Instant::now(),
         }
@@ -80,8 +80,8 @@ impl Status {
             "last_error_at": time_or_null(link.last_error_at),
             "consecutive_sync_failures": link.consecutive_sync_failures,
         });
-        if let (Some(extra), Some(obj)) = (self.extra.get(), control_plane.as_object_mut()) {
-            obj.extend(extra.health_fields());
+        if let Some(obj) = control_plane.as_object_mut() {
+            obj.extend(self.stream.health_fields());
         }
         let doc = json!({
             "status": if link.degraded() { "degraded" } else { "ok" },
@@ -250,9 +250,7 @@ impl Status {
             "Full-state fetches that failed.",
             link.reconcile_failures,
         );
-        if let Some(extra) = self.extra.get() {
-            extra.render(&mut out);
-        }
+        self.stream.render(&mut out);
         family(
             &mut out,
             "plexd_nodeapi_build_info",

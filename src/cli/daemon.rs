@@ -148,7 +148,13 @@ impl Daemon {
             }));
         }
 
-        let status = Status::new(Arc::clone(&store), Arc::clone(&health), config.secret_auth);
+        let stream_metrics = Arc::new(StreamMetrics::new());
+        let status = Status::new(
+            Arc::clone(&store),
+            Arc::clone(&health),
+            Arc::clone(&stream_metrics),
+            config.secret_auth,
+        );
         let api = Arc::new(Api {
             store: Arc::clone(&store),
             access: Access::new(
@@ -187,11 +193,6 @@ impl Daemon {
         let _ = api.status.server.set(server.stats());
 
         let verifier = Arc::new(Verifier::new(file_keys(config.signing_key.as_deref())));
-        let stream_metrics = Arc::new(StreamMetrics::new());
-        let _ = api
-            .status
-            .extra
-            .set(Arc::clone(&stream_metrics) as Arc<dyn crate::api::status::ExtraMetrics>);
         if client.is_some() && config.signing_key.is_none() {
             log::warn!("no signing key file: events are rejected until the control plane's state response supplies signing keys; state arrives by reconciliation meanwhile");
         }

@@ -1,9 +1,9 @@
-//! Counters of the event stream and the reconciler, shown on `/metrics` and merged into
-//! `/v1/health` through `api::status::ExtraMetrics`.
+//! Counters of the event stream and the reconciler, shown on `/metrics` (`render`) and
+//! merged into `/v1/health` (`health_fields`).
 //!
 //! The stream thread and the link record facts here (connected, an event accepted,
 //! rejected for a reason, ignored for its type, a reconcile that corrected the cache);
-//! the status page renders them. Nothing here decides or performs I/O. Label values
+//! the status page reads them. Nothing here decides or performs I/O. Label values
 //! are bounded: reject reasons are a fixed set, and ignored event types (which are
 //! counted only after their signature verified) are capped at `MAX_TYPE_LABELS`.
 
@@ -15,7 +15,6 @@ use std::sync::{Mutex, PoisonError};
 use serde_json::json;
 
 use super::metrics::{family, label, single};
-use crate::api::status::ExtraMetrics;
 
 /// Distinct ignored event types counted by name; more are counted as `other`.
 pub const MAX_TYPE_LABELS: usize = 32;
@@ -127,10 +126,9 @@ impl StreamMetrics {
             corrections: self.corrections.load(Ordering::Relaxed),
         }
     }
-}
 
-impl ExtraMetrics for StreamMetrics {
-    fn render(&self, out: &mut String) {
+    /// Writes the stream's and the reconciler's metric families.
+    pub fn render(&self, out: &mut String) {
         let c = self.counts();
         single(
             out,
@@ -188,7 +186,8 @@ impl ExtraMetrics for StreamMetrics {
         );
     }
 
-    fn health_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+    /// Fields merged into the health document's `control_plane` object.
+    pub fn health_fields(&self) -> serde_json::Map<String, serde_json::Value> {
         let c = self.counts();
         let doc = json!({
             "event_stream_connected": c.connected,
