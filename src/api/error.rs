@@ -3,6 +3,7 @@
 //! crypto detail.
 
 use crate::http::Response;
+use crate::secrets::SecretError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,6 +51,21 @@ impl From<ApiError> for Response {
             ApiError::Unauthorized => response.header("WWW-Authenticate", "Bearer"),
             ApiError::TooManyWaiters => response.header("Retry-After", "1"),
             _ => response,
+        }
+    }
+}
+
+/// What a failed secret fetch tells the client. Nothing about the upstream error or the
+/// cipher reaches it.
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> ApiError {
+        match e {
+            SecretError::NotConfigured => {
+                ApiError::Unavailable("secrets are unavailable: no control plane is configured")
+            }
+            SecretError::NotFound => ApiError::NotFound("secret not found".into()),
+            SecretError::Unavailable(_) => ApiError::Unavailable("control plane unavailable"),
+            SecretError::Decrypt => ApiError::Internal("secret could not be decrypted"),
         }
     }
 }

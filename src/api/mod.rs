@@ -17,19 +17,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::http::{Handler, Method, Park, Reply, Request, Response};
+use crate::secrets::Secrets;
 use crate::store::Store;
 
 use access::Access;
 use error::ApiError;
 use route::{Resource, RouteError};
-use secrets::SecretSource;
 use status::Status;
 
 /// The daemon's request handler.
 pub struct Api {
     pub store: Arc<Store>,
     pub access: Access,
-    pub secrets: SecretSource,
+    pub secrets: Secrets,
     pub status: Status,
 }
 
@@ -58,7 +58,7 @@ impl Api {
             (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
             (_, Resource::SecretKey(key)) => {
                 reads::refuse_blocking_on_secret_value(req)?;
-                self.secrets.get(&key, req)?.into()
+                secrets::get(&self.secrets, &key, req)?.into()
             }
             (_, Resource::Health) => self.status.health(req).into(),
             (_, Resource::Metrics) => self.status.metrics().into(),

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use super::config::{Config, ConfigError};
 use super::sd_notify;
 use crate::api::access::Access;
-use crate::api::secrets::SecretSource;
 use crate::api::status::Status;
 use crate::api::Api;
 use crate::cp::client::{CpClient, CpConfig};
@@ -31,6 +30,7 @@ use crate::events::{KeySet, PublicKey, Verifier};
 use crate::http::activation;
 use crate::http::listen;
 use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::secrets::Secrets;
 use crate::store::{ChangeKind, Store};
 use crate::telemetry::health::LinkHealth;
 use crate::telemetry::stream::StreamMetrics;
@@ -162,11 +162,7 @@ impl Daemon {
                 config.secret_auth,
                 Access::lookup_secrets_gid(),
             ),
-            secrets: SecretSource {
-                client: client.clone(),
-                nsk: config.nsk.clone(),
-                health: Arc::clone(&health),
-            },
+            secrets: Secrets::new(client.clone(), config.nsk.clone(), Arc::clone(&health)),
             status,
         });
         if config.secret_auth && Access::lookup_secrets_gid().is_none() {
