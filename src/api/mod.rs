@@ -3,7 +3,7 @@
 //! Flow: the HTTP core hands a `Request` to `Api::handle` → access checks (`access`) →
 //! `route::resolve` → a handler in `reads`, `reports`, `secrets` or `status` → the
 //! store or the control-plane client. Every failure is an `ApiError`, turned into a
-//! JSON response in one place (`error`). Nothing here parses HTTP or touches a file.
+//! JSON response in one place (`error`), which also maps the other parts' errors. Nothing here parses HTTP or touches a file.
 
 pub mod access;
 pub mod error;
@@ -41,10 +41,7 @@ impl Api {
         resolved: Result<Resource, RouteError>,
     ) -> Result<Reply, ApiError> {
         self.access.check_transport(req)?;
-        let resource = resolved.map_err(|e| match e {
-            RouteError::NotFound => ApiError::NotFound("not found".into()),
-            RouteError::BadKey => ApiError::BadRequest("invalid key: bad percent-encoding".into()),
-        })?;
+        let resource = resolved?;
         if !resource.allowed().contains(&req.method) {
             return Err(ApiError::MethodNotAllowed {
                 allow: resource.allow_header(),
@@ -60,7 +57,7 @@ impl Api {
                 reads::refuse_blocking_on_secret_value(req)?;
                 secrets::get(&self.secrets, &key, req)?.into()
             }
-            (_, Resource::Health) => self.status.health(req).into(),
+            (_, Resource::Health) => self.status.health(req)?.into(),
             (_, Resource::Metrics) => self.status.metrics().into(),
             (_, resource) => reads::read(&self.store, resource, req)?,
         };

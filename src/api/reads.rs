@@ -81,7 +81,7 @@ pub fn lookup(store: &Store, resource: &Resource) -> Result<Option<Lookup>, ApiE
         Resource::Secrets => found(store.secret_list()),
         Resource::Reports => found(store.report_list()),
         Resource::ReportKey(k) => {
-            let key = ReportKey::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let key = ReportKey::parse(k)?;
             match store.report(&key) {
                 Some(v) => found(v),
                 None => missing(store.report_list(), "report entry not found"),
@@ -177,7 +177,7 @@ fn render(lookup: Lookup, conditions: &Conditions) -> Response {
             mod_rev,
             modified,
             message,
-        } => Response::error(404, message)
+        } => Response::from(ApiError::NotFound(message.into()))
             .header("X-Plexd-Index", mod_rev.to_string())
             .header("Last-Modified", http_date(modified)),
     }
@@ -260,7 +260,7 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     let check = move |wake: Wake| -> Option<Response> {
         let now = match lookup(&store, &resource) {
             Ok(Some(l)) => l,
-            _ => return Some(Response::error(500, "resource vanished")),
+            _ => return Some(ApiError::Internal("resource vanished").into()),
         };
         let still_missing = was_missing && matches!(now, Lookup::Missing { .. });
         match wake {

@@ -42,7 +42,7 @@ struct PutBody {
 }
 
 pub fn parse_key(key: &str) -> Result<ReportKey, ApiError> {
-    ReportKey::parse(key).map_err(|e| ApiError::BadRequest(e.to_string()))
+    Ok(ReportKey::parse(key)?)
 }
 
 /// `If-Match: N` — a plain non-negative integer (quotes tolerated).
@@ -89,25 +89,6 @@ pub fn parse_put(key: &str, req: &Request) -> Result<PutReport, ApiError> {
     })
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict { current: Some(v) } => {
-            ApiError::Conflict(format!("version conflict: current version is {v}"))
-        }
-        StoreError::Conflict { current: None } => ApiError::Conflict(
-            "version conflict: the entry does not exist (use If-Match: 0)".into(),
-        ),
-        StoreError::NotFound => ApiError::NotFound("report entry not found".into()),
-        StoreError::KeyNotStorable => {
-            ApiError::BadRequest("invalid key: too long once encoded as a file name".into())
-        }
-        other => {
-            log::error!(error:% = other; "report write failed");
-            ApiError::Internal("the report could not be stored; nothing was changed")
-        }
-    }
-}
-
 fn put_response(result: Result<Versioned<Json>, StoreError>) -> Response {
     match result {
         Ok(stored) => with_revision(
@@ -115,7 +96,7 @@ fn put_response(result: Result<Versioned<Json>, StoreError>) -> Response {
             stored.mod_rev,
             stored.modified,
         ),
-        Err(e) => Response::from(store_error(e)),
+        Err(e) => ApiError::from(e).into(),
     }
 }
 
@@ -124,7 +105,7 @@ fn delete_response(result: Result<u64, StoreError>) -> Response {
         Ok(revision) => Response::new(204)
             .header("X-Plexd-Index", revision.to_string())
             .header("ETag", super::reads::etag(revision)),
-        Err(e) => Response::from(store_error(e)),
+        Err(e) => ApiError::from(e).into(),
     }
 }
 
@@ -144,10 +125,10 @@ fn park_on<T: Send + 'static>(
                 log::warn!(
                     "report write not durable in time; answering 503 (it may still complete)"
                 );
-                Response::error(
-                    503,
+                ApiError::Unavailable(
                     "write still in progress; read the entry back before retrying",
                 )
+                .into()
             }
         }),
     };

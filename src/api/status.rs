@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use crate::api::error::ApiError;
 use crate::http::{Request, Response, ServerStats};
 use crate::store::Store;
 use crate::telemetry::health::{LinkHealth, SecretOutcome};
@@ -65,8 +66,8 @@ impl Status {
     }
 
     /// The health document. Always 200 while serving; with `?ready` (a readiness
-    /// probe) 503 until `ready()`.
-    pub fn health(&self, req: &Request) -> Response {
+    /// probe) `ApiError::NotReady` (503 with the same document) until `ready()`.
+    pub fn health(&self, req: &Request) -> Result<Response, ApiError> {
         let link = self.health.snapshot();
         let counts = self.store.counts();
         let ready = self.ready();
@@ -101,12 +102,11 @@ impl Status {
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
         });
-        let code = if req.query_param("ready").is_some() && !ready {
-            503
-        } else {
-            200
-        };
-        Response::json(code, doc.to_string().into_bytes()).header("Cache-Control", "no-store")
+        let body = doc.to_string().into_bytes();
+        if req.query_param("ready").is_some() && !ready {
+            return Err(ApiError::NotReady { health: body });
+        }
+        Ok(Response::json(200, body).header("Cache-Control", "no-store"))
     }
 
     pub fn metrics(&self) -> Response {

@@ -154,19 +154,6 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// The HTTP status a local API answer should carry for this error: 409 conflict,
-    /// 404 not found, 400 for a key that cannot be stored, 500 for persistence failures.
-    pub fn status_code(&self) -> u16 {
-        match self {
-            StoreError::Conflict { .. } => 409,
-            StoreError::NotFound => 404,
-            StoreError::KeyNotStorable => 400,
-            StoreError::Io { .. } | StoreError::Encode { .. } => 500,
-        }
-    }
-}
-
 impl From<io::Error> for StoreError {
     fn from(source: io::Error) -> StoreError {
         StoreError::Io {
