@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::config::{Config, ConfigError};
+use super::error::CliError;
 use super::sd_notify;
 use crate::api::access::Access;
 use crate::api::status::Status;
@@ -35,28 +36,6 @@ use crate::store::{ChangeKind, Store};
 use crate::telemetry::health::LinkHealth;
 use crate::telemetry::stream::StreamMetrics;
 
-/// Why the daemon could not start. `exit_code` is what the process exits with.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Bind(String),
-    #[error("cannot load the state cache: {0}")]
-    Store(String),
-    #[error("cannot start: {0}")]
-    Start(String),
-}
-
-impl DaemonError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            DaemonError::Config(_) => 2,
-            _ => 1,
-        }
-    }
-}
-
 /// A running daemon.
 pub struct Daemon {
     server: ServerHandle,
@@ -72,7 +51,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(config: Config) -> Result<Daemon, DaemonError> {
+    pub fn start(config: Config) -> Result<Daemon, CliError> {
         let client = match &config.control_plane {
             Some(url) => {
                 let token = config.cp_token.clone().ok_or_else(|| {
@@ -102,15 +81,13 @@ impl Daemon {
         let own_socket = unix.is_none().then(|| config.socket.clone());
         let unix = match unix {
             Some(u) => u,
-            None => {
-                listen::bind_unix(&config.socket).map_err(|e| DaemonError::Bind(e.to_string()))?
-            }
+            None => listen::bind_unix(&config.socket).map_err(|e| CliError::Bind(e.to_string()))?,
         };
         let tcp = match (tcp, config.http_listen) {
             (Some(t), _) => Some(t),
             (None, Some(addr)) => Some(listen::bind_tcp(&addr.to_string()).map_err(|e| {
                 remove_socket(own_socket.as_ref());
-                DaemonError::Bind(e.to_string())
+                CliError::Bind(e.to_string())
             })?),
             (None, None) => None,
         };
@@ -120,7 +97,7 @@ impl Daemon {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 remove_socket(own_socket.as_ref());
-                return Err(DaemonError::Store(e.to_string()));
+                return Err(CliError::Store(e.to_string()));
             }
         };
 
@@ -183,7 +160,7 @@ impl Daemon {
         )
         .map_err(|e| {
             remove_socket(own_socket.as_ref());
-            DaemonError::Start(format!("HTTP server: {e}"))
+            CliError::Start(format!("HTTP server: {e}"))
         })?;
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
@@ -335,13 +312,13 @@ impl SignalWait {
 }
 
 /// `serve`: start, wait for a signal, stop.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+pub fn run(config: Config) -> Result<(), CliError> {
     let signals =
-        SignalWait::install().map_err(|e| DaemonError::Start(format!("signal handling: {e}")))?;
+        SignalWait::install().map_err(|e| CliError::Start(format!("signal handling: {e}")))?;
     let daemon = Daemon::start(config)?;
     signals
         .wait()
-        .map_err(|e| DaemonError::Start(format!("signal handling: {e}")))?;
+        .map_err(|e| CliError::Start(format!("signal handling: {e}")))?;
     daemon.shutdown();
     Ok(())
 }

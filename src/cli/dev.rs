@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{Config, Settings};
 use super::daemon::{Daemon, SignalWait};
+use super::error::{CliError, Failure};
 use crate::devcp::{DevConfig, DevControlPlane};
 use crate::secrets::nsk::Nsk;
 use crate::telemetry::logging;
@@ -26,9 +27,11 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
 }
 
-fn fail(message: String) -> i32 {
-    eprintln!("plexd-nodeapi dev: {message}");
-    1
+/// Who reports a failure of `dev`.
+const WHO: &str = "plexd-nodeapi dev";
+
+fn fail(message: String) -> Failure {
+    CliError::Failed(message).by(WHO)
 }
 
 fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
@@ -71,22 +74,22 @@ fn prepare_data_dir(dir: &Path) -> std::io::Result<String> {
     Ok(fs::read_to_string(&nsk_path)?.trim().to_owned())
 }
 
-pub fn run(opts: DevOptions) -> i32 {
+pub fn run(opts: DevOptions) -> Result<(), Failure> {
     let data_dir = opts
         .data_dir
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DEV_DIR));
     let socket = opts.socket.unwrap_or_else(|| data_dir.join("api.sock"));
     let token = match prepare_data_dir(&data_dir) {
         Ok(t) => t,
-        Err(e) => return fail(format!("cannot prepare {}: {e}", data_dir.display())),
+        Err(e) => return Err(fail(format!("cannot prepare {}: {e}", data_dir.display()))),
     };
     let nsk = match Nsk::parse(token.as_bytes()) {
         Ok(n) => n,
         Err(e) => {
-            return fail(format!(
+            return Err(fail(format!(
                 "{}: {e}",
                 data_dir.join("node_secret_key").display()
-            ))
+            )))
         }
     };
     logging::init(log::LevelFilter::Info);
@@ -99,7 +102,11 @@ pub fn run(opts: DevOptions) -> i32 {
         signing_seed: None,
     }) {
         Ok(d) => d,
-        Err(e) => return fail(format!("cannot start the development control plane: {e}")),
+        Err(e) => {
+            return Err(fail(format!(
+                "cannot start the development control plane: {e}"
+            )))
+        }
     };
     // The daemon trusts the development control plane's event key from the start.
     let key_file = data_dir.join("signing_public_key");
@@ -108,7 +115,7 @@ pub fn run(opts: DevOptions) -> i32 {
         format!("{}\n", devcp.signing_public_key()).as_bytes(),
     ) {
         devcp.stop();
-        return fail(format!("cannot write {}: {e}", key_file.display()));
+        return Err(fail(format!("cannot write {}: {e}", key_file.display())));
     }
     let settings = Settings {
         data_dir: Some(data_dir.clone()),
@@ -120,25 +127,24 @@ pub fn run(opts: DevOptions) -> i32 {
     };
     let config = match Config::from_settings(settings) {
         Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return Err(fail(e.to_string())),
     };
     let signals = match SignalWait::install() {
         Ok(s) => s,
-        Err(e) => return fail(format!("signal handling: {e}")),
+        Err(e) => return Err(fail(format!("signal handling: {e}"))),
     };
     let daemon = match Daemon::start(config) {
         Ok(d) => d,
         Err(e) => {
             devcp.stop();
-            eprintln!("plexd-nodeapi dev: {e}");
-            return e.exit_code();
+            return Err(e.by(WHO));
         }
     };
     print_banner(&socket, &devcp.url());
     let _ = signals.wait();
     daemon.shutdown();
     devcp.stop();
-    0
+    Ok(())
 }
 
 fn print_banner(socket: &Path, cp: &str) {

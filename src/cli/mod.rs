@@ -1,13 +1,15 @@
 //! The command line: which subcommand, with which arguments. Parses (with `lexopt`)
 //! and dispatches; the work lives in `daemon`, `dev` and `state`.
 //!
-//! Exit statuses: 0 success, 1 runtime failure (bind, load), 2 bad configuration or
-//! usage; `state` adds its own (see `state`).
+//! Every subcommand ends in `Ok(())` (status 0) or a `Failure`, printed once here;
+//! `error::CliError` is the one enum of exit statuses.
 
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod error;
+pub mod json_text;
 pub mod sd_notify;
 pub mod state;
 pub mod watch;
@@ -19,6 +21,7 @@ use lexopt::prelude::*;
 
 use crate::telemetry::logging;
 use config::{Config, ConfigError, Settings, BOOLEAN_FLAGS};
+use error::{CliError, Failure};
 
 pub const USAGE: &str = "\
 plexd-nodeapi — the node-local state API of a Plexsphere node
@@ -55,18 +58,28 @@ ENVIRONMENT (tuning and tests):
                               reconnect the event stream after DUR without a byte [90s]
 ";
 
-/// Runs the command line and returns the process exit status.
+/// Who reports a failure of the program itself, `serve` and `dev`'s arguments.
+const WHO: &str = "plexd-nodeapi";
+
+/// Runs the command line and returns the process exit status (`error::CliError`).
 pub fn main_with_args(args: Vec<OsString>) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn run(args: Vec<OsString>) -> Result<(), Failure> {
     let mut parser = lexopt::Parser::from_args(args);
     let sub = match parser.next() {
         Ok(Some(Value(v))) => v.to_string_lossy().into_owned(),
         Ok(Some(Long("help") | Short('h'))) | Ok(None) => {
             print!("{USAGE}");
-            return 0;
+            return Ok(());
         }
         Ok(Some(Long("version") | Short('V'))) => "version".to_owned(),
-        Ok(Some(other)) => return usage_error(&format!("unexpected {}", describe(&other))),
-        Err(e) => return usage_error(&e.to_string()),
+        Ok(Some(other)) => return Err(usage(format!("unexpected {}", describe(&other)))),
+        Err(e) => return Err(usage(e.to_string())),
     };
     match sub.as_str() {
         "serve" => serve(parser),
@@ -74,15 +87,15 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
         "state" => state::main(parser),
         "version" => {
             println!("{}", version_text());
-            0
+            Ok(())
         }
         "help" => {
             print!("{USAGE}");
-            0
+            Ok(())
         }
-        other => usage_error(&format!(
+        other => Err(usage(format!(
             "unknown command {other:?}; try `plexd-nodeapi --help`"
-        )),
+        ))),
     }
 }
 
@@ -94,9 +107,8 @@ fn describe(arg: &lexopt::Arg) -> String {
     }
 }
 
-fn usage_error(message: &str) -> i32 {
-    eprintln!("plexd-nodeapi: {message}");
-    2
+fn usage(message: String) -> Failure {
+    CliError::Usage(message).by(WHO)
 }
 
 pub fn version_text() -> String {
@@ -151,48 +163,33 @@ pub fn parse_serve(mut parser: lexopt::Parser) -> Result<Settings, ConfigError> 
     Ok(base.overlaid_with(&flags))
 }
 
-fn serve(parser: lexopt::Parser) -> i32 {
-    let config = match parse_serve(parser).and_then(Config::from_settings) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("plexd-nodeapi: {e}");
-            return 2;
-        }
-    };
+fn serve(parser: lexopt::Parser) -> Result<(), Failure> {
+    let config = parse_serve(parser)
+        .and_then(Config::from_settings)
+        .map_err(|e| CliError::from(e).by(WHO))?;
     logging::init(config.log_level);
-    match daemon::run(config) {
-        Ok(()) => 0,
-        Err(e) => {
-            log::error!(error:% = e; "start-up failed");
-            eprintln!("plexd-nodeapi: {e}");
-            e.exit_code()
-        }
-    }
+    daemon::run(config).map_err(|e| {
+        log::error!(error:% = e; "start-up failed");
+        e.by(WHO)
+    })
 }
 
-fn dev_command(mut parser: lexopt::Parser) -> i32 {
+fn dev_command(mut parser: lexopt::Parser) -> Result<(), Failure> {
     let mut opts = dev::DevOptions::default();
-    loop {
-        let arg = match parser.next() {
-            Ok(Some(a)) => a,
-            Ok(None) => break,
-            Err(e) => return usage_error(&e.to_string()),
+    while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
+        let value = |p: &mut lexopt::Parser| {
+            p.value()
+                .map(PathBuf::from)
+                .map_err(|e| usage(e.to_string()))
         };
-        let value = |p: &mut lexopt::Parser| p.value().map(PathBuf::from);
         match arg {
-            Long("socket") => match value(&mut parser) {
-                Ok(v) => opts.socket = Some(v),
-                Err(e) => return usage_error(&e.to_string()),
-            },
-            Long("data-dir") => match value(&mut parser) {
-                Ok(v) => opts.data_dir = Some(v),
-                Err(e) => return usage_error(&e.to_string()),
-            },
+            Long("socket") => opts.socket = Some(value(&mut parser)?),
+            Long("data-dir") => opts.data_dir = Some(value(&mut parser)?),
             Long("help") | Short('h') => {
                 println!("usage: plexd-nodeapi dev [--socket PATH] [--data-dir DIR]");
-                return 0;
+                return Ok(());
             }
-            other => return usage_error(&format!("dev: unexpected {}", describe(&other))),
+            other => return Err(usage(format!("dev: unexpected {}", describe(&other)))),
         }
     }
     dev::run(opts)

@@ -1,15 +1,7 @@
 //! `plexd-nodeapi state …`: the daemon's API for shell scripts. Pretty JSON on stdout,
-//! one-line errors on stderr, and exit statuses a script can branch on:
-//!
-//! | status | meaning |
-//! |---|---|
-//! | 0 | success |
-//! | 1 | the daemon answered with another error (400, 500, 503, …) |
-//! | 2 | usage error (bad arguments, `--data` not JSON) |
-//! | 3 | not found (404) |
-//! | 4 | version conflict (409) |
-//! | 5 | the daemon is unreachable (no socket, refused, timed out) |
-//! | 6 | access denied (401, 403) |
+//! one-line errors on stderr, and exit statuses a script can branch on (`cli::error`:
+//! 1 another error status, 2 usage, 3 not found, 4 version conflict, 5 daemon
+//! unreachable, 6 access denied). `state watch` is its own module (`watch`).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -19,15 +11,13 @@ use lexopt::prelude::*;
 
 use super::client::{ClientError, ClientResponse, LocalClient};
 use super::config::DEFAULT_SOCKET;
+use super::error::{CliError, Failure};
+use super::json_text::print_pretty;
 use super::watch::{self, Sink, Target};
 use crate::encoding::percent_encode_segment;
 
-pub const EXIT_ERROR: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_NOT_FOUND: i32 = 3;
-pub const EXIT_CONFLICT: i32 = 4;
-pub const EXIT_UNREACHABLE: i32 = 5;
-pub const EXIT_DENIED: i32 = 6;
+/// Who reports a failure of `state`.
+const WHO: &str = "plexd-nodeapi state";
 
 pub const STATE_USAGE: &str = "\
 usage: plexd-nodeapi state [--socket PATH] [SUBCOMMAND]
@@ -181,17 +171,14 @@ fn read_data(data: &str) -> Result<String, Usage> {
     Ok(data.to_owned())
 }
 
-pub fn main(parser: lexopt::Parser) -> i32 {
+pub fn main(parser: lexopt::Parser) -> Result<(), Failure> {
     let (socket, command) = match parse(parser) {
         Ok(p) => p,
         Err(Usage(m)) if m.is_empty() => {
             print!("{STATE_USAGE}");
-            return 0;
+            return Ok(());
         }
-        Err(Usage(m)) => {
-            eprintln!("plexd-nodeapi state: {m}");
-            return EXIT_USAGE;
-        }
+        Err(Usage(m)) => return Err(CliError::Usage(m).by(WHO)),
     };
     let client = LocalClient::new(&socket);
     let result = match command {
@@ -214,20 +201,9 @@ pub fn main(parser: lexopt::Parser) -> i32 {
             content_type,
             if_match,
         } => {
-            let data = match read_data(&data) {
-                Ok(d) => d,
-                Err(Usage(m)) => {
-                    eprintln!("plexd-nodeapi state: {m}");
-                    return EXIT_USAGE;
-                }
-            };
-            let payload: serde_json::Value = match serde_json::from_str(&data) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("plexd-nodeapi state: --data is not valid JSON: {e}");
-                    return EXIT_USAGE;
-                }
-            };
+            let data = read_data(&data).map_err(|Usage(m)| CliError::Usage(m).by(WHO))?;
+            let payload: serde_json::Value = serde_json::from_str(&data)
+                .map_err(|e| CliError::Usage(format!("--data is not valid JSON: {e}")).by(WHO))?;
             let body =
                 serde_json::json!({ "content_type": content_type, "payload": payload }).to_string();
             let mut headers = Vec::new();
@@ -250,153 +226,20 @@ pub fn main(parser: lexopt::Parser) -> i32 {
             return watch::run(client, target, sink);
         }
     };
-    report(result)
+    report(result).map_err(|e| e.by(WHO))
 }
 
-/// Prints a response the way scripts expect and returns the exit status.
-fn report(result: Result<ClientResponse, ClientError>) -> i32 {
-    let response = match result {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("plexd-nodeapi state: daemon unreachable: {e}");
-            return EXIT_UNREACHABLE;
-        }
-    };
-    if (200..300).contains(&response.status) {
-        if !response.body.is_empty() {
-            print_pretty(&response.body);
-        }
-        return 0;
+/// Prints a response the way scripts expect; a failure says which exit status it is.
+fn report(result: Result<ClientResponse, ClientError>) -> Result<(), CliError> {
+    let response = result?;
+    if !(200..300).contains(&response.status) {
+        return Err(CliError::Refused {
+            status: response.status,
+            message: response.error_message(),
+        });
     }
-    eprintln!(
-        "plexd-nodeapi state: {} (HTTP {})",
-        response.error_message(),
-        response.status
-    );
-    exit_for_status(response.status)
-}
-
-pub fn exit_for_status(status: u16) -> i32 {
-    match status {
-        404 => EXIT_NOT_FOUND,
-        409 => EXIT_CONFLICT,
-        401 | 403 => EXIT_DENIED,
-        _ => EXIT_ERROR,
+    if !response.body.is_empty() {
+        print_pretty(&response.body);
     }
-}
-
-/// Prints JSON indented, keeping every number and string exactly as the daemon sent it.
-pub fn print_pretty(body: &[u8]) {
-    let valid = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
-    match std::str::from_utf8(body) {
-        Ok(text) if valid => println!("{}", indent_json(text)),
-        _ => println!("{}", String::from_utf8_lossy(body)),
-    }
-}
-
-/// Removes the white space outside strings from valid JSON text (no re-encoding).
-pub fn compact_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in text.chars() {
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            out.push(c);
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !c.is_whitespace() {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Re-indents valid JSON text token by token (no re-encoding of numbers or strings).
-pub fn indent_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 2);
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut chars = text.chars().peekable();
-    let newline = |out: &mut String, depth: usize| {
-        out.push('\n');
-        out.push_str(&"  ".repeat(depth));
-    };
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
-            '{' | '[' => {
-                out.push(c);
-                // Keep empty containers on one line.
-                while chars.peek().is_some_and(|n| n.is_whitespace()) {
-                    chars.next();
-                }
-                if matches!(chars.peek(), Some('}') | Some(']')) {
-                    if let Some(close) = chars.next() {
-                        out.push(close);
-                    }
-                } else {
-                    depth += 1;
-                    newline(&mut out, depth);
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
-            }
-            ',' => {
-                out.push(c);
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c if c.is_whitespace() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn indents_without_reencoding() {
-        let text = r#"{"a":[1.0,1e3,12345678901234567890],"b":{},"c":"x, {y}: \"z\"","d":[]}"#;
-        let pretty = indent_json(text);
-        assert!(
-            pretty.contains("1.0")
-                && pretty.contains("1e3")
-                && pretty.contains("12345678901234567890")
-        );
-        assert!(pretty.contains(r#""x, {y}: \"z\"""#));
-        let again: serde_json::Value = serde_json::from_str(&pretty).unwrap();
-        assert_eq!(
-            again,
-            serde_json::from_str::<serde_json::Value>(text).unwrap()
-        );
-        assert!(pretty.contains("\"b\": {}"));
-        assert_eq!(compact_json(&pretty), text);
-    }
+    Ok(())
 }

@@ -23,8 +23,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::client::{ClientResponse, LocalClient};
-use super::state::{exit_for_status, EXIT_ERROR, EXIT_USAGE};
+use super::error::{CliError, Failure};
+use super::json_text::compact_json;
 use crate::encoding::percent_encode_segment;
+
+/// Who reports the watch's messages and its failure.
+const WHO: &str = "plexd-nodeapi state watch";
 
 /// How long each blocking query asks the daemon to wait.
 const WAIT: Duration = Duration::from_secs(300);
@@ -90,7 +94,10 @@ pub enum Sink {
 
 /// Why the loop stopped.
 enum Stop {
-    Exit(i32),
+    /// Nothing more to do (stdout was closed): success.
+    Finished,
+    /// A permanent error.
+    Failed(CliError),
 }
 
 struct Watch {
@@ -106,8 +113,8 @@ struct Watch {
     backoff: Duration,
 }
 
-/// Runs the watch until Ctrl-C (exit 0) or a permanent error (its exit status).
-pub fn run(client: LocalClient, target: Target, sink: Sink) -> i32 {
+/// Runs the watch until Ctrl-C (exit 0) or a permanent error.
+pub fn run(client: LocalClient, target: Target, sink: Sink) -> Result<(), Failure> {
     install_exit_on_signal();
     let mut watch = Watch {
         client: client.with_timeout(Some(WAIT + READ_SLACK)),
@@ -121,8 +128,10 @@ pub fn run(client: LocalClient, target: Target, sink: Sink) -> i32 {
         backoff: BACKOFF_START,
     };
     loop {
-        if let Err(Stop::Exit(code)) = watch.step() {
-            return code;
+        match watch.step() {
+            Ok(()) => {}
+            Err(Stop::Finished) => return Ok(()),
+            Err(Stop::Failed(e)) => return Err(e.by(WHO)),
         }
     }
 }
@@ -137,7 +146,15 @@ fn install_exit_on_signal() {
 }
 
 fn warn(message: &str) {
-    eprintln!("plexd-nodeapi state watch: {message}");
+    eprintln!("{WHO}: {message}");
+}
+
+/// The daemon refused for good (not found, denied, bad request…).
+fn refused(response: &ClientResponse) -> Stop {
+    Stop::Failed(CliError::Refused {
+        status: response.status,
+        message: response.error_message(),
+    })
 }
 
 impl Watch {
@@ -208,10 +225,7 @@ impl Watch {
                 );
                 Ok(())
             }
-            status => {
-                warn(&format!("{} (HTTP {status})", response.error_message()));
-                Err(Stop::Exit(exit_for_status(status)))
-            }
+            _ => Err(refused(&response)),
         }
     }
 
@@ -265,10 +279,7 @@ impl Watch {
                 self.missing();
                 Ok(())
             }
-            Ok(r) if matches!(r.status, 401 | 403) => {
-                warn(&format!("{} (HTTP {})", r.error_message(), r.status));
-                Err(Stop::Exit(exit_for_status(r.status)))
-            }
+            Ok(r) if matches!(r.status, 401 | 403) => Err(refused(&r)),
             Ok(r) => {
                 // Control plane down: try again, without waiting for another change.
                 self.index = None;
@@ -301,7 +312,7 @@ impl Watch {
                 let mut out = std::io::stdout().lock();
                 // A closed stdout (`| head -1`) ends the watch normally.
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                    return Err(Stop::Exit(0));
+                    return Err(Stop::Finished);
                 }
             }
             Sink::Command(argv) => run_command(argv, &body, &index_text)?,
@@ -335,7 +346,7 @@ fn compact(body: &[u8]) -> String {
     match serde_json::from_slice::<&serde_json::value::RawValue>(body) {
         Ok(_) => {
             let text = String::from_utf8_lossy(body);
-            super::state::compact_json(&text)
+            compact_json(&text)
         }
         Err(_) => String::from_utf8_lossy(body).replace('\n', " "),
     }
@@ -345,7 +356,7 @@ fn compact(body: &[u8]) -> String {
 /// command is reported and the watch goes on; one that cannot start ends it.
 fn run_command(argv: &[OsString], body: &[u8], index: &str) -> Result<(), Stop> {
     let Some((program, args)) = argv.split_first() else {
-        return Err(Stop::Exit(EXIT_USAGE));
+        return Err(Stop::Failed(CliError::Usage("watch: no command".into())));
     };
     let mut child = match Command::new(program)
         .args(args)
@@ -355,8 +366,10 @@ fn run_command(argv: &[OsString], body: &[u8], index: &str) -> Result<(), Stop> 
     {
         Ok(c) => c,
         Err(e) => {
-            warn(&format!("cannot run {}: {e}", program.to_string_lossy()));
-            return Err(Stop::Exit(EXIT_ERROR));
+            return Err(Stop::Failed(CliError::Failed(format!(
+                "cannot run {}: {e}",
+                program.to_string_lossy()
+            ))))
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
