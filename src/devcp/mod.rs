@@ -26,9 +26,9 @@ use crate::http::{Limits, Listener, Server, ServerConfig, ServerHandle};
 use crate::model::{Metadata, NodeState, ReportEntry, ReportSyncRequest, SigningKeys};
 use crate::secrets::nsk::Nsk;
 
-pub use events::EventHub;
+pub use events::{DevChange, EventHub};
 pub use routes::DevHandler;
-pub use state::{DevChange, DevState, FailRoute, PayloadError, Subscriber};
+pub use state::{DevState, FailRoute, PayloadError, Subscriber};
 
 /// How to start a development control plane.
 #[derive(Clone)]

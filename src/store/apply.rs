@@ -13,10 +13,13 @@ use std::sync::MutexGuard;
 use std::time::SystemTime;
 
 use super::keys;
-use crate::model::{DataEntry, SecretRef};
+use crate::model::DataEntry;
 
-use super::cache::{render, render_meta_item, DataItem, MetaItem, Stamp};
-use super::{io_err, lock, ApplyOutcome, Change, ChangeKind, CpUpdate, Json, Store, StoreError};
+use super::cache::{normalize_secrets, render, render_meta_item, DataItem, MetaItem, Stamp};
+use super::{
+    io_err, lock, ApplyOutcome, Change, ChangeKind, CpUpdate, Json, Store, StoreError,
+    METADATA_FILE, SECRETS_FILE,
+};
 
 /// A data entry to write: the entry, its canonical file name, its body (= file content),
 /// and a differently named old file of the same key to remove.
@@ -38,14 +41,6 @@ impl DataPlan {
     fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.removals.is_empty()
     }
-}
-
-/// Sorted by key, one entry per key (the last one wins).
-pub(super) fn normalize_secrets(refs: Vec<SecretRef>) -> Vec<SecretRef> {
-    let map: BTreeMap<String, i64> = refs.into_iter().map(|r| (r.key, r.version)).collect();
-    map.into_iter()
-        .map(|(key, version)| SecretRef { key, version })
-        .collect()
 }
 
 impl Store {
@@ -176,10 +171,10 @@ impl Store {
         });
         let mut state_files: Vec<(&str, &[u8])> = Vec::new();
         if let Some(body) = &secrets_body {
-            state_files.push((super::load::SECRETS_FILE, body));
+            state_files.push((SECRETS_FILE, body));
         }
         if let Some(body) = &metadata_body {
-            state_files.push((super::load::METADATA_FILE, body));
+            state_files.push((METADATA_FILE, body));
         }
         let data_files: Vec<(&str, &[u8])> = plan
             .writes

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use crate::model::{DataEntry, DataKey, KeyVersion, ReportEntry, SecretRef};
 
-use super::outbox::Mark;
+use super::marks::Mark;
 use super::Json;
 
 /// When a resource last changed: the store revision and the wall time.
@@ -291,4 +291,13 @@ impl Cache {
             self.refresh_pending(&k);
         }
     }
+}
+
+/// The secret index as the cache keeps it: sorted by key, one entry per key (the last
+/// one wins).
+pub fn normalize_secrets(refs: Vec<SecretRef>) -> Vec<SecretRef> {
+    let map: BTreeMap<String, i64> = refs.into_iter().map(|r| (r.key, r.version)).collect();
+    map.into_iter()
+        .map(|(key, version)| SecretRef { key, version })
+        .collect()
 }

@@ -24,18 +24,16 @@ use serde::de::DeserializeOwned;
 use super::keys::{self, ReportKey};
 use crate::model::{DataEntry, Metadata, ReportEntry, SecretRef};
 
-use super::apply::normalize_secrets;
-use super::cache::{render, render_meta_item, Cache, DataItem, MetaItem, ReportItem, Stamp};
+use super::cache::{
+    normalize_secrets, render, render_meta_item, Cache, DataItem, MetaItem, ReportItem, Stamp,
+};
 use super::checkpoint::{self, Checkpoints};
 use super::commit::{mark_dirty, JournalState, Writes};
 use super::files::{ensure_dir, Folder, CORRUPT_SUFFIX, STALE_SUFFIX};
 use super::journal::{Journal, Record, JOURNAL_FILE};
-use super::outbox::{decode_marks, MARKS_FILE};
+use super::marks::{decode_marks, MARKS_FILE};
 use super::revision::Epochs;
-use super::{folders, io_err, Inner, Json, StoreError};
-
-pub const METADATA_FILE: &str = "metadata.json";
-pub const SECRETS_FILE: &str = "secrets.json";
+use super::{folders, io_err, Inner, Json, StoreError, METADATA_FILE, SECRETS_FILE};
 
 pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
     let (s, d, r) = folders(state_dir);

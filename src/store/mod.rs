@@ -12,7 +12,7 @@
 //! Files under `state_dir` (= `{data_dir}/state`): `metadata.json`, `secrets.json`,
 //! `data/{key}.json`, `report/{key}.json` (the Go agent's formats, key names encoded by
 //! `keys::file_name_for`), plus `revision` (see `revision`), `report-sync.json` (see
-//! `outbox`) and `report.journal` (see `journal`). Report writes go through the journal
+//! `marks`) and `report.journal` (see `journal`). Report writes go through the journal
 //! with group commit (`commit`); the report files are written from it in the background
 //! (`checkpoint`) and at `close`. Two threads run per store: `report-commit` and
 //! `report-checkpoint`. Lock order: checkpoint serial lock, then journal state, then
@@ -32,6 +32,7 @@ mod files;
 mod journal;
 pub mod keys;
 mod load;
+mod marks;
 mod outbox;
 mod reports;
 mod revision;
@@ -388,12 +389,12 @@ impl Store {
     pub fn mark_synced(&self, batch: &SyncBatch) -> Result<(), StoreError> {
         let _serial = lock(&self.marks_lock);
         let next = outbox::acknowledge(&self.read().marks, batch);
-        let bytes = outbox::encode_marks(&next).map_err(|source| StoreError::Encode {
+        let bytes = marks::encode_marks(&next).map_err(|source| StoreError::Encode {
             what: "report sync marks",
             source,
         })?;
         self.state
-            .replace(outbox::MARKS_FILE, &bytes)
+            .replace(marks::MARKS_FILE, &bytes)
             .map_err(io_err("writing report sync marks failed"))?;
         let mut c = self.write();
         c.marks = next;
@@ -459,6 +460,11 @@ impl Inner {
         self.checkpoints.request();
     }
 }
+
+/// The metadata map's file in `state_dir`.
+const METADATA_FILE: &str = "metadata.json";
+/// The secret index's file in `state_dir`.
+const SECRETS_FILE: &str = "secrets.json";
 
 /// Paths of the three folders under `state_dir`.
 fn folders(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
