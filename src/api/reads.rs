@@ -193,7 +193,7 @@ struct Blocking {
 /// into a silent immediate answer); alone it means nothing.
 fn blocking_params(req: &Request) -> Result<Option<Blocking>, ApiError> {
     let wait = match req.query_param("wait") {
-        Some(w) => duration::parse(w)
+        Some(w) => duration::parse(&w)
             .map_err(|e| ApiError::BadRequest(format!("invalid wait: {e}")))?
             .min(MAX_WAIT),
         None => DEFAULT_WAIT,

@@ -27,6 +27,8 @@ mod write;
 pub use server::{Listener, Server, ServerHandle, ServerStats, Waker};
 
 use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +80,7 @@ pub struct Request {
     pub method: Method,
     /// The path part of the request target, still percent-encoded.
     pub path: String,
-    /// What followed `?`, if anything, still percent-encoded.
+    /// What followed `?`, if anything, still percent-encoded (`query_param` decodes).
     pub query: Option<String>,
     /// Header names lower-cased; values as sent (trimmed).
     pub headers: Vec<(String, String)>,
@@ -95,12 +97,15 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Value of query parameter `name` (percent-decoding is the caller's job).
-    pub fn query_param(&self, name: &str) -> Option<&str> {
+    /// Value of the first query parameter named `name`, names and values
+    /// percent-decoded (`wait=5%73` is `5s`; invalid UTF-8 becomes U+FFFD). `+` stays
+    /// `+`: this is a URL, not a form.
+    pub fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
         let q = self.query.as_deref()?;
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
+            (percent_decode_str(k).decode_utf8_lossy() == name)
+                .then(|| percent_decode_str(v).decode_utf8_lossy())
         })
     }
 }

@@ -7,7 +7,7 @@
 //! the content. This module reads no files itself: callers pass the bytes in, so the
 //! policy of where the files live stays with the configuration code.
 
-use crate::encoding::hex_val;
+use crate::encoding::decode_hex;
 use std::fmt;
 
 use base64::Engine as _;
@@ -75,18 +75,11 @@ impl Nsk {
                 key.copy_from_slice(&decoded);
             }
             64 => {
-                for (i, pair) in trimmed.chunks_exact(2).enumerate() {
-                    let hi = hex_val(pair[0]);
-                    let lo = hex_val(pair[1]);
-                    match (hi, lo) {
-                        (Some(hi), Some(lo)) => key[i] = hi << 4 | lo,
-                        _ => {
-                            return Err(NskError::Encoding {
-                                found: 64,
-                                encoding: "hex",
-                            })
-                        }
-                    }
+                if !decode_hex(trimmed, &mut key[..]) {
+                    return Err(NskError::Encoding {
+                        found: 64,
+                        encoding: "hex",
+                    });
                 }
             }
             found => return Err(NskError::Length { found }),

@@ -1,14 +1,15 @@
 //! Keys: which report keys a client may use, and how any key becomes a file name.
 //!
-//! `ReportKey` can only hold a key that passes the SPEC §4 rules, so code that takes
-//! one never re-validates. `file_name_for` maps *any* string (including hostile keys
+//! `ReportKey` can only hold a key a client may write (1–200 bytes of UTF-8, not `.` or
+//! `..`, no `/`, `\`, NUL or control characters), so code that takes one never
+//! re-validates. `file_name_for` maps *any* string (including hostile keys
 //! pushed by a control plane) to a single path component that cannot leave its folder;
 //! plain keys map to themselves so caches written by the Go agent load unchanged.
 //! Nothing here touches the file system.
 
 use std::fmt;
 
-use crate::encoding::HEX;
+use crate::encoding::{percent_encode, FILE_NAME_KEEPS};
 
 /// Longest report key accepted, in bytes.
 pub const MAX_REPORT_KEY_LEN: usize = 200;
@@ -64,11 +65,6 @@ impl AsRef<str> for ReportKey {
     }
 }
 
-/// Bytes kept as they are in file names; everything else is percent-encoded.
-fn is_plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
-}
-
 /// The file name (with `.json`) that holds `key`. Bytes outside `[A-Za-z0-9._-]` and a
 /// leading `.` are percent-encoded, so the result is one path component that is never
 /// `.`, `..`, hidden, or contains `/` or NUL. `None` for the empty key and for keys whose
@@ -77,18 +73,12 @@ pub fn file_name_for(key: &str) -> Option<String> {
     if key.is_empty() {
         return None;
     }
-    let mut out = String::with_capacity(key.len() + 5);
-    for (i, &b) in key.as_bytes().iter().enumerate() {
-        if is_plain(b) && !(i == 0 && b == b'.') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[(b >> 4) as usize]));
-            out.push(char::from(HEX[(b & 0xf) as usize]));
-        }
-    }
-    out.push_str(".json");
-    (out.len() <= MAX_FILE_NAME).then_some(out)
+    let (dot, rest) = match key.strip_prefix('.') {
+        Some(rest) => ("%2E", rest),
+        None => ("", key),
+    };
+    let name = format!("{dot}{}.json", percent_encode(rest, FILE_NAME_KEEPS));
+    (name.len() <= MAX_FILE_NAME).then_some(name)
 }
 
 /// Longest file name most Linux file systems accept.

@@ -363,6 +363,27 @@ fn blocking_query_special_cases() {
     assert_eq!(r.json()["payload"], "here");
 }
 
+#[test]
+fn query_values_are_percent_decoded() {
+    let node = Node::new();
+    let d = node.daemon().start();
+    let now = index(&put_report(&d, "k", "1"));
+    // `5%73` is `5s`, and `%69ndex` is `index`.
+    assert_eq!(d.get("/v1/state/report?wait=5%73").status, 200);
+    let s = send(
+        &d.socket,
+        &format!("/v1/state/report/k?%69ndex={now}&wait=3%30%73"),
+    );
+    assert!(silent_for(&s, Duration::from_millis(200)), "not parked");
+    put_report(&d, "k", "2");
+    let r = answer(&s, Duration::from_secs(5));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["payload"], 2);
+    // A broken escape stays as sent, and is no duration.
+    let r = d.get("/v1/state/report?index=1&wait=5%7");
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
