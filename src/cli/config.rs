@@ -16,6 +16,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::duration;
+use crate::events::PublicKey;
 use crate::secrets::nsk::Nsk;
 
 pub const DEFAULT_SOCKET: &str = "/var/run/plexd/api.sock";
@@ -157,8 +158,8 @@ pub struct Config {
     /// file exists (a cache-only node).
     pub nsk: Option<Nsk>,
     pub cp_token: Option<Zeroizing<String>>,
-    /// Standard-base64 Ed25519 public key that signs control-plane events.
-    pub signing_key: Option<String>,
+    /// The Ed25519 public key that signs control-plane events (`--signing-key-file`).
+    pub signing_key: Option<PublicKey>,
     pub ca_file: Option<PathBuf>,
     pub http_listen: Option<SocketAddr>,
     pub http_token: Option<Zeroizing<String>>,
@@ -409,39 +410,58 @@ fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
         .ok_or_else(|| ConfigError::new(field, format!("{text:?} is not a host:port address")))
 }
 
+/// Reads a bearer token file (`--cp-token-file`, `--http-token-file`, or the NSK file
+/// as the control-plane token): trimmed, non-empty UTF-8 without spaces or control
+/// characters inside (it goes into an HTTP header).
 fn read_token(field: &str, path: &Path) -> Result<Zeroizing<String>, ConfigError> {
     let raw =
         Zeroizing::new(fs::read(path).map_err(|e| {
             ConfigError::new(field, format!("cannot read {}: {e}", path.display()))
         })?);
-    let text = std::str::from_utf8(&raw)
+    let text = std::str::from_utf8(raw.trim_ascii())
         .map_err(|_| ConfigError::new(field, format!("{} is not UTF-8 text", path.display())))?;
-    let token = text.trim();
-    if token.is_empty() {
+    if text.is_empty() {
         return Err(ConfigError::new(
             field,
             format!("{} is empty", path.display()),
         ));
     }
-    Ok(Zeroizing::new(token.to_owned()))
-}
-
-fn read_signing_key(path: &Path) -> Result<String, ConfigError> {
-    use base64::Engine;
-    let field = "--signing-key-file";
-    let text = fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))?;
-    let key = text.trim();
-    match base64::engine::general_purpose::STANDARD.decode(key) {
-        Ok(bytes) if bytes.len() == 32 => Ok(key.to_owned()),
-        _ => Err(ConfigError::new(
+    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConfigError::new(
             field,
             format!(
-                "{} must hold a standard-base64 Ed25519 public key (32 bytes)",
+                "{} holds spaces or control characters inside the token",
                 path.display()
             ),
-        )),
+        ));
     }
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// Longest signing key file read (a key is 44 characters).
+const MAX_SIGNING_KEY_FILE: u64 = 4096;
+
+/// Reads the signing key file: one standard-base64 Ed25519 public key, white space
+/// trimmed.
+fn read_signing_key(path: &Path) -> Result<PublicKey, ConfigError> {
+    use std::io::Read;
+    let field = "--signing-key-file";
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_SIGNING_KEY_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))?;
+    PublicKey::from_base64(&text)
+        .ok()
+        .filter(|_| text.len() as u64 <= MAX_SIGNING_KEY_FILE)
+        .ok_or_else(|| {
+            ConfigError::new(
+                field,
+                format!(
+                    "{} must hold a standard-base64 Ed25519 public key (32 bytes)",
+                    path.display()
+                ),
+            )
+        })
 }
 
 fn positive_duration(
@@ -623,6 +643,59 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(e.field, "--nsk-file");
+    }
+
+    #[test]
+    fn tokens_are_read_strictly() {
+        let d = dir_with_identity();
+        let token = d.path().join("token");
+        let with_token = |text: &[u8]| {
+            fs::write(&token, text).unwrap();
+            Config::from_settings(Settings {
+                http_listen: Some("127.0.0.1:0".into()),
+                http_token_file: Some(token.clone()),
+                ..settings(d.path())
+            })
+        };
+        let c = with_token(b" abc.def \n").unwrap();
+        assert_eq!(c.http_token.as_deref().map(String::as_str), Some("abc.def"));
+        for bad in [&b" \n"[..], b"a b", b"a\tb", b"a\x01b", &[0xff, 0xfe]] {
+            let e = with_token(bad).err().unwrap();
+            assert_eq!(e.field, "--http-token-file", "{bad:?}");
+            assert!(!e.message.contains("a b"), "{e}");
+        }
+    }
+
+    #[test]
+    fn signing_key_file() {
+        let d = dir_with_identity();
+        let path = d.path().join("signing.pub");
+        let with_key = |text: &[u8]| {
+            fs::write(&path, text).unwrap();
+            Config::from_settings(Settings {
+                signing_key_file: Some(path.clone()),
+                ..settings(d.path())
+            })
+        };
+        let (signer, _) = crate::events::Signer::generate().unwrap();
+        let c = with_key(format!("  {}\n", signer.public_key_b64()).as_bytes()).unwrap();
+        assert_eq!(c.signing_key, Some(signer.public_key()));
+        for bad in [&b"garbage\n"[..], &[b'A'; 5000]] {
+            let e = with_key(bad).err().unwrap();
+            assert_eq!(e.field, "--signing-key-file");
+            assert!(e.message.contains("must hold"), "{e}");
+        }
+        let e = Config::from_settings(Settings {
+            signing_key_file: Some(d.path().join("missing")),
+            ..settings(d.path())
+        })
+        .err()
+        .unwrap();
+        assert!(e.message.contains("missing"), "{e}");
+        // The default file is read when present.
+        fs::write(d.path().join("signing_public_key"), signer.public_key_b64()).unwrap();
+        let c = Config::from_settings(settings(d.path())).unwrap();
+        assert_eq!(c.signing_key, Some(signer.public_key()));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::cp::client::{CpClient, CpConfig};
 use crate::cp::link::{Link, LinkOptions};
 use crate::cp::stream::{self, EventStreamHandle, StreamDeps, StreamOptions};
 use crate::cp::syncer::{Syncer, SyncerHandle};
-use crate::events::{KeySet, PublicKey, Verifier};
+use crate::events::{KeySet, Verifier};
 use crate::http::activation;
 use crate::http::listen;
 use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
@@ -165,7 +165,7 @@ impl Daemon {
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
-        let verifier = Arc::new(Verifier::new(file_keys(config.signing_key.as_deref())));
+        let verifier = Arc::new(Verifier::new(config.signing_key.map(KeySet::new)));
         if client.is_some() && config.signing_key.is_none() {
             log::warn!("no signing key file: events are rejected until the control plane's state response supplies signing keys; state arrives by reconciliation meanwhile");
         }
@@ -241,18 +241,6 @@ impl Daemon {
         self.syncer.shutdown(remaining(deadline));
         remove_socket(self.own_socket.as_ref());
         log::info!("stopped");
-    }
-}
-
-/// The signing key file's key, if one was configured and it parses.
-fn file_keys(key: Option<&str>) -> Option<KeySet> {
-    let key = key?;
-    match PublicKey::from_base64(key) {
-        Ok(k) => Some(KeySet::new(k)),
-        Err(e) => {
-            log::warn!(error:% = e; "signing key file unusable; events are accepted only once the control plane supplies keys");
-            None
-        }
     }
 }
 

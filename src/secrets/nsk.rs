@@ -1,4 +1,4 @@
-//! The node secret key (NSK) and the control-plane bearer token read from files.
+//! The node secret key (NSK): the AES-256 key that opens secret values.
 //!
 //! `Nsk` holds the 32-byte AES-256 key that decrypts secret values; it zeroizes on
 //! drop and its `Debug` never shows key material. The file format follows the Go
@@ -29,17 +29,6 @@ pub enum NskError {
         found: usize,
         encoding: &'static str,
     },
-}
-
-/// Why a bearer token file was refused. Never contains the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("token file is empty")]
-    Empty,
-    #[error("token is not valid UTF-8 text")]
-    NotText,
-    #[error("token contains control characters or spaces")]
-    BadCharacter,
 }
 
 /// The 32-byte node secret key. Zeroized on drop; `Debug` prints no key bytes.
@@ -104,21 +93,6 @@ impl fmt::Debug for Nsk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Nsk(<redacted>)")
     }
-}
-
-/// The bearer token for the control plane from a token file's (or the NSK file's)
-/// content: trimmed, non-empty UTF-8 without spaces or control characters (it goes
-/// into an HTTP header).
-pub fn token_from_bytes(file_bytes: &[u8]) -> Result<Zeroizing<String>, TokenError> {
-    let trimmed = file_bytes.trim_ascii();
-    if trimmed.is_empty() {
-        return Err(TokenError::Empty);
-    }
-    let text = std::str::from_utf8(trimmed).map_err(|_| TokenError::NotText)?;
-    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(TokenError::BadCharacter);
-    }
-    Ok(Zeroizing::new(text.to_owned()))
 }
 
 #[cfg(test)]
@@ -188,16 +162,5 @@ mod tests {
         let shown = format!("{nsk:?}");
         assert!(!shown.contains("0123"));
         assert!(shown.contains("redacted"));
-    }
-
-    #[test]
-    fn tokens() {
-        assert_eq!(
-            token_from_bytes(b" abc.def \n").unwrap().as_str(),
-            "abc.def"
-        );
-        assert_eq!(token_from_bytes(b" \n"), Err(TokenError::Empty));
-        assert_eq!(token_from_bytes(b"a b"), Err(TokenError::BadCharacter));
-        assert_eq!(token_from_bytes(&[0xff, 0xfe]), Err(TokenError::NotText));
     }
 }

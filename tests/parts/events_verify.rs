@@ -702,32 +702,6 @@ fn signing_keys_parsing() {
 }
 
 #[test]
-fn key_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("signing.pub");
-    let signer = test_signer();
-    std::fs::write(&path, format!("  {}\n", signer.public_key_b64())).unwrap();
-    let set = KeySet::from_key_file(&path).unwrap();
-    assert_eq!(set.current(), signer.public_key());
-    assert_eq!(set.previous(), None);
-
-    std::fs::write(&path, "garbage\n").unwrap();
-    assert!(matches!(
-        KeySet::from_key_file(&path),
-        Err(SigningKeyError::Base64)
-    ));
-    std::fs::write(&path, vec![b'A'; 5000]).unwrap();
-    assert!(matches!(
-        KeySet::from_key_file(&path),
-        Err(SigningKeyError::FileTooLarge(_))
-    ));
-    let missing = dir.path().join("missing");
-    let e = KeySet::from_key_file(&missing).unwrap_err();
-    assert!(matches!(e, SigningKeyError::Io { .. }));
-    assert!(e.to_string().contains("missing"), "{e}");
-}
-
-#[test]
 fn reject_reason_labels() {
     let all = [
         RejectReason::Malformed,
