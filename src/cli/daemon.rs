@@ -12,7 +12,8 @@
 //! Event signing keys: one shared `events::Verifier`, seeded from `--signing-key-file`
 //! and updated by the link from every state response that carries `signing_keys`.
 
-use std::os::unix::net::UnixStream;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, Verifier};
 use crate::http::activation;
 use crate::http::listen;
-use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::http::{Handler, Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::secrets::Secrets;
 use crate::store::{ChangeKind, Store};
 use crate::telemetry::health::LinkHealth;
@@ -47,52 +48,19 @@ pub struct Daemon {
     own_socket: Option<PathBuf>,
     shutdown_timeout: Duration,
     pub socket: PathBuf,
-    pub http_listen: Option<std::net::SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Daemon {
+    /// The start sequence (see the module comment). A failure after the socket was
+    /// bound removes it again; nothing is written before the listeners are bound.
     pub fn start(config: Config) -> Result<Daemon, CliError> {
-        let client = match &config.control_plane {
-            Some(url) => {
-                let token = config.cp_token.clone().ok_or_else(|| {
-                    ConfigError::new("--cp-token-file", "no token for the control plane")
-                })?;
-                let mut cp = CpConfig::new(url, &config.node_id, token);
-                cp.ca_file = config.ca_file.clone();
-                let client = CpClient::new(cp)
-                    .map_err(|e| ConfigError::new("--control-plane", e.to_string()))?;
-                Some(Arc::new(client))
-            }
-            None => None,
-        };
-
+        let client = control_plane_client(&config)?;
         raise_fd_limit(config.max_connections);
-
         // Listeners first: a bind failure must leave the disk untouched.
-        let mut unix = None;
-        let mut tcp = None;
-        for l in activation::listen_fds() {
-            match l {
-                Listener::Unix(u) if unix.is_none() => unix = Some(u),
-                Listener::Tcp(t) if tcp.is_none() => tcp = Some(t),
-                _ => log::warn!("ignoring an extra socket-activated listener"),
-            }
-        }
-        let own_socket = unix.is_none().then(|| config.socket.clone());
-        let unix = match unix {
-            Some(u) => u,
-            None => listen::bind_unix(&config.socket).map_err(|e| CliError::Bind(e.to_string()))?,
-        };
-        let tcp = match (tcp, config.http_listen) {
-            (Some(t), _) => Some(t),
-            (None, Some(addr)) => Some(listen::bind_tcp(&addr.to_string()).map_err(|e| {
-                remove_socket(own_socket.as_ref());
-                CliError::Bind(e.to_string())
-            })?),
-            (None, None) => None,
-        };
-        let http_listen = tcp.as_ref().and_then(|t| t.local_addr().ok());
-
+        let listeners = Listeners::take_or_bind(&config)?;
+        let own_socket = listeners.own_socket.clone();
+        let http_listen = listeners.http_listen();
         let store = match Store::open(&config.state_dir()) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -108,95 +76,32 @@ impl Daemon {
             config.debounce,
             Arc::clone(&health),
         );
-
-        // Changes wake parked requests and, for reports, the syncer. The waker exists
-        // only once the server runs, so it is filled in below.
-        let waker: Arc<OnceLock<Waker>> = Arc::new(OnceLock::new());
-        {
-            let waker = Arc::clone(&waker);
-            let notify = syncer.notifier();
-            store.subscribe(Box::new(move |change| {
-                if change.kind == ChangeKind::Reports {
-                    notify();
-                }
-                if let Some(w) = waker.get() {
-                    w.wake();
-                }
-            }));
-        }
-
+        let waker = wake_on_changes(&store, &syncer);
         let stream_metrics = Arc::new(StreamMetrics::new());
-        let status = Status::new(
-            Arc::clone(&store),
-            Arc::clone(&health),
-            Arc::clone(&stream_metrics),
-            config.secret_auth,
-        );
-        let api = Arc::new(Api {
-            store: Arc::clone(&store),
-            access: Access::new(
-                config.http_token.clone(),
-                config.secret_auth,
-                Access::lookup_secrets_gid(),
-            ),
-            secrets: Secrets::new(client.clone(), config.nsk.clone(), Arc::clone(&health)),
-            status,
-        });
-        if config.secret_auth && Access::lookup_secrets_gid().is_none() {
-            log::warn!("group plexd-secrets does not exist: only root may read secrets");
-        }
-
-        let mut listeners = vec![Listener::Unix(unix)];
-        listeners.extend(tcp.map(Listener::Tcp));
-        let server_config = ServerConfig {
-            workers: config.workers,
-            max_connections: config.max_connections,
-            ..ServerConfig::default()
-        };
-        let server = Server::start(
-            server_config,
-            listeners,
-            Arc::clone(&api) as Arc<dyn crate::http::Handler>,
-        )
-        .map_err(|e| {
+        let api = Arc::new(local_api(
+            &config,
+            &store,
+            &health,
+            &stream_metrics,
+            client.clone(),
+        ));
+        let server = serve(&config, listeners, &api).inspect_err(|_| {
             remove_socket(own_socket.as_ref());
-            CliError::Start(format!("HTTP server: {e}"))
         })?;
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
-        let verifier = Arc::new(Verifier::new(config.signing_key.map(KeySet::new)));
-        if client.is_some() && config.signing_key.is_none() {
-            log::warn!("no signing key file: events are rejected until the control plane's state response supplies signing keys; state arrives by reconciliation meanwhile");
-        }
-        let mut events = None;
-        let link = client.map(|c| {
-            let options = LinkOptions {
-                reconcile_interval: Some(config.reconcile_interval),
-                verifier: Some(Arc::clone(&verifier)),
-                metrics: Some(Arc::clone(&stream_metrics)),
-                ..LinkOptions::default()
-            };
-            let link = Link::start(
-                Arc::clone(&store),
-                Arc::clone(&c),
-                Arc::clone(&health),
-                options,
-            );
-            let deps = StreamDeps {
-                store: Arc::clone(&store),
-                client: c,
-                verifier: Arc::clone(&verifier),
-                health: Arc::clone(&health),
-                metrics: Arc::clone(&stream_metrics),
-                reconcile_now: Box::new(link.reconcile_trigger()),
-            };
-            events = Some(stream::start(deps, StreamOptions::from_env()));
-            link
-        });
-        if config.control_plane.is_none() {
-            log::warn!("no control plane configured: serving the disk cache offline; secrets answer 503, reports stay pending");
-        }
+        let (link, events) = match client {
+            Some(client) => {
+                let (link, events) =
+                    follow_control_plane(&config, client, &store, &health, &stream_metrics);
+                (Some(link), Some(events))
+            }
+            None => {
+                log::warn!("no control plane configured: serving the disk cache offline; secrets answer 503, reports stay pending");
+                (None, None)
+            }
+        };
 
         if let Err(e) = sd_notify::notify("READY=1") {
             log::warn!(error:% = e; "sd_notify READY=1 failed");
@@ -242,6 +147,162 @@ impl Daemon {
         remove_socket(self.own_socket.as_ref());
         log::info!("stopped");
     }
+}
+
+/// The control-plane client, if a control plane is configured. Its configuration
+/// errors are configuration errors (exit 2).
+fn control_plane_client(config: &Config) -> Result<Option<Arc<CpClient>>, CliError> {
+    let Some(url) = &config.control_plane else {
+        return Ok(None);
+    };
+    let token = config
+        .cp_token
+        .clone()
+        .ok_or_else(|| ConfigError::new("--cp-token-file", "no token for the control plane"))?;
+    let mut cp = CpConfig::new(url, &config.node_id, token);
+    cp.ca_file = config.ca_file.clone();
+    let client =
+        CpClient::new(cp).map_err(|e| ConfigError::new("--control-plane", e.to_string()))?;
+    Ok(Some(Arc::new(client)))
+}
+
+/// The daemon's listeners: passed by systemd (socket activation) or bound here.
+struct Listeners {
+    unix: UnixListener,
+    tcp: Option<TcpListener>,
+    /// The socket file bound here (removed at shutdown); `None` if it was passed.
+    own_socket: Option<PathBuf>,
+}
+
+impl Listeners {
+    /// A passed Unix socket replaces binding `--socket`, a passed TCP socket replaces
+    /// `--http-listen`; extra passed sockets are ignored (with a warning).
+    fn take_or_bind(config: &Config) -> Result<Listeners, CliError> {
+        let mut unix = None;
+        let mut tcp = None;
+        for l in activation::listen_fds() {
+            match l {
+                Listener::Unix(u) if unix.is_none() => unix = Some(u),
+                Listener::Tcp(t) if tcp.is_none() => tcp = Some(t),
+                _ => log::warn!("ignoring an extra socket-activated listener"),
+            }
+        }
+        let own_socket = unix.is_none().then(|| config.socket.clone());
+        let unix = match unix {
+            Some(u) => u,
+            None => listen::bind_unix(&config.socket).map_err(|e| CliError::Bind(e.to_string()))?,
+        };
+        let tcp = match (tcp, config.http_listen) {
+            (Some(t), _) => Some(t),
+            (None, Some(addr)) => Some(listen::bind_tcp(&addr.to_string()).map_err(|e| {
+                remove_socket(own_socket.as_ref());
+                CliError::Bind(e.to_string())
+            })?),
+            (None, None) => None,
+        };
+        Ok(Listeners {
+            unix,
+            tcp,
+            own_socket,
+        })
+    }
+
+    /// The TCP listener's address, if there is one.
+    fn http_listen(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|t| t.local_addr().ok())
+    }
+}
+
+/// Every published store change wakes the parked requests and, for reports, the
+/// syncer. The server's waker exists only once it runs: the caller fills it in.
+fn wake_on_changes(store: &Store, syncer: &SyncerHandle) -> Arc<OnceLock<Waker>> {
+    let waker: Arc<OnceLock<Waker>> = Arc::new(OnceLock::new());
+    let wake = Arc::clone(&waker);
+    let notify = syncer.notifier();
+    store.subscribe(Box::new(move |change| {
+        if change.kind == ChangeKind::Reports {
+            notify();
+        }
+        if let Some(w) = wake.get() {
+            w.wake();
+        }
+    }));
+    waker
+}
+
+/// The request handler: routes, access rules, live secrets and the status pages.
+fn local_api(
+    config: &Config,
+    store: &Arc<Store>,
+    health: &Arc<LinkHealth>,
+    stream_metrics: &Arc<StreamMetrics>,
+    client: Option<Arc<CpClient>>,
+) -> Api {
+    let secrets_gid = Access::lookup_secrets_gid();
+    if config.secret_auth && secrets_gid.is_none() {
+        log::warn!("group plexd-secrets does not exist: only root may read secrets");
+    }
+    Api {
+        store: Arc::clone(store),
+        access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid),
+        secrets: Secrets::new(client, config.nsk.clone(), Arc::clone(health)),
+        status: Status::new(
+            Arc::clone(store),
+            Arc::clone(health),
+            Arc::clone(stream_metrics),
+            config.secret_auth,
+        ),
+    }
+}
+
+/// Starts the HTTP server on the listeners with `api` as its handler.
+fn serve(config: &Config, listeners: Listeners, api: &Arc<Api>) -> Result<ServerHandle, CliError> {
+    let mut all = vec![Listener::Unix(listeners.unix)];
+    all.extend(listeners.tcp.map(Listener::Tcp));
+    let server_config = ServerConfig {
+        workers: config.workers,
+        max_connections: config.max_connections,
+        ..ServerConfig::default()
+    };
+    Server::start(server_config, all, Arc::clone(api) as Arc<dyn Handler>)
+        .map_err(|e| CliError::Start(format!("HTTP server: {e}")))
+}
+
+/// Starts the state link (fetch and reconcile) and the event stream, sharing one
+/// verifier seeded with the signing key file's key.
+fn follow_control_plane(
+    config: &Config,
+    client: Arc<CpClient>,
+    store: &Arc<Store>,
+    health: &Arc<LinkHealth>,
+    stream_metrics: &Arc<StreamMetrics>,
+) -> (Link, EventStreamHandle) {
+    let verifier = Arc::new(Verifier::new(config.signing_key.map(KeySet::new)));
+    if config.signing_key.is_none() {
+        log::warn!("no signing key file: events are rejected until the control plane's state response supplies signing keys; state arrives by reconciliation meanwhile");
+    }
+    let options = LinkOptions {
+        reconcile_interval: Some(config.reconcile_interval),
+        verifier: Some(Arc::clone(&verifier)),
+        metrics: Some(Arc::clone(stream_metrics)),
+        ..LinkOptions::default()
+    };
+    let link = Link::start(
+        Arc::clone(store),
+        Arc::clone(&client),
+        Arc::clone(health),
+        options,
+    );
+    let deps = StreamDeps {
+        store: Arc::clone(store),
+        client,
+        verifier,
+        health: Arc::clone(health),
+        metrics: Arc::clone(stream_metrics),
+        reconcile_now: Box::new(link.reconcile_trigger()),
+    };
+    let events = stream::start(deps, StreamOptions::from_env());
+    (link, events)
 }
 
 /// Raises the soft open-file limit (up to the hard limit) so `max_connections` fits.
