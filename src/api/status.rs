@@ -5,15 +5,15 @@
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use serde_json::json;
 
 use crate::api::error::ApiError;
 use crate::http::{Request, Response, ServerStats};
 use crate::store::Store;
-use crate::telemetry::health::{LinkHealth, SecretOutcome};
-use crate::telemetry::metrics::{family, label, single, RequestMetrics};
+use crate::telemetry::health::LinkHealth;
+use crate::telemetry::metrics::{family, label, single, unix_seconds, RequestMetrics};
 use crate::telemetry::stream::StreamMetrics;
 use crate::timefmt::format_rfc3339_utc;
 
@@ -29,11 +29,6 @@ pub struct Status {
 
 fn time_or_null(t: Option<SystemTime>) -> serde_json::Value {
     t.map_or(serde_json::Value::Null, |t| format_rfc3339_utc(t).into())
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Status {
@@ -109,50 +104,28 @@ impl Status {
         Ok(Response::json(200, body).header("Cache-Control", "no-store"))
     }
 
+    /// The Prometheus page: requests, connections, the cache, the link and the event
+    /// stream, and the build.
     pub fn metrics(&self) -> Response {
         let mut out = String::with_capacity(8192);
         self.metrics.render(&mut out);
-        if let Some(s) = self.server.get() {
-            use std::sync::atomic::Ordering::Relaxed;
-            single(
-                &mut out,
-                "plexd_nodeapi_open_connections",
-                "gauge",
-                "Open client connections.",
-                s.open_connections.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_connections_accepted_total",
-                "counter",
-                "Connections accepted.",
-                s.accepted_total.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_connections_rejected_total",
-                "counter",
-                "Connections closed at once because the connection limit was reached.",
-                s.rejected_connections.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_parked_requests",
-                "gauge",
-                "Blocking queries waiting for a change.",
-                s.parked.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_parked_rejected_total",
-                "counter",
-                "Blocking queries refused with 429 because too many were waiting.",
-                s.parked_rejected.load(Relaxed),
-            );
+        if let Some(stats) = self.server.get() {
+            render_connections(&mut out, stats);
         }
+        self.render_cache(&mut out);
+        self.health.snapshot().render(&mut out);
+        self.stream.render(&mut out);
+        render_build_info(&mut out);
+        Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(out.into_bytes())
+    }
+
+    /// The cache's sizes, revision and last change, and the reports waiting for sync.
+    fn render_cache(&self, out: &mut String) {
         let counts = self.store.counts();
         family(
-            &mut out,
+            out,
             "plexd_nodeapi_cache_entries",
             "gauge",
             "Entries in the state cache, by kind.",
@@ -166,105 +139,81 @@ impl Status {
             let _ = writeln!(out, "plexd_nodeapi_cache_entries{{kind=\"{kind}\"}} {n}");
         }
         single(
-            &mut out,
+            out,
             "plexd_nodeapi_cache_revision",
             "gauge",
             "Store-wide revision (X-Plexd-Index).",
             self.store.revision(),
         );
         single(
-            &mut out,
+            out,
             "plexd_nodeapi_cache_last_change_timestamp_seconds",
             "gauge",
             "Unix time of the last cache change.",
             unix_seconds(counts.last_change),
         );
         single(
-            &mut out,
+            out,
             "plexd_nodeapi_reports_pending",
             "gauge",
             "Report changes not yet acknowledged by the control plane.",
             self.store.pending_count(),
         );
-        let link = self.health.snapshot();
-        single(
-            &mut out,
-            "plexd_nodeapi_report_sync_attempts_total",
-            "counter",
-            "Report sync requests sent.",
-            link.sync_attempts,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_report_sync_failures_total",
-            "counter",
-            "Report sync requests that failed.",
-            link.sync_failures,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_reports_dropped_total",
-            "counter",
-            "Report entries rejected by the control plane and dropped.",
-            link.reports_dropped,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_report_last_sync_timestamp_seconds",
-            "gauge",
-            "Unix time of the last acknowledged report sync (0 = never).",
-            link.last_sync.map_or(0.0, unix_seconds),
-        );
-        family(
-            &mut out,
-            "plexd_nodeapi_secret_fetches_total",
-            "counter",
-            "Secret reads, by outcome.",
-        );
-        for outcome in SecretOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "plexd_nodeapi_secret_fetches_total{{outcome=\"{}\"}} {}",
-                outcome.as_str(),
-                link.secret_fetches(outcome)
-            );
-        }
-        single(
-            &mut out,
-            "plexd_nodeapi_control_plane_connected",
-            "gauge",
-            "1 while the control plane answers.",
-            u8::from(link.connected),
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_reconciliations_total",
-            "counter",
-            "Full-state fetches applied.",
-            link.reconciles,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_reconciliation_failures_total",
-            "counter",
-            "Full-state fetches that failed.",
-            link.reconcile_failures,
-        );
-        self.stream.render(&mut out);
-        family(
-            &mut out,
-            "plexd_nodeapi_build_info",
-            "gauge",
-            "Build information.",
-        );
-        let _ = writeln!(
-            out,
-            "plexd_nodeapi_build_info{{version=\"{}\",revision=\"{}\"}} 1",
-            label(env!("CARGO_PKG_VERSION")),
-            label(option_env!("PLEXD_NODEAPI_GIT_REVISION").unwrap_or("unknown"))
-        );
-        Response::new(200)
-            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(out.into_bytes())
     }
+}
+
+/// The HTTP core's connection and parking counters.
+fn render_connections(out: &mut String, s: &ServerStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    single(
+        out,
+        "plexd_nodeapi_open_connections",
+        "gauge",
+        "Open client connections.",
+        s.open_connections.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        s.accepted_total.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_connections_rejected_total",
+        "counter",
+        "Connections closed at once because the connection limit was reached.",
+        s.rejected_connections.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_parked_requests",
+        "gauge",
+        "Blocking queries waiting for a change.",
+        s.parked.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_parked_rejected_total",
+        "counter",
+        "Blocking queries refused with 429 because too many were waiting.",
+        s.parked_rejected.load(Relaxed),
+    );
+}
+
+/// `plexd_nodeapi_build_info{version,revision} 1`.
+fn render_build_info(out: &mut String) {
+    family(
+        out,
+        "plexd_nodeapi_build_info",
+        "gauge",
+        "Build information.",
+    );
+    let _ = writeln!(
+        out,
+        "plexd_nodeapi_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+        label(env!("CARGO_PKG_VERSION")),
+        label(option_env!("PLEXD_NODEAPI_GIT_REVISION").unwrap_or("unknown"))
+    );
 }

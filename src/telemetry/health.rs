@@ -1,16 +1,19 @@
-//! Health of the control-plane link, shared by the syncer, the link, the secret route
-//! and (later) `/v1/health` and `/metrics`.
+//! Health of the control-plane link, shared by the syncer, the link, the secret fetches
+//! and the status pages (`/v1/health`, and `/metrics` through `render`).
 //!
 //! Writers record facts (a sync failed, a reconcile succeeded, a secret fetch ended
 //! with outcome X); readers take a consistent `snapshot()`. Counters are atomics; the
 //! timestamps and the last error share one small mutex that is never held across I/O.
 //! This module decides nothing and performs no I/O; `LinkHealthSnapshot::degraded`
-//! is the one interpretation it offers. The last error is a short description that
+//! is the one interpretation it offers, `LinkHealthSnapshot::render` its metrics. The last error is a short description that
 //! callers must build without tokens, keys or secret values.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
+
+use super::metrics::{family, single, unix_seconds};
 
 /// How a secret fetch for a local client ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +110,74 @@ impl LinkHealthSnapshot {
 
     pub fn secret_fetches(&self, outcome: SecretOutcome) -> u64 {
         self.secret_fetches[outcome.index()]
+    }
+
+    /// Writes the link's metric families: report sync, secret fetches, connection and
+    /// reconciliations.
+    pub fn render(&self, out: &mut String) {
+        single(
+            out,
+            "plexd_nodeapi_report_sync_attempts_total",
+            "counter",
+            "Report sync requests sent.",
+            self.sync_attempts,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_sync_failures_total",
+            "counter",
+            "Report sync requests that failed.",
+            self.sync_failures,
+        );
+        single(
+            out,
+            "plexd_nodeapi_reports_dropped_total",
+            "counter",
+            "Report entries rejected by the control plane and dropped.",
+            self.reports_dropped,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_last_sync_timestamp_seconds",
+            "gauge",
+            "Unix time of the last acknowledged report sync (0 = never).",
+            self.last_sync.map_or(0.0, unix_seconds),
+        );
+        family(
+            out,
+            "plexd_nodeapi_secret_fetches_total",
+            "counter",
+            "Secret reads, by outcome.",
+        );
+        for outcome in SecretOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "plexd_nodeapi_secret_fetches_total{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                self.secret_fetches(outcome)
+            );
+        }
+        single(
+            out,
+            "plexd_nodeapi_control_plane_connected",
+            "gauge",
+            "1 while the control plane answers.",
+            u8::from(self.connected),
+        );
+        single(
+            out,
+            "plexd_nodeapi_reconciliations_total",
+            "counter",
+            "Full-state fetches applied.",
+            self.reconciles,
+        );
+        single(
+            out,
+            "plexd_nodeapi_reconciliation_failures_total",
+            "counter",
+            "Full-state fetches that failed.",
+            self.reconcile_failures,
+        );
     }
 }
 

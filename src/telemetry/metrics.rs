@@ -1,12 +1,13 @@
 //! Request counters and the Prometheus text exposition (format 0.0.4) helpers.
 //!
 //! Counting is lock-free (fixed arrays of atomics indexed by route and status class),
-//! so it costs a few atomic adds per request. Rendering the whole `/metrics` page is
-//! `api::status`'s job; this module only knows how to write families and samples.
+//! so it costs a few atomic adds per request. Assembling the whole `/metrics` page is
+//! `api::status`'s job; this module writes families and samples, and the other records
+//! of `telemetry` render their own families with it.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Route labels, in a fixed order (index = position).
 pub const ROUTES: [&str; 12] = [
@@ -144,6 +145,12 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     family(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");
+}
+
+/// `t` as Unix time in seconds (0 before the epoch), for timestamp gauges.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Escapes a label value (`\`, `"`, newline).
