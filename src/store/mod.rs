@@ -279,7 +279,7 @@ impl Store {
 
     /// Journal appends so far (each one `fdatasync`), to observe group commit.
     #[cfg(test)]
-    fn journal_syncs(&self) -> u64 {
+    pub(crate) fn journal_syncs(&self) -> u64 {
         self.writes.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -112,7 +112,8 @@ fn keep_alive_pipelining_and_100_continue() {
         "{:?}",
         String::from_utf8_lossy(&buf[..n])
     );
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // At once, not after an I/O timeout of the core (10 s).
+    assert!(started.elapsed() < Duration::from_secs(2));
     s.write_all(body.as_bytes()).unwrap();
     assert_eq!(read_response(&mut s, false).unwrap().status, 200);
 }
@@ -139,8 +140,10 @@ fn idle_and_half_sent_connections_do_not_delay_a_fresh_request() {
         assert_eq!(d.get("/v1/state/metadata").status, 200);
         worst = worst.max(t.elapsed());
     }
+    // Nothing waits for an idle client's timeout (10 s for a head, 60 s idle); how fast
+    // a fresh request is with 2,000 idle is the bench's `idle_2000` scenario.
     assert!(
-        worst < Duration::from_millis(100),
+        worst < Duration::from_secs(2),
         "fresh request took {worst:?} with 2,000 idle connections"
     );
     assert_eq!(

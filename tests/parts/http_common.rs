@@ -38,7 +38,11 @@ impl Handler for TestHandler {
                 )
             }
             "/slow" => {
-                std::thread::sleep(Duration::from_millis(300));
+                let ms = req
+                    .query_param("ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300);
+                std::thread::sleep(Duration::from_millis(ms));
                 Reply::Now(Response::json(200, b"{\"slow\":true}".to_vec()))
             }
             "/json" => Reply::Now(Response::json(200, b"{\"ok\":true}".to_vec())),

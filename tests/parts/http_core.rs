@@ -159,15 +159,12 @@ fn head_has_content_length_but_no_body() {
 fn slow_handler_holds_only_its_worker() {
     let srv = TestServer::with(|c| c.workers = 2);
     let mut slow = srv.client();
-    slow.send(b"GET /slow HTTP/1.1\r\n\r\n");
+    slow.send(b"GET /slow?ms=3000 HTTP/1.1\r\n\r\n");
     std::thread::sleep(Duration::from_millis(30));
     let t = Instant::now();
     assert_eq!(srv.client().get("/echo").status, 200);
-    assert!(
-        t.elapsed() < Duration::from_millis(150),
-        "{:?}",
-        t.elapsed()
-    );
+    // Served by the other worker, not after the slow handler's 3 s.
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(slow.read_response(false).unwrap().status, 200);
 }
 
@@ -344,7 +341,8 @@ fn parked_request_answers_at_deadline_and_429_beyond_max() {
     let t = Instant::now();
     assert_eq!(a.read_response(false).unwrap().text(), "timeout");
     assert_eq!(b.read_response(false).unwrap().text(), "timeout");
-    assert!(t.elapsed() < Duration::from_millis(600));
+    // At their 300 ms deadline, with room for a loaded machine.
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 #[test]

@@ -73,7 +73,9 @@ fn idle_and_half_sent_connections_hold_no_worker_alone() {
         rss_after.saturating_sub(rss_before),
         per_conn
     );
-    assert!(worst < Duration::from_millis(50), "{worst:?}");
+    // No fresh client waits for an idle one's timeout (30 s here); how fast it is with
+    // 2,000 idle is the bench's `idle_2000` scenario.
+    assert!(worst < Duration::from_secs(2), "{worst:?}");
     assert_eq!(thread_count(), threads);
     assert!(per_conn < 4096, "{per_conn} bytes per connection");
     // The half-sent heads can still finish.
