@@ -1,4 +1,4 @@
-//! The local API (SPEC §4): one exhaustive match from (method, resource) to a handler.
+//! The local API (the routes of README's "The local API"): one exhaustive match from (method, resource) to a handler.
 //!
 //! Flow: the HTTP core hands a `Request` to `Api::handle` → access checks (`access`) →
 //! `route::resolve` → a handler in `reads`, `reports`, `secrets` or `status` → the

@@ -1,4 +1,4 @@
-//! The report syncer (SPEC §6): one thread that sends the store's pending report
+//! The report syncer (reports are delivered upstream at least once): one thread that sends the store's pending report
 //! changes to the control plane, debounced, batched, retried with backoff.
 //!
 //! Writers call `SyncerHandle::notify()` (a non-blocking `try_send` on a one-slot

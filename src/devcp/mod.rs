@@ -1,4 +1,4 @@
-//! The development control plane (SPEC §11): one node's control-plane API on a
+//! The development control plane: one node's control-plane API on a
 //! loopback TCP port, for the `dev` command, integration tests and benchmarks.
 //!
 //! `DevControlPlane::start` serves `devcp::routes::DevHandler` through the crate's

@@ -1,4 +1,4 @@
-//! HTTP routes of the development control plane: the node API of SPEC §8 under
+//! HTTP routes of the development control plane: the control-plane node API under
 //! `/v1/nodes/{id}/` (bearer token required) and a small unauthenticated admin API
 //! under `/admin/` (loopback peers only).
 //!

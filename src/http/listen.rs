@@ -1,7 +1,7 @@
 //! Binding the daemon's own listeners: the Unix socket (folder, stale-file handling,
 //! owner and mode) and the optional TCP listener.
 //!
-//! Sockets passed by systemd are not bound here (see `systemd.rs`), and nothing here
+//! Sockets passed by systemd are not bound here (see `activation`), and nothing here
 //! removes a socket file at shutdown: that is the caller's decision.
 
 use std::fs;

@@ -1,4 +1,4 @@
-//! Every route of SPEC §4 with its success shape and every error status, over the real
+//! Every route of the local API (README's "The local API") with its success shape and every error status, over the real
 //! Unix socket (and TCP with a token) of a real daemon.
 
 use crate::common::*;
