@@ -13,7 +13,7 @@
 //! fails), so every acknowledged write is visible and counted as pending sync.
 //! Nothing here runs after `open` returns.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::sync::{Mutex, RwLock};
@@ -193,8 +193,7 @@ fn load_reports(
             (key, item)
         })
         .collect();
-    let (journal, dirty, replayed) =
-        replay_journal(state, &mut reports, Stamp { rev: base, at: now })?;
+    let (journal, replayed) = replay_journal(state, &mut reports, Stamp { rev: base, at: now })?;
     if replayed > 0 {
         newest = newest.max(now);
     }
@@ -205,7 +204,7 @@ fn load_reports(
         rev: base,
         at: newest,
     };
-    Ok((newest, JournalState { journal, dirty }))
+    Ok((newest, journal))
 }
 
 /// What an entry file holds, as far as loading a folder of them is concerned.
@@ -283,13 +282,13 @@ fn load_entries<E: Entry>(
 }
 
 /// Opens the report journal and replays its valid prefix over `reports` (stamped
-/// `stamp`), in order. Returns the journal, the keys whose files the replay made
+/// `stamp`), in order. Returns the journal with the keys whose files the replay made
 /// stale (for the checkpointer), and how many records were replayed.
 fn replay_journal(
     state: &Folder,
     reports: &mut BTreeMap<String, ReportItem>,
     stamp: Stamp,
-) -> Result<(Journal, BTreeMap<String, BTreeSet<String>>, usize), StoreError> {
+) -> Result<(JournalState, usize), StoreError> {
     let journal_path = state.file(JOURNAL_FILE);
     let (journal, records, dropped, created) =
         Journal::open(&journal_path).map_err(io_err(format!(
@@ -341,7 +340,7 @@ fn replay_journal(
     if replayed > 0 {
         log::info!(records = replayed, keys = dirty.len(); "replayed the report journal");
     }
-    Ok((journal, dirty, replayed))
+    Ok((JournalState { journal, dirty }, replayed))
 }
 
 /// The sync marks from `report-sync.json`; none if it is missing, unreadable (logged:
