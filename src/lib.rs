@@ -20,3 +20,6 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod timefmt;
+
+#[cfg(test)]
+mod test_child;

@@ -32,30 +32,9 @@ mod tests {
     //! the environment (and descriptors) set up, and the child does the checking.
 
     use super::*;
-    use std::process::Command;
     use std::time::Duration;
 
-    const CHILD: &str = "PLEXD_SYSTEMD_TEST_CHILD";
-
-    fn run_child(test: &str, cmd: impl FnOnce(&mut Command)) -> String {
-        let exe = std::env::current_exe().unwrap();
-        let mut c = Command::new(exe);
-        c.args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1");
-        cmd(&mut c);
-        let out = c.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "child failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    fn is_child() -> bool {
-        std::env::var_os(CHILD).is_some()
-    }
+    use crate::test_child::{is_child, run_child};
 
     #[test]
     fn notify_sends_datagram_to_path() {

@@ -74,29 +74,8 @@ mod tests {
     use std::io;
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    use std::process::Command;
 
-    const CHILD: &str = "PLEXD_SYSTEMD_TEST_CHILD";
-
-    fn run_child(test: &str, cmd: impl FnOnce(&mut Command)) -> String {
-        let exe = std::env::current_exe().unwrap();
-        let mut c = Command::new(exe);
-        c.args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1");
-        cmd(&mut c);
-        let out = c.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "child failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    fn is_child() -> bool {
-        std::env::var_os(CHILD).is_some()
-    }
+    use crate::test_child::{is_child, run_child};
 
     #[test]
     fn listen_fds_takes_passed_sockets() {

@@ -30,21 +30,20 @@ pub struct MetaItem {
     pub stamp: Stamp,
 }
 
-/// A data entry, its rendered body (also its file content) and the file holding it.
-pub struct DataItem {
-    pub entry: DataEntry,
+/// An entry (data or report), its rendered body (also its file content), the file
+/// holding it and when it last changed.
+pub struct Item<E> {
+    pub entry: E,
     pub body: Json,
     pub file: String,
     pub stamp: Stamp,
 }
 
-/// A report entry, its rendered body (also its file content) and the file holding it.
-pub struct ReportItem {
-    pub entry: ReportEntry,
-    pub body: Json,
-    pub file: String,
-    pub stamp: Stamp,
-}
+/// A data entry pushed by the control plane, as the cache holds it.
+pub type DataItem = Item<DataEntry>;
+
+/// A report entry written by a local workload, as the cache holds it.
+pub type ReportItem = Item<ReportEntry>;
 
 /// Renders `value` as JSON bytes. Our types (string maps, entries with a RawValue
 /// payload) always serialize; the fallback keeps a bug from becoming a panic.

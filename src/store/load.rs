@@ -25,7 +25,7 @@ use super::keys::{self, ReportKey};
 use crate::model::{DataEntry, Metadata, ReportEntry, SecretRef};
 
 use super::cache::{
-    normalize_secrets, render, render_meta_item, Cache, DataItem, MetaItem, ReportItem, Stamp,
+    normalize_secrets, render, render_meta_item, Cache, Item, MetaItem, ReportItem, Stamp,
 };
 use super::checkpoint::{self, Checkpoints};
 use super::commit::{mark_dirty, JournalState, Writes};
@@ -133,26 +133,11 @@ fn load_state_files(state: &Folder, cache: &mut Cache, base: u64) -> SystemTime 
 
 /// Loads `data/` into `cache` at revision `base`; returns the newest time seen.
 fn load_data(data: &Folder, cache: &mut Cache, base: u64) -> Result<SystemTime, StoreError> {
-    let (entries, newest) = load_entries::<DataEntry>(data, |e| {
+    let (items, newest) = load_entries::<DataEntry>(data, base, |e| {
         (!e.key.is_empty())
             .then_some(())
             .ok_or_else(|| "empty key".to_owned())
     })?;
-    let items = entries
-        .into_iter()
-        .map(|(key, l)| {
-            let item = DataItem {
-                stamp: Stamp {
-                    rev: base,
-                    at: l.modified,
-                },
-                entry: l.entry,
-                body: l.body,
-                file: l.file,
-            };
-            (key, item)
-        })
-        .collect();
     cache.set_data(
         items,
         Stamp {
@@ -173,26 +158,11 @@ fn load_reports(
     base: u64,
     now: SystemTime,
 ) -> Result<(SystemTime, JournalState), StoreError> {
-    let (entries, mut newest) = load_entries::<ReportEntry>(report, |e| {
+    let (mut reports, mut newest) = load_entries::<ReportEntry>(report, base, |e| {
         ReportKey::parse(&e.key)
             .map(drop)
             .map_err(|e| e.to_string())
     })?;
-    let mut reports: BTreeMap<String, ReportItem> = entries
-        .into_iter()
-        .map(|(key, l)| {
-            let item = ReportItem {
-                stamp: Stamp {
-                    rev: base,
-                    at: l.modified,
-                },
-                entry: l.entry,
-                body: l.body,
-                file: l.file,
-            };
-            (key, item)
-        })
-        .collect();
     let (journal, replayed) = replay_journal(state, &mut reports, Stamp { rev: base, at: now })?;
     if replayed > 0 {
         newest = newest.max(now);
@@ -231,25 +201,17 @@ impl Entry for ReportEntry {
     }
 }
 
-/// One entry loaded from its file.
-struct Loaded<E> {
-    entry: E,
-    /// Rendered once; also the file's canonical content.
-    body: Json,
-    file: String,
-    modified: SystemTime,
-}
-
-/// Loads a folder of entry files (`data/` or `report/`), keyed by the key inside each.
-/// A file whose entry `check` refuses is quarantined with `check`'s reason; of two files
-/// carrying the same key the newer (by version, then mtime) wins and the other is moved
-/// aside as `<name>.stale`. Also returns the newest time seen: the folder's mtime or
-/// that of any usable file.
+/// Loads a folder of entry files (`data/` or `report/`), keyed by the key inside each
+/// and stamped with revision `base` and the file's mtime. A file whose entry `check`
+/// refuses is quarantined with `check`'s reason; of two files carrying the same key the
+/// newer (by version, then mtime) wins and the other is moved aside as `<name>.stale`.
+/// Also returns the newest time seen: the folder's mtime or that of any usable file.
 fn load_entries<E: Entry>(
     f: &Folder,
+    base: u64,
     check: fn(&E) -> Result<(), String>,
-) -> Result<(BTreeMap<String, Loaded<E>>, SystemTime), StoreError> {
-    let mut entries: BTreeMap<String, Loaded<E>> = BTreeMap::new();
+) -> Result<(BTreeMap<String, Item<E>>, SystemTime), StoreError> {
+    let mut items: BTreeMap<String, Item<E>> = BTreeMap::new();
     let mut newest = folder_mtime(f);
     for (file, (entry, body), modified) in load_folder(f, with_body::<E>)? {
         if let Err(why) = check(&entry) {
@@ -257,15 +219,18 @@ fn load_entries<E: Entry>(
             continue;
         }
         newest = newest.max(modified);
-        let new = Loaded {
+        let new = Item {
             entry,
             body,
             file,
-            modified,
+            stamp: Stamp {
+                rev: base,
+                at: modified,
+            },
         };
-        if let Some(old) = entries.get(new.entry.key()) {
+        if let Some(old) = items.get(new.entry.key()) {
             let keep_new =
-                (new.entry.version(), new.modified) > (old.entry.version(), old.modified);
+                (new.entry.version(), new.stamp.at) > (old.entry.version(), old.stamp.at);
             let (lose, win) = if keep_new {
                 (&old.file, &new.file)
             } else {
@@ -276,9 +241,9 @@ fn load_entries<E: Entry>(
                 continue;
             }
         }
-        entries.insert(new.entry.key().to_owned(), new);
+        items.insert(new.entry.key().to_owned(), new);
     }
-    Ok((entries, newest))
+    Ok((items, newest))
 }
 
 /// Opens the report journal and replays its valid prefix over `reports` (stamped
