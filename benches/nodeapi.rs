@@ -48,6 +48,7 @@ const SCENARIOS: &[&str] = &[
     "put_one_key_8",
     "put_2000_keys_8",
     "get_while_put",
+    "get_while_1000_parked",
     "idle_2000",
     "startup_10k",
     "idle_rss",
@@ -654,6 +655,7 @@ fn run_scenario(name: &str, opts: &Options, shared: &mut Shared) -> ScenarioRepo
         "put_one_key_8" => sc_put(opts, &mut r, 1),
         "put_2000_keys_8" => sc_put(opts, &mut r, 2000),
         "get_while_put" => sc_get_while_put(opts, &mut r),
+        "get_while_1000_parked" => sc_get_while_parked(opts, &mut r),
         "idle_2000" => sc_idle_2000(opts, &mut r),
         "startup_10k" => sc_startup_10k(opts, &mut r, shared),
         "idle_rss" => sc_idle_rss(&mut r),
@@ -901,6 +903,101 @@ fn sc_get_while_put(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchE
         {
             r.note(format!("first error: {e}"));
         }
+    }
+    env.daemon.stop();
+    Ok(())
+}
+
+/// The value of an unlabelled sample on the daemon's `/metrics` page.
+fn metric_value(target: &Target, name: &str) -> Result<f64, BenchError> {
+    let mut s = target.connect().map_err(BenchError::io("connecting"))?;
+    let (_, body) = loadgen::request_once(&mut s, &get("/metrics"), Duration::from_secs(5))
+        .map_err(BenchError::io("GET /metrics"))?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| BenchError::Load(format!("no {name} on /metrics")))
+}
+
+/// Reads of one report key alone, then while 1,000 blocking queries wait on that same
+/// key (parked in the daemon, holding no thread). Was a p99 assertion in the tests.
+fn sc_get_while_parked(opts: &Options, r: &mut ScenarioReport) -> Result<(), BenchError> {
+    const WAITERS: usize = 1000;
+    let upstream = upstream_with(0)?;
+    let env = start_env(&upstream, false)?;
+    let pid = env.daemon.pid();
+    let target = env.daemon.unix_target();
+    let mut s = target.connect().map_err(BenchError::io("connecting"))?;
+    let (status, _) =
+        loadgen::request_once(&mut s, &put("/v1/state/report/hot"), Duration::from_secs(5))
+            .map_err(BenchError::io("PUT"))?;
+    if status != 200 {
+        return Err(BenchError::Setup(format!("PUT answered {status}")));
+    }
+    let cfg = load_config(opts, target.clone(), 32, vec![get("/v1/state/report/hot")]);
+    for _ in 0..opts.runs {
+        let alone = measure(&cfg, pid)?;
+        // Waiting on the store's revision parks until the key changes (it does not).
+        let revision = metric_value(&target, "plexd_nodeapi_cache_revision")?;
+        let wait = get(&format!("/v1/state/report/hot?index={revision}&wait=600s"));
+        let before = procstat::sample(pid).map_err(BenchError::io("reading /proc"))?;
+        let mut waiters = Vec::with_capacity(WAITERS);
+        for i in 0..WAITERS {
+            let mut w = target
+                .connect()
+                .map_err(BenchError::io(format!("opening waiter {i}")))?;
+            std::io::Write::write_all(&mut w, &wait)
+                .map_err(BenchError::io(format!("sending waiter {i}")))?;
+            waiters.push(w);
+        }
+        let t = Instant::now();
+        while metric_value(&target, "plexd_nodeapi_parked_requests")? < WAITERS as f64 {
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(BenchError::Load("the waiters did not all park".into()));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let parked = measure(&cfg, pid)?;
+        let after = procstat::sample(pid).map_err(BenchError::io("reading /proc"))?;
+        drop(waiters);
+        r.push("GET alone", "req/s", Goal::Info, None, alone.load.rps());
+        r.push(
+            "GET, 1000 parked",
+            "req/s",
+            Goal::Info,
+            None,
+            parked.load.rps(),
+        );
+        r.push(
+            "ratio",
+            "x",
+            Goal::AtLeast(0.8),
+            None,
+            parked.load.rps() / alone.load.rps(),
+        );
+        r.push(
+            "p99, 1000 parked",
+            "ms",
+            Goal::AtMost(50.0),
+            None,
+            parked.load.percentile_us(99.0) / 1000.0,
+        );
+        r.push(
+            "thread growth",
+            "count",
+            Goal::AtMost(0.0),
+            None,
+            after.threads as f64 - before.threads as f64,
+        );
+        r.push(
+            "errors",
+            "count",
+            Goal::AtMost(0.0),
+            None,
+            (alone.load.errors + parked.load.errors) as f64,
+        );
+        // Let the dropped waiters' connections close before the next run.
+        thread::sleep(Duration::from_millis(300));
     }
     env.daemon.stop();
     Ok(())

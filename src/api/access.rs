@@ -1,4 +1,4 @@
-//! Who may call what (SPEC §9): the bearer token on TCP, and `--secret-auth` on the
+//! Who may call what (README's "Access control"): the bearer token on TCP, and `--secret-auth` on the
 //! Unix socket, decided from the credentials the kernel recorded at connect time.
 //!
 //! Never looks at anything a client can forge on the Unix socket (headers, pid files);

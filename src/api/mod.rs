@@ -1,12 +1,11 @@
-//! The local API (SPEC §4): one exhaustive match from (method, resource) to a handler.
+//! The local API (the routes of README's "The local API"): one exhaustive match from (method, resource) to a handler.
 //!
 //! Flow: the HTTP core hands a `Request` to `Api::handle` → access checks (`access`) →
 //! `route::resolve` → a handler in `reads`, `reports`, `secrets` or `status` → the
 //! store or the control-plane client. Every failure is an `ApiError`, turned into a
-//! JSON response in one place (`error`). Nothing here parses HTTP or touches a file.
+//! JSON response in one place (`error`), which also maps the other parts' errors. Nothing here parses HTTP or touches a file.
 
 pub mod access;
-pub mod breaker;
 pub mod error;
 pub mod reads;
 pub mod reports;
@@ -18,21 +17,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::http::{Handler, Later, Method, Park, Reply, Request, Response};
-use crate::metrics::ApiReject;
 use crate::pool::Pool;
+use crate::secrets::Secrets;
 use crate::store::Store;
+use crate::telemetry::metrics::ApiReject;
 
 use access::Access;
 use error::ApiError;
 use route::{Resource, RouteError};
-use secrets::SecretSource;
 use status::Status;
 
 /// The daemon's request handler.
 pub struct Api {
     pub store: Arc<Store>,
     pub access: Access,
-    pub secrets: Arc<SecretSource>,
+    pub secrets: Arc<Secrets>,
     /// Where calls that wait on the control plane run (never on an HTTP worker).
     pub upstream: Arc<Pool>,
     pub status: Status,
@@ -46,10 +45,7 @@ impl Api {
         resolved: Result<Resource, RouteError>,
     ) -> Result<Reply, ApiError> {
         self.access.check_transport(req)?;
-        let resource = resolved.map_err(|e| match e {
-            RouteError::NotFound => ApiError::NotFound("not found".into()),
-            RouteError::BadKey => ApiError::BadRequest("invalid key: bad percent-encoding".into()),
-        })?;
+        let resource = resolved?;
         if !resource.allowed().contains(&req.method) {
             return Err(ApiError::MethodNotAllowed {
                 allow: resource.allow_header(),
@@ -63,9 +59,9 @@ impl Api {
             (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
             (_, Resource::SecretKey(key)) => {
                 reads::refuse_blocking_on_secret_value(req)?;
-                self.secret_later(key, req)
+                self.secret_later(key, req)?
             }
-            (_, Resource::Health) => self.status.health(req).into(),
+            (_, Resource::Health) => self.status.health(req)?.into(),
             (_, Resource::Metrics) => self.status.metrics().into(),
             (_, resource) => reads::read(&self.store, resource, req)?,
         };
@@ -116,37 +112,32 @@ impl Handler for Api {
 
 impl Api {
     /// A secret fetch runs on the upstream pool; the request waits parked (no worker
-    /// held) for its answer, at most `secret_timeout`. A full pool answers 503 at once.
-    fn secret_later(&self, key: String, req: &Request) -> Reply {
+    /// held) for its answer, at most `--secret-timeout`. A full pool, or a control plane
+    /// known to be unreachable (the breaker is open), answers 503 at once.
+    fn secret_later(&self, key: String, req: &Request) -> Result<Reply, ApiError> {
         let started = Instant::now();
         let route = "/v1/state/secrets/{key}";
-        if self.secrets.client.is_some() {
-            if let breaker::Admit::Refuse { retry_after } = self.secrets.breaker.admit(started) {
-                self.status.rejections.count(ApiReject::UpstreamUnavailable);
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                return Response::from(ApiError::UpstreamDown {
-                    retry_after_secs: secs,
-                })
-                .into();
-            }
+        if let Err(e) = self.secrets.admit(started) {
+            self.status.rejections.count(ApiReject::UpstreamUnavailable);
+            return Err(e.into());
         }
         let caller = secrets::caller(req);
         let source = Arc::clone(&self.secrets);
-        let deadline = started + self.secrets.timeout;
+        let deadline = started + self.secrets.timeout();
         let pool = Arc::clone(&self.upstream);
         let metrics = Arc::clone(&self.status.metrics);
         let timeout_metrics = Arc::clone(&self.status.metrics);
         let rejections = Arc::clone(&self.status.rejections);
         let job_rejections = Arc::clone(&self.status.rejections);
         let timeout_rejections = Arc::clone(&self.status.rejections);
-        Reply::Later(Later {
+        Ok(Reply::Later(Later {
             deadline,
             start: Box::new(move |resume| {
                 let job = Box::new(move || {
                     if resume.is_cancelled() {
                         return;
                     }
-                    let result = source.get(&key, &caller, deadline);
+                    let result = secrets::get(&source, &key, &caller, deadline);
                     if matches!(result, Err(ApiError::UpstreamTimeout)) {
                         job_rejections.count(ApiReject::UpstreamTimeout);
                     }
@@ -156,9 +147,10 @@ impl Api {
                 });
                 pool.try_submit(job).map_err(|_| {
                     rejections.count(ApiReject::UpstreamBusy);
-                    Response::from(ApiError::Unavailable(
+                    ApiError::Unavailable(
                         "too many secret requests are waiting for the control plane",
-                    ))
+                    )
+                    .into()
                 })
             }),
             on_timeout: Box::new(move || {
@@ -167,7 +159,7 @@ impl Api {
                 timeout_metrics.record_request(route, response.status, started.elapsed());
                 response
             }),
-        })
+        }))
     }
 
     /// A parked request is counted (status and whole latency) when its check produces

@@ -27,7 +27,7 @@ use crate::api::error::ApiError;
 use crate::api::route::Resource;
 use crate::duration;
 use crate::http::{HeaderValue, Park, ParkKind, Reply, Request, Response, Wake};
-use crate::keys::ReportKey;
+use crate::store::keys::ReportKey;
 use crate::store::{Json, Store, Versioned};
 
 /// Longest `wait` a blocking query may ask for.
@@ -81,7 +81,7 @@ pub fn lookup(store: &Store, resource: &Resource) -> Result<Option<Lookup>, ApiE
         Resource::Secrets => found(store.secret_list()),
         Resource::Reports => found(store.report_list()),
         Resource::ReportKey(k) => {
-            let key = ReportKey::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let key = ReportKey::parse(k)?;
             match store.report(&key) {
                 Some(v) => found(v),
                 None => missing(store.report_list(), "report entry not found"),
@@ -155,7 +155,7 @@ fn render(lookup: Lookup, conditions: &Conditions) -> Response {
             mod_rev,
             modified,
             message,
-        } => Response::error(404, message)
+        } => Response::from(ApiError::NotFound(message.into()))
             .header("X-Plexd-Index", HeaderValue::Int(mod_rev))
             .header("Last-Modified", HeaderValue::Date(modified)),
     }
@@ -238,7 +238,7 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     let check = move |wake: Wake| -> Option<Response> {
         let now = match lookup(&store, &resource) {
             Ok(Some(l)) => l,
-            _ => return Some(Response::error(500, "resource vanished")),
+            _ => return Some(ApiError::Internal("resource vanished").into()),
         };
         let still_missing = was_missing && matches!(now, Lookup::Missing { .. });
         match wake {

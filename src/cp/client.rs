@@ -1,4 +1,5 @@
-//! A blocking HTTP client for the control-plane API (SPEC §8), over `ureq` and rustls.
+//! A blocking HTTP client for the control-plane API (`/v1/nodes/{id}/…`: state,
+//! secrets, report sync, events), over `ureq` and rustls.
 //!
 //! `CpClient` knows the three calls the daemon makes — fetch the node's state, fetch
 //! one encrypted secret, post a batch of report changes — and the rules every call
@@ -22,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::keys::percent_encode_segment;
+use crate::encoding::percent_encode_segment;
 use crate::model::{NodeState, ReportSyncRequest, SecretResponse};
 
 /// Largest response body accepted (after gzip decoding).

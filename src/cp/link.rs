@@ -27,12 +27,12 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
-use super::health::LinkHealth;
-use super::stream_metrics::StreamMetrics;
 use super::syncer::MAX_RETRY_AFTER;
 use crate::events::{KeySet, Verifier};
 use crate::model::SigningKeys;
 use crate::store::{ApplyOutcome, CpUpdate, Store};
+use crate::telemetry::health::LinkHealth;
+use crate::telemetry::stream::StreamMetrics;
 
 /// State fetches per reconciliation when events keep landing during the fetch.
 const MAX_FETCHES: usize = 3;

@@ -1,4 +1,4 @@
-//! The development control plane (SPEC §11): one node's control-plane API on a
+//! The development control plane: one node's control-plane API on a
 //! loopback TCP port, for the `dev` command, integration tests and benchmarks.
 //!
 //! `DevControlPlane::start` serves `devcp::routes::DevHandler` through the crate's
@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::cp::nsk::Nsk;
 use crate::events::{SignError, Signer};
 use crate::http::{Limits, Listener, Server, ServerConfig, ServerHandle};
 use crate::model::{Metadata, NodeState, ReportEntry, ReportSyncRequest, SigningKeys};
+use crate::secrets::nsk::Nsk;
 
-pub use events::EventHub;
+pub use events::{DevChange, EventHub};
 pub use routes::DevHandler;
-pub use state::{DevChange, DevState, FailRoute, PayloadError, Subscriber};
+pub use state::{DevState, FailRoute, PayloadError, Subscriber};
 
 /// How to start a development control plane.
 #[derive(Clone)]

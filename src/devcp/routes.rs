@@ -1,4 +1,4 @@
-//! HTTP routes of the development control plane: the node API of SPEC §8 under
+//! HTTP routes of the development control plane: the control-plane node API under
 //! `/v1/nodes/{id}/` (bearer token required) and a small unauthenticated admin API
 //! under `/admin/` (loopback peers only).
 //!
@@ -13,12 +13,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::cp::secret::encrypt_secret;
+use crate::encoding::percent_decode;
 use crate::http::{
     Handler, Method, Park, ParkKind, Reply, Request, Response, Stream, Transport, Wake, Waker,
 };
-use crate::keys::percent_decode;
 use crate::model::{Metadata, ReportSyncRequest, SecretResponse};
+use crate::secrets::cipher::encrypt_secret;
 
 use super::state::{DevState, FailRoute, ReportOutcome};
 

@@ -13,12 +13,12 @@ use std::time::SystemTime;
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
-use super::events::EventHub;
-use crate::cp::nsk::Nsk;
+use super::events::{DevChange, EventHub};
 use crate::events::Signer;
 use crate::model::{
     DataEntry, Metadata, NodeState, ReportEntry, ReportSyncRequest, SecretRef, SigningKeys,
 };
+use crate::secrets::nsk::Nsk;
 use crate::timefmt::format_rfc3339_utc;
 
 /// Which control-plane route an injected failure applies to.
@@ -42,17 +42,6 @@ impl FailRoute {
             _ => None,
         }
     }
-}
-
-/// What an admin/test call changed. Subscribers get it with the new node state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DevChange {
-    /// Metadata or data changed (a `node_state_updated` event).
-    State,
-    /// The secret index changed (a `node_secrets_updated` event).
-    Secrets,
-    /// The signing keys changed (a `signing_key_rotated` event).
-    SigningKeys,
 }
 
 /// Called after each change, outside the state lock.

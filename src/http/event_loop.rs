@@ -599,7 +599,7 @@ impl EventLoop {
                 continue;
             }
             let oldest = m.oldest_idle.load(Ordering::Relaxed);
-            if best.map_or(true, |(_, t)| oldest < t) {
+            if best.is_none_or(|(_, t)| oldest < t) {
                 best = Some((i, oldest));
             }
         }

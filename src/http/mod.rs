@@ -15,16 +15,20 @@
 //! `shared.rs` (what the loops share: configuration, the handler, counters, each loop's
 //! mailbox), `budget.rs` (bytes of request bodies in memory), `resume.rs` ([`Resume`]:
 //! answering a request from another thread), `parse.rs` (request heads, chunked bodies),
-//! `write.rs` (response heads, nonblocking sends), `poller.rs` (epoll/eventfd).
+//! `write.rs` (response heads, nonblocking sends), `poller.rs` (epoll/eventfd),
+//! `listen.rs` (binding the Unix socket and TCP listener), `activation.rs` (listeners
+//! passed by systemd).
 //!
 //! Invariants: the thread count is fixed at start (plus one thread per `Reply::Stream`);
 //! a worker never waits on a peer — every socket is nonblocking and every wait is an
 //! epoll wait; a connection with no complete request holds no thread and keeps only its
 //! received bytes; the core never panics on input.
 
+pub mod activation;
 mod budget;
 mod conn;
 mod event_loop;
+pub mod listen;
 mod parse;
 mod poller;
 mod resume;

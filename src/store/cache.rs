@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use crate::model::{DataEntry, DataKey, KeyVersion, ReportEntry, SecretRef};
 
-use super::outbox::Mark;
+use super::marks::Mark;
 use super::Json;
 
 /// When a resource last changed: the store revision and the wall time.
@@ -30,21 +30,20 @@ pub struct MetaItem {
     pub stamp: Stamp,
 }
 
-/// A data entry, its rendered body (also its file content) and the file holding it.
-pub struct DataItem {
-    pub entry: DataEntry,
+/// An entry (data or report), its rendered body (also its file content), the file
+/// holding it and when it last changed.
+pub struct Item<E> {
+    pub entry: E,
     pub body: Json,
     pub file: String,
     pub stamp: Stamp,
 }
 
-/// A report entry, its rendered body (also its file content) and the file holding it.
-pub struct ReportItem {
-    pub entry: ReportEntry,
-    pub body: Json,
-    pub file: String,
-    pub stamp: Stamp,
-}
+/// A data entry pushed by the control plane, as the cache holds it.
+pub type DataItem = Item<DataEntry>;
+
+/// A report entry written by a local workload, as the cache holds it.
+pub type ReportItem = Item<ReportEntry>;
 
 /// Renders `value` as JSON bytes straight into a shared buffer of the exact size: one
 /// pass counts the bytes, the second writes them, so a large entry is never held twice
@@ -355,4 +354,13 @@ impl Cache {
             self.refresh_pending(&k);
         }
     }
+}
+
+/// The secret index as the cache keeps it: sorted by key, one entry per key (the last
+/// one wins).
+pub fn normalize_secrets(refs: Vec<SecretRef>) -> Vec<SecretRef> {
+    let map: BTreeMap<String, i64> = refs.into_iter().map(|r| (r.key, r.version)).collect();
+    map.into_iter()
+        .map(|(key, version)| SecretRef { key, version })
+        .collect()
 }

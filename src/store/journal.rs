@@ -29,32 +29,9 @@ const MAX_RECORD: usize = 64 * 1024 * 1024;
 const PUT: u8 = b'P';
 const DELETE: u8 = b'D';
 
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), table-driven.
+/// CRC-32 (IEEE 802.3), as `crc32fast` computes it.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32fast::hash(bytes)
 }
 
 /// A record ready to append: its header (length, CRC, kind) and its data, kept apart so

@@ -12,7 +12,7 @@
 //! Files under `state_dir` (= `{data_dir}/state`): `metadata.json`, `secrets.json`,
 //! `data/{key}.json`, `report/{key}.json` (the Go agent's formats, key names encoded by
 //! `keys::file_name_for`), plus `revision` (see `revision`), `report-sync.json` (see
-//! `outbox`) and `report.journal` (see `journal`). Report writes go through the journal
+//! `marks`) and `report.journal` (see `journal`). Report writes go through the journal
 //! with group commit (`commit`); the report files are written from it in the background
 //! (`checkpoint`) and at `close`. Two threads run per store: `report-commit` and
 //! `report-checkpoint`. Lock order: checkpoint serial lock, then journal state, then
@@ -30,7 +30,9 @@ mod checkpoint;
 mod commit;
 mod files;
 mod journal;
+pub mod keys;
 mod load;
+mod marks;
 mod outbox;
 mod reports;
 mod revision;
@@ -42,13 +44,13 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 use std::{fmt, io};
 
-use crate::keys::ReportKey;
 use crate::model::{DataEntry, Metadata, SecretRef};
 
 use cache::{Cache, Stamp};
 use checkpoint::Checkpoints;
 use commit::Writes;
 use files::Folder;
+use keys::ReportKey;
 use revision::Epochs;
 
 pub use commit::{Quota, Ticket};
@@ -158,20 +160,6 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-impl StoreError {
-    /// The HTTP status a local API answer should carry for this error: 409 conflict,
-    /// 404 not found, 400 for a key that cannot be stored, 500 for persistence failures.
-    pub fn status_code(&self) -> u16 {
-        match self {
-            StoreError::Conflict { .. } => 409,
-            StoreError::NotFound => 404,
-            StoreError::KeyNotStorable => 400,
-            StoreError::QuotaExceeded { .. } => 507,
-            StoreError::Io { .. } | StoreError::Encode { .. } => 500,
-        }
-    }
 }
 
 /// Which report quota a write ran into.
@@ -322,7 +310,7 @@ impl Store {
 
     /// Journal appends so far (each one `fdatasync`), to observe group commit.
     #[cfg(test)]
-    fn journal_syncs(&self) -> u64 {
+    pub(crate) fn journal_syncs(&self) -> u64 {
         self.writes.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -432,12 +420,12 @@ impl Store {
     pub fn mark_synced(&self, batch: &SyncBatch) -> Result<(), StoreError> {
         let _serial = lock(&self.marks_lock);
         let next = outbox::acknowledge(&self.read().marks, batch);
-        let bytes = outbox::encode_marks(&next).map_err(|source| StoreError::Encode {
+        let bytes = marks::encode_marks(&next).map_err(|source| StoreError::Encode {
             what: "report sync marks",
             source,
         })?;
         self.state
-            .replace(outbox::MARKS_FILE, &bytes)
+            .replace(marks::MARKS_FILE, &bytes)
             .map_err(io_err("writing report sync marks failed"))?;
         let mut c = self.write();
         c.marks = next;
@@ -503,6 +491,11 @@ impl Inner {
         self.checkpoints.request();
     }
 }
+
+/// The metadata map's file in `state_dir`.
+const METADATA_FILE: &str = "metadata.json";
+/// The secret index's file in `state_dir`.
+const SECRETS_FILE: &str = "secrets.json";
 
 /// Paths of the three folders under `state_dir`.
 fn folders(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {

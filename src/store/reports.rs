@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use serde_json::value::RawValue;
 
-use crate::keys::{self, ReportKey};
+use super::keys::{self, ReportKey};
 use crate::model::ReportEntry;
 use crate::timefmt;
 
@@ -22,7 +22,8 @@ use super::commit::{pair, Latest, Op, OpKind, Queue, Quota, Ticket, UsageDelta};
 use super::journal;
 use super::{lock, Inner, Json, QuotaLimit, Store, StoreError, Versioned};
 
-/// Whether `if_match` allows writing over `current` (SPEC §4).
+/// Whether `if_match` allows writing over `current`: no `If-Match` always does, `N`
+/// only over version `N`, and `0` only where the key does not exist.
 fn precondition_holds(if_match: Option<i64>, current: Option<i64>) -> bool {
     match (if_match, current) {
         (None, _) => true,

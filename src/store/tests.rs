@@ -1214,7 +1214,7 @@ fn go_agent_keys_too_long_to_encode_stay_in_their_plain_files() {
     let f = fixture();
     fs::create_dir_all(f.state.join("data")).unwrap();
     let key = "é".repeat(100);
-    assert!(crate::keys::file_name_for(&key).is_none());
+    assert!(super::keys::file_name_for(&key).is_none());
     let plain = format!("{key}.json");
     fs::write(
         f.state.join("data").join(&plain),
@@ -1502,7 +1502,7 @@ fn a_failed_group_fails_every_writer_and_changes_nothing() {
         .collect();
     for t in &tickets {
         let err = t.wait().unwrap_err();
-        assert_eq!(err.status_code(), 500, "{err}");
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
     }
     assert_eq!(st.summary(), summary);
     assert_eq!(snapshot(&state), disk, "disk changed by a failed group");

@@ -1,0 +1,185 @@
+//! Access control with real peers: `--secret-auth` decided from the kernel's record of
+//! non-root clients (children that drop to another uid/gid/groups before connecting),
+//! and the socket's own mode and liveness rules.
+
+use crate::common::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use nix::unistd::{fork, setgid, setgroups, setuid, ForkResult, Gid, Uid};
+
+/// Forks a child that drops to uid/gid/groups, connects, GETs `path` and exits with a
+/// code derived from the status (200→0, 403→3, other→9).
+fn status_as(socket: &std::path::Path, uid: u32, gid: u32, groups: &[u32], path: &str) -> i32 {
+    let req = request_bytes("GET", path, &[("Connection", "close")], None);
+    // SAFETY: the child only calls async-signal-safe-ish syscalls and exits with _exit.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let groups: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+            let ok = setgroups(&groups).is_ok()
+                && setgid(Gid::from_raw(gid)).is_ok()
+                && setuid(Uid::from_raw(uid)).is_ok();
+            let code = if !ok {
+                8
+            } else {
+                match UnixStream::connect(socket) {
+                    Ok(mut s) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                        let _ = s.write_all(&req);
+                        let mut out = Vec::new();
+                        let _ = s.read_to_end(&mut out);
+                        let text = String::from_utf8_lossy(&out);
+                        if text.starts_with("HTTP/1.1 200") {
+                            0
+                        } else if text.starts_with("HTTP/1.1 403") {
+                            3
+                        } else {
+                            9
+                        }
+                    }
+                    Err(_) => 7,
+                }
+            };
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                other => panic!("child ended oddly: {other:?}"),
+            }
+        }
+    }
+}
+
+fn ensure_group(name: &str) -> Option<u32> {
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
+        return Some(g.gid.as_raw());
+    }
+    let ok = std::process::Command::new("groupadd")
+        .arg(name)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        return None;
+    }
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+#[test]
+fn secret_auth_uses_the_kernels_peer_credentials() {
+    if !Uid::effective().is_root() {
+        eprintln!("needs root to drop privileges in children");
+        return;
+    }
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    let d = node
+        .daemon()
+        .control_plane(&cp)
+        .arg("--secret-auth")
+        .start();
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/secrets")
+        .status
+        == 200));
+    // The socket and its folder must be reachable by other users.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = d.socket.clone();
+    // Root passes.
+    assert_eq!(d.get("/v1/state/secrets/db-password").status, 200);
+    // An ordinary user: denied on secret routes, allowed elsewhere.
+    assert_eq!(
+        status_as(&sock, 4242, 4242, &[], "/v1/state/secrets/db-password"),
+        3
+    );
+    assert_eq!(status_as(&sock, 4242, 4242, &[], "/v1/state/secrets"), 3);
+    assert_eq!(status_as(&sock, 4242, 4242, &[], "/v1/state/metadata"), 0);
+    if let Some(gid) = ensure_group("plexd-secrets") {
+        // Restart so the daemon resolves the (possibly just created) group.
+        drop(d);
+        let d = node
+            .daemon()
+            .control_plane(&cp)
+            .arg("--secret-auth")
+            .start();
+        assert_eq!(
+            status_as(&d.socket, 4242, gid, &[], "/v1/state/secrets/db-password"),
+            0,
+            "primary gid"
+        );
+        assert_eq!(
+            status_as(
+                &d.socket,
+                4242,
+                4242,
+                &[77, gid],
+                "/v1/state/secrets/db-password"
+            ),
+            0,
+            "supplementary group"
+        );
+        assert_eq!(
+            status_as(
+                &d.socket,
+                4242,
+                4242,
+                &[77],
+                "/v1/state/secrets/db-password"
+            ),
+            3
+        );
+        assert!(d.log_text().contains("secret access denied"));
+    }
+}
+
+#[test]
+fn without_secret_auth_any_local_user_may_read_secrets() {
+    if !Uid::effective().is_root() {
+        return;
+    }
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    let d = node.daemon().control_plane(&cp).start();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/secrets")
+        .status
+        == 200));
+    assert_eq!(
+        status_as(&d.socket, 4243, 4243, &[], "/v1/state/secrets/db-password"),
+        0
+    );
+}
+
+#[test]
+fn a_live_socket_is_never_replaced_and_a_stale_one_is() {
+    let node = Node::new();
+    let d = node.daemon().start();
+    // A second daemon on the same socket refuses to start, exit 1, the first keeps serving.
+    let second = node.daemon().spawn();
+    let status = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(d.get("/v1/state").status, 200);
+    // SIGKILL leaves a stale socket file; the next start replaces it.
+    d.kill();
+    assert!(node.socket().exists());
+    let d = node.daemon().start();
+    assert_eq!(d.get("/v1/state").status, 200);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    let plexd_group = nix::unistd::Group::from_name("plexd")
+        .ok()
+        .flatten()
+        .is_some();
+    assert_eq!(mode, if plexd_group { 0o660 } else { 0o666 });
+    // A clean stop removes the socket we created.
+    assert_eq!(d.stop().code(), Some(0));
+    assert!(!node.socket().exists());
+}
