@@ -73,7 +73,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Re
     let (path, query) = split_target(req.path.unwrap_or(""))?;
 
     let mut headers = Vec::with_capacity(req.headers.len());
-    let mut content_length: Option<usize> = None;
+    let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<String> = None;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
@@ -112,14 +112,14 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Re
         (Some(_), Some(_)) => return Err(reject(400, "both Content-Length and Transfer-Encoding")),
         (Some(te), None) if te == "chunked" => Framing::Chunked,
         (Some(_), None) => return Err(reject(501, "unsupported Transfer-Encoding")),
-        (None, Some(n)) => Framing::Length(n),
+        // Judged as u64 so a length past 4 GiB is 413 on 32-bit targets too, not a
+        // usize overflow.
+        (None, Some(n)) => match usize::try_from(n) {
+            Ok(n) if n <= limits.max_body_bytes => Framing::Length(n),
+            _ => return Err(reject(413, "request body too large")),
+        },
         (None, None) => Framing::Length(0),
     };
-    if let Framing::Length(n) = framing {
-        if n > limits.max_body_bytes {
-            return Err(reject(413, "request body too large"));
-        }
-    }
     let keep_alive = !conn_close && (!http10 || conn_keep_alive);
     Ok(Some(Head {
         method,
@@ -156,12 +156,12 @@ fn version_error(buf: &[u8]) -> Reject {
     }
 }
 
-fn parse_content_length(value: &str) -> Result<usize, Reject> {
+fn parse_content_length(value: &str) -> Result<u64, Reject> {
     if value.is_empty() || value.len() > 19 || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(reject(400, "invalid Content-Length"));
     }
     value
-        .parse::<usize>()
+        .parse::<u64>()
         .map_err(|_| reject(400, "invalid Content-Length"))
 }
 
@@ -369,6 +369,15 @@ mod tests {
             400
         );
         assert_eq!(e("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n"), 413);
+        // Past usize::MAX on 32-bit targets: still a well-formed length, too large.
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nContent-Length: 5000000000\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n"),
+            413
+        );
         assert_eq!(
             e("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             501
