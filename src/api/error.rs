@@ -115,12 +115,12 @@ impl From<KeyError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::Conflict { current: Some(v) } => {
-                ApiError::Conflict(format!("version conflict: current version is {v}"))
+            StoreError::Conflict { current: Some(v) } => ApiError::Conflict(format!(
+                "version conflict: the entry is at version {v}; read it again for its current ETag"
+            )),
+            StoreError::Conflict { current: None } => {
+                ApiError::Conflict("version conflict: the entry does not exist".into())
             }
-            StoreError::Conflict { current: None } => ApiError::Conflict(
-                "version conflict: the entry does not exist (use If-Match: 0)".into(),
-            ),
             StoreError::NotFound => ApiError::NotFound("report entry not found".into()),
             StoreError::KeyNotStorable => {
                 ApiError::BadRequest("invalid key: too long once encoded as a file name".into())

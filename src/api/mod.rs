@@ -56,7 +56,7 @@ impl Api {
         }
         let reply = match (&req.method, resource) {
             (Method::Put, Resource::ReportKey(key)) => reports::put(&self.store, &key, req)?,
-            (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
+            (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key, req)?,
             (_, Resource::SecretKey(key)) => {
                 reads::refuse_blocking_on_secret_value(req)?;
                 self.secret_later(key, req)?

@@ -1,5 +1,14 @@
-//! Report writes: parse and check a `PUT`/`DELETE` on `/v1/state/report/{key}`, then
-//! submit a typed request to the store and park until it is durable.
+//! Report writes: parse and check a `PUT`/`DELETE` on `/v1/state/report/{key}` and its
+//! preconditions, then submit a typed request to the store and park until it is durable.
+//!
+//! Preconditions (RFC 9110 §13.1): a report's `ETag` is the store revision of its last
+//! change, quoted, as every read and every PUT answer it. `If-Match` takes those tags
+//! (a list; weak tags never match), `*` ("the entry exists") or, as the seed did, a bare
+//! integer *version* (`0`: "the entry does not exist"). `If-None-Match` takes tags or
+//! `*` ("only if it does not exist": create only). Both work on PUT and DELETE and are
+//! judged by the store in commit order (`store::Preconditions`); a precondition that
+//! does not hold is 409 (the seed's status for a version conflict), a header that is
+//! not one of those forms is 400.
 //!
 //! The store decides the write at once (a refusal — conflict, not found, quota — is
 //! answered without parking) and hands back a `Ticket`; the request then parks
@@ -19,7 +28,7 @@ use crate::api::error::ApiError;
 use crate::api::reads::with_revision;
 use crate::http::{HeaderValue, Park, ParkKind, Reply, Request, Response, Wake};
 use crate::store::keys::ReportKey;
-use crate::store::{Json, Store, StoreError, Ticket, Versioned};
+use crate::store::{Json, Match, Preconditions, Store, StoreError, Ticket, Versioned};
 
 /// How long a write may stay parked before it is answered 503.
 const PARK_LIMIT: Duration = Duration::from_secs(30);
@@ -30,7 +39,7 @@ pub struct PutReport {
     pub key: ReportKey,
     pub content_type: String,
     pub payload: Box<RawValue>,
-    pub if_match: Option<i64>,
+    pub conditions: Preconditions,
 }
 
 #[derive(Deserialize)]
@@ -43,27 +52,86 @@ pub fn parse_key(key: &str) -> Result<ReportKey, ApiError> {
     Ok(ReportKey::parse(key)?)
 }
 
-/// `If-Match: N` — a plain non-negative integer (quotes tolerated).
-pub fn parse_if_match(req: &Request) -> Result<Option<i64>, ApiError> {
-    let Some(raw) = req.header("if-match") else {
-        return Ok(None);
+/// The preconditions of a write: `If-Match` and `If-None-Match` (see the module doc).
+pub fn parse_preconditions(req: &Request) -> Result<Preconditions, ApiError> {
+    let if_match = match req.header("if-match") {
+        None => None,
+        Some(raw) => Some(parse_if_match(raw).ok_or_else(|| {
+            ApiError::BadRequest(
+                "If-Match must be *, entity tags (\"4294967302\") or a version number".into(),
+            )
+        })?),
     };
+    let if_none_match = match req.header("if-none-match") {
+        None => None,
+        Some(raw) => Some(parse_tags(raw, false).ok_or_else(|| {
+            ApiError::BadRequest("If-None-Match must be * or entity tags".into())
+        })?),
+    };
+    Ok(Preconditions {
+        if_match,
+        if_none_match,
+    })
+}
+
+/// `If-Match`: `*`, entity tags (strong comparison: weak tags never match), or the
+/// seed's bare integer version. A version beyond any an entry can have matches nothing.
+fn parse_if_match(raw: &str) -> Option<Match> {
     let text = raw.trim();
-    let text = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
-    match text.parse::<i64>() {
-        Ok(n) if n >= 0 => Ok(Some(n)),
-        _ => Err(ApiError::BadRequest(
-            "If-Match must be a non-negative integer version".into(),
-        )),
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(match text.parse::<i64>() {
+            Ok(v) => Match::Version(v),
+            Err(_) => Match::Revisions(Vec::new()),
+        });
     }
+    parse_tags(text, true)
+}
+
+/// `*` or a comma-separated list of entity tags (`"…"` or `W/"…"`); the tags that are
+/// our revisions (`"<decimal>"`) are kept, any other valid tag matches nothing. With
+/// `strong`, weak tags match nothing either (RFC 9110 §8.8.3.2). `None`: malformed.
+fn parse_tags(raw: &str, strong: bool) -> Option<Match> {
+    let mut rest = raw.trim();
+    if rest == "*" {
+        return Some(Match::Any);
+    }
+    let mut revisions = Vec::new();
+    let mut any = false;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let (weak, tagged) = match rest.strip_prefix("W/") {
+            Some(t) => (true, t),
+            None => (false, rest),
+        };
+        let opaque = tagged.strip_prefix('"')?;
+        let end = opaque.find('"')?;
+        let tag = &opaque[..end];
+        if tag.chars().any(|c| c.is_control()) {
+            return None;
+        }
+        rest = &opaque[end + 1..];
+        if !rest.is_empty() && !rest.starts_with([' ', '\t', ',']) {
+            return None;
+        }
+        any = true;
+        if weak && strong {
+            continue;
+        }
+        if !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(revision) = tag.parse::<u64>() {
+                revisions.push(revision);
+            }
+        }
+    }
+    any.then_some(Match::Revisions(revisions))
 }
 
 pub fn parse_put(key: &str, req: &Request) -> Result<PutReport, ApiError> {
     let key = parse_key(key)?;
-    let if_match = parse_if_match(req)?;
+    let conditions = parse_preconditions(req)?;
     let body: PutBody = serde_json::from_slice(req.body).map_err(|_| {
         ApiError::BadRequest(
             "invalid JSON body: expected {\"content_type\": …, \"payload\": …}".into(),
@@ -83,7 +151,7 @@ pub fn parse_put(key: &str, req: &Request) -> Result<PutReport, ApiError> {
         key,
         content_type,
         payload,
-        if_match,
+        conditions,
     })
 }
 
@@ -98,11 +166,10 @@ fn put_response(result: Result<Versioned<Json>, StoreError>) -> Response {
     }
 }
 
+/// A deletion has no representation, so no `ETag`: only the revision it got.
 fn delete_response(result: Result<u64, StoreError>) -> Response {
     match result {
-        Ok(revision) => Response::new(204)
-            .header("X-Plexd-Index", HeaderValue::Int(revision))
-            .header("ETag", HeaderValue::QuotedInt(revision)),
+        Ok(revision) => Response::new(204).header("X-Plexd-Index", HeaderValue::Int(revision)),
         Err(e) => ApiError::from(e).into(),
     }
 }
@@ -139,13 +206,17 @@ fn park_on<T: Send + 'static>(
 
 pub fn put(store: &Store, key: &str, req: &Request) -> Result<Reply, ApiError> {
     let put = parse_put(key, req)?;
-    let ticket = store.submit_put(&put.key, put.content_type, put.payload, put.if_match);
+    let ticket = store.submit_put_if(&put.key, put.content_type, put.payload, &put.conditions);
     Ok(park_on(ticket, put_response))
 }
 
-pub fn delete(store: &Store, key: &str) -> Result<Reply, ApiError> {
+pub fn delete(store: &Store, key: &str, req: &Request) -> Result<Reply, ApiError> {
     let key = parse_key(key)?;
-    Ok(park_on(store.submit_delete(&key), delete_response))
+    let conditions = parse_preconditions(req)?;
+    Ok(park_on(
+        store.submit_delete_if(&key, &conditions),
+        delete_response,
+    ))
 }
 
 #[cfg(test)]
@@ -166,7 +237,7 @@ mod tests {
             let key = req.path.trim_start_matches("/r/");
             let reply = match req.method {
                 Method::Put => put(&self.0, key, req),
-                Method::Delete => delete(&self.0, key),
+                Method::Delete => delete(&self.0, key, req),
                 _ => Ok(Reply::Now(match self.0.report(&parse_key(key).unwrap()) {
                     Some(v) => Response::json(200, v.value),
                     None => Response::error(404, "not found"),
@@ -263,5 +334,27 @@ mod tests {
             404
         );
         server.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn precondition_headers() {
+        let tags = |r: &[u64]| Some(Match::Revisions(r.to_vec()));
+        assert_eq!(parse_if_match("*"), Some(Match::Any));
+        assert_eq!(parse_if_match(" 3 "), Some(Match::Version(3)));
+        assert_eq!(parse_if_match("0"), Some(Match::Version(0)));
+        assert_eq!(parse_if_match("99999999999999999999"), tags(&[]));
+        assert_eq!(parse_if_match("\"4294967302\""), tags(&[4294967302]));
+        assert_eq!(parse_if_match("\"1\", \"2\",\"x,y\""), tags(&[1, 2]));
+        assert_eq!(parse_if_match("W/\"5\""), tags(&[]));
+        assert_eq!(parse_tags("W/\"5\", \"6\"", false), tags(&[5, 6]));
+        assert_eq!(parse_tags("\"\"", false), tags(&[]));
+        for bad in [
+            "", " ", "two", "-1", "3.0", "\"5", "\"5\"x", "5, 6", "W/5", "*, \"1\"",
+        ] {
+            assert_eq!(parse_if_match(bad), None, "If-Match: {bad}");
+        }
+        for bad in ["", "7", "* ,*"] {
+            assert_eq!(parse_tags(bad, false), None, "If-None-Match: {bad}");
+        }
     }
 }

@@ -55,6 +55,7 @@ use revision::Epochs;
 
 pub use commit::{Quota, Ticket};
 pub use outbox::SyncBatch;
+pub use reports::{Match, Preconditions};
 
 /// A JSON body rendered once and served many times.
 pub type Json = Arc<[u8]>;

@@ -1,13 +1,15 @@
-//! Report writes: PUT with optimistic locking and DELETE, decided in commit order.
+//! Report writes: PUT and DELETE with preconditions (optimistic locking), decided in
+//! commit order.
 //!
-//! `submit_put`/`submit_delete` decide a write under the commit queue's lock against the
-//! key's *pending latest* state (its queued, uncommitted writes, else the published
-//! entry): `If-Match`, the next version, the file it will live in. A refused write gets
-//! a completed `Ticket` at once; an accepted one is queued with its journal record and
-//! completes when the committer made its group durable and published it (see `commit`).
-//! `put_report`/`delete_report` are the same path, waiting for the ticket. This module
-//! does not validate keys (`ReportKey` did), parse request bodies (the router did) or
-//! touch files.
+//! `submit_put_if`/`submit_delete_if` decide a write under the commit queue's lock
+//! against the key's *pending latest* state (its queued, uncommitted writes, else the
+//! published entry): the preconditions, the next version, the file it will live in. A
+//! refused write gets a completed `Ticket` at once; an accepted one is queued with its
+//! journal record and completes when the committer made its group durable and
+//! published it (see `commit`). `submit_put`/`submit_delete` are the same without
+//! conditions beyond the seed's integer version; `put_report`/`delete_report` wait for
+//! the ticket. This module does not validate keys (`ReportKey` did), parse request
+//! bodies or headers (the API did) or touch files.
 
 use std::time::SystemTime;
 
@@ -22,13 +24,68 @@ use super::commit::{pair, Latest, Op, OpKind, Queue, Quota, Ticket, UsageDelta};
 use super::journal;
 use super::{lock, Inner, Json, QuotaLimit, Store, StoreError, Versioned};
 
-/// Whether `if_match` allows writing over `current`: no `If-Match` always does, `N`
-/// only over version `N`, and `0` only where the key does not exist.
-fn precondition_holds(if_match: Option<i64>, current: Option<i64>) -> bool {
-    match (if_match, current) {
-        (None, _) => true,
-        (Some(want), Some(have)) => want == have,
-        (Some(want), None) => want == 0,
+/// What a conditional write requires of the key's current state, in the store's terms
+/// (RFC 9110 §13.1.1 and §13.1.2): the API turns `If-Match`/`If-None-Match` into this.
+/// A report's entity tag is the store revision of its last change, so a tag names one
+/// exact state of one key, never reused (not after a delete and re-create, not across
+/// restarts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    /// `If-Match`: the write goes ahead only if this holds.
+    pub if_match: Option<Match>,
+    /// `If-None-Match`: the write goes ahead only if this does *not* hold.
+    pub if_none_match: Option<Match>,
+}
+
+/// One condition on a key's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// `*`: the key exists.
+    Any,
+    /// The key exists and its published state is one of these revisions (entity tags).
+    /// A state still queued behind the commit has no revision yet, so it matches none:
+    /// nobody can have seen it.
+    Revisions(Vec<u64>),
+    /// The seed's bare integer: the key's version is this one; `0` means "does not
+    /// exist".
+    Version(i64),
+}
+
+impl Preconditions {
+    /// The seed's `If-Match: N` (`None`: unconditional).
+    pub fn version(if_match: Option<i64>) -> Preconditions {
+        Preconditions {
+            if_match: if_match.map(Match::Version),
+            if_none_match: None,
+        }
+    }
+
+    /// Whether a write may go ahead over `current`.
+    fn hold(&self, current: Option<&Current>) -> bool {
+        self.if_match.as_ref().is_none_or(|m| m.holds(current))
+            && self
+                .if_none_match
+                .as_ref()
+                .is_none_or(|m| !m.holds(current))
+    }
+}
+
+/// A key's pending latest state, as preconditions see it.
+struct Current {
+    version: i64,
+    /// `None` while the state is queued and not yet published.
+    revision: Option<u64>,
+}
+
+impl Match {
+    fn holds(&self, current: Option<&Current>) -> bool {
+        match (self, current) {
+            (Match::Any, c) => c.is_some(),
+            (Match::Revisions(tags), Some(c)) => c.revision.is_some_and(|r| tags.contains(&r)),
+            (Match::Revisions(_), None) => false,
+            (Match::Version(want), Some(c)) => *want == c.version,
+            (Match::Version(want), None) => *want == 0,
+        }
     }
 }
 
@@ -49,6 +106,21 @@ impl Inner {
             .reports
             .get(key)
             .map(|r| (r.entry.version, r.file.clone(), r.entry.payload_len()))
+    }
+
+    /// What preconditions judge `key` by: its pending latest version, and the
+    /// revision of that state if it is published.
+    fn current(&self, q: &Queue, key: &str) -> Option<Current> {
+        if let Some((latest, _)) = q.latest.get(key) {
+            return latest.as_ref().map(|(version, _, _)| Current {
+                version: *version,
+                revision: None,
+            });
+        }
+        self.read().reports.get(key).map(|r| Current {
+            version: r.entry.version,
+            revision: Some(r.stamp.rev),
+        })
     }
 
     /// Report keys and payload bytes once every queued write is committed.
@@ -87,9 +159,8 @@ fn quota_refusal(
 
 impl Store {
     /// Submits a create-or-replace of a report. `if_match`: `None` → unconditional;
-    /// `Some(n)` must equal the current version (`0` for a key that does not exist),
-    /// judged against every write submitted before this one. The ticket completes with
-    /// the stored entry once it is durable and visible, or with the error.
+    /// `Some(n)` must equal the current version (`0` for a key that does not exist).
+    /// See `submit_put_if`.
     pub fn submit_put(
         &self,
         key: &ReportKey,
@@ -97,9 +168,34 @@ impl Store {
         payload: Box<RawValue>,
         if_match: Option<i64>,
     ) -> Ticket<Versioned<Json>> {
+        self.submit_put_if(
+            key,
+            content_type,
+            payload,
+            &Preconditions::version(if_match),
+        )
+    }
+
+    /// Submits a create-or-replace of a report if `conditions` hold, judged against
+    /// every write submitted before this one (`Conflict` otherwise). The ticket
+    /// completes with the stored entry once it is durable and visible, or with the
+    /// error.
+    pub fn submit_put_if(
+        &self,
+        key: &ReportKey,
+        content_type: String,
+        payload: Box<RawValue>,
+        conditions: &Preconditions,
+    ) -> Ticket<Versioned<Json>> {
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));
+        }
+        let judged = self.current(&q, key.as_str());
+        if !conditions.hold(judged.as_ref()) {
+            return Ticket::ready(Err(StoreError::Conflict {
+                current: judged.map(|c| c.version),
+            }));
         }
         let current = self.pending_latest(&q, key.as_str());
         let old_file = current.as_ref().map(|(_, f, _)| f.clone());
@@ -109,9 +205,6 @@ impl Store {
             return Ticket::ready(Err(StoreError::KeyNotStorable));
         };
         let version = current.as_ref().map(|(v, _, _)| *v);
-        if !precondition_holds(if_match, version) {
-            return Ticket::ready(Err(StoreError::Conflict { current: version }));
-        }
         let new_len = payload.get().len() as u64;
         let usage = UsageDelta {
             keys: i64::from(current.is_none()),
@@ -151,12 +244,25 @@ impl Store {
         ticket
     }
 
-    /// Submits a deletion. The ticket completes with the new store revision once the
-    /// deletion is durable and visible, or with `NotFound` or the error.
+    /// Submits an unconditional deletion (see `submit_delete_if`).
     pub fn submit_delete(&self, key: &ReportKey) -> Ticket<u64> {
+        self.submit_delete_if(key, &Preconditions::default())
+    }
+
+    /// Submits a deletion if `conditions` hold, judged like `submit_put_if`'s
+    /// (`Conflict` otherwise; a key that does not exist is `NotFound` once they hold).
+    /// The ticket completes with the new store revision once the deletion is durable
+    /// and visible, or with the error.
+    pub fn submit_delete_if(&self, key: &ReportKey, conditions: &Preconditions) -> Ticket<u64> {
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));
+        }
+        let judged = self.current(&q, key.as_str());
+        if !conditions.hold(judged.as_ref()) {
+            return Ticket::ready(Err(StoreError::Conflict {
+                current: judged.map(|c| c.version),
+            }));
         }
         let Some((_, file, len)) = self.pending_latest(&q, key.as_str()) else {
             return Ticket::ready(Err(StoreError::NotFound));
@@ -246,13 +352,36 @@ mod tests {
     }
 
     #[test]
-    fn if_match_rules() {
-        assert!(precondition_holds(None, None));
-        assert!(precondition_holds(None, Some(3)));
-        assert!(precondition_holds(Some(0), None));
-        assert!(!precondition_holds(Some(1), None));
-        assert!(precondition_holds(Some(3), Some(3)));
-        assert!(!precondition_holds(Some(2), Some(3)));
-        assert!(!precondition_holds(Some(0), Some(3)));
+    fn precondition_rules() {
+        let at = |version, revision| Current { version, revision };
+        let published = at(3, Some(4_294_967_301));
+        let queued = at(4, None);
+        let cond = |if_match, if_none_match| Preconditions {
+            if_match,
+            if_none_match,
+        };
+        let tags = |r: &[u64]| Some(Match::Revisions(r.to_vec()));
+        // (conditions, on an absent key, on published v3 at revision …301, on a
+        // queued v4)
+        let cases = [
+            (cond(None, None), true, true, true),
+            (cond(Some(Match::Any), None), false, true, true),
+            (cond(tags(&[4_294_967_301]), None), false, true, false),
+            (cond(tags(&[1, 4_294_967_301]), None), false, true, false),
+            (cond(tags(&[7]), None), false, false, false),
+            (cond(Some(Match::Version(0)), None), true, false, false),
+            (cond(Some(Match::Version(3)), None), false, true, false),
+            (cond(Some(Match::Version(4)), None), false, false, true),
+            (cond(None, Some(Match::Any)), true, false, false),
+            (cond(None, tags(&[4_294_967_301])), true, false, true),
+            (cond(None, tags(&[7])), true, true, true),
+            (cond(Some(Match::Any), tags(&[7])), false, true, true),
+        ];
+        for (c, absent, on_published, on_queued) in cases {
+            assert_eq!(c.hold(None), absent, "{c:?} on an absent key");
+            assert_eq!(c.hold(Some(&published)), on_published, "{c:?} on v3");
+            assert_eq!(c.hold(Some(&queued)), on_queued, "{c:?} on queued v4");
+        }
+        assert_eq!(Preconditions::version(None), Preconditions::default());
     }
 }

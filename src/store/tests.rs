@@ -1301,6 +1301,74 @@ fn group_commit_acknowledges_many_writers_with_fewer_fsyncs() {
 }
 
 #[test]
+fn etag_preconditions_are_judged_in_commit_order_on_puts_and_deletes() {
+    use crate::store::{Match, Preconditions};
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    let tag = |r: u64| Preconditions {
+        if_match: Some(Match::Revisions(vec![r])),
+        if_none_match: None,
+    };
+    let create_only = Preconditions {
+        if_match: None,
+        if_none_match: Some(Match::Any),
+    };
+    let put_if =
+        |c: &Preconditions, p: &str| st.submit_put_if(&rk("lock"), "t".into(), raw(p), c).wait();
+    let first = put_if(&create_only, "\"a\"").unwrap();
+    assert!(matches!(
+        put_if(&create_only, "\"b\""),
+        Err(StoreError::Conflict { current: Some(1) })
+    ));
+    // The tag a write answered with is the one the next write must name.
+    let second = put_if(&tag(first.mod_rev), "\"c\"").unwrap();
+    assert!(second.mod_rev > first.mod_rev);
+    assert!(matches!(
+        put_if(&tag(first.mod_rev), "\"d\""),
+        Err(StoreError::Conflict { current: Some(2) })
+    ));
+    // A queued, unpublished state has no tag yet: nobody can name it.
+    st.slow_commits(Duration::from_millis(50));
+    let queued = st.submit_put_if(&rk("lock"), "t".into(), raw("\"e\""), &tag(second.mod_rev));
+    let behind = st.submit_delete_if(&rk("lock"), &tag(second.mod_rev));
+    assert!(matches!(
+        behind.try_result(),
+        Some(Err(StoreError::Conflict { current: Some(3) }))
+    ));
+    let third = queued.wait().unwrap();
+    st.slow_commits(Duration::ZERO);
+    // DELETE honours the same conditions; a stale tag changes nothing.
+    assert!(matches!(
+        st.submit_delete_if(&rk("lock"), &tag(second.mod_rev))
+            .wait(),
+        Err(StoreError::Conflict { current: Some(3) })
+    ));
+    assert!(st.report(&rk("lock")).is_some());
+    st.submit_delete_if(&rk("lock"), &tag(third.mod_rev))
+        .wait()
+        .unwrap();
+    assert!(st.report(&rk("lock")).is_none());
+    // Re-created at version 1, the old tags still name nothing.
+    let again = put_if(&create_only, "\"f\"").unwrap();
+    assert_eq!(parse(&again.value)["version"], 1);
+    assert!(matches!(
+        st.submit_delete_if(&rk("lock"), &tag(first.mod_rev)).wait(),
+        Err(StoreError::Conflict { current: Some(1) })
+    ));
+    // On a missing key a condition that holds leaves the answer to the deletion.
+    let absent = Preconditions::version(Some(0));
+    assert!(matches!(
+        st.submit_delete_if(&rk("never"), &absent).wait(),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        st.submit_delete_if(&rk("never"), &tag(again.mod_rev))
+            .wait(),
+        Err(StoreError::Conflict { current: None })
+    ));
+}
+
+#[test]
 fn concurrent_if_match_on_one_key_lets_exactly_one_win() {
     let f = fixture();
     let st = std::sync::Arc::new(Store::open(&f.state).unwrap());

@@ -191,6 +191,107 @@ fn reports_put_get_delete_and_optimistic_locking() {
     );
 }
 
+/// The precondition matrix of report writes over the socket: every form `If-Match` and
+/// `If-None-Match` take, on PUT and on DELETE, against an entry that exists (version 2)
+/// and one that does not. The ETag a GET and a PUT answer with is what the conditions
+/// accept; a refused write changes nothing.
+#[test]
+fn report_preconditions_matrix_for_put_and_delete() {
+    let node = Node::new();
+    let d = node.daemon().start();
+    let path = "/v1/state/report/lock";
+    // Some(etag of version 1, etag of version 2) when the entry exists.
+    let setup = |exists: bool| -> Option<(String, String)> {
+        let _ = d.delete(path);
+        if !exists {
+            assert_eq!(d.get(path).status, 404);
+            return None;
+        }
+        let v1 = d.put(path, PUT_BODY);
+        let v2 = d.put(path, PUT_BODY);
+        assert_eq!(v2.json()["version"], 2);
+        let old = v1.header("etag").expect("PUT answers an ETag").to_owned();
+        let current = v2.header("etag").unwrap().to_owned();
+        assert_eq!(d.get(path).header("etag"), Some(current.as_str()));
+        Some((old, current))
+    };
+    // (header, value — `OLD`/`CUR` stand for the ETags —, PUT and DELETE on the
+    // existing entry, PUT and DELETE on a missing one)
+    let cases: &[(&str, &str, [u16; 4])] = &[
+        ("", "", [200, 204, 200, 404]),
+        ("If-Match", "CUR", [200, 204, 409, 409]),
+        ("If-Match", "OLD", [409, 409, 409, 409]),
+        ("If-Match", "\"1\", CUR", [200, 204, 409, 409]),
+        ("If-Match", "W/CUR", [409, 409, 409, 409]),
+        ("If-Match", "*", [200, 204, 409, 409]),
+        ("If-Match", "2", [200, 204, 409, 409]),
+        ("If-Match", "1", [409, 409, 409, 409]),
+        ("If-Match", "0", [409, 409, 200, 404]),
+        ("If-Match", "\"2\"", [409, 409, 409, 409]),
+        ("If-Match", "99999999999999999999", [409, 409, 409, 409]),
+        ("If-None-Match", "*", [409, 409, 200, 404]),
+        ("If-None-Match", "CUR", [409, 409, 200, 404]),
+        ("If-None-Match", "W/CUR", [409, 409, 200, 404]),
+        ("If-None-Match", "OLD", [200, 204, 200, 404]),
+        ("If-Match", "two", [400, 400, 400, 400]),
+        ("If-Match", "", [400, 400, 400, 400]),
+        ("If-Match", "-1", [400, 400, 400, 400]),
+        ("If-Match", "\"5", [400, 400, 400, 400]),
+        ("If-None-Match", "5", [400, 400, 400, 400]),
+    ];
+    for (header, value, expected) in cases {
+        for (column, (exists, method)) in [
+            (true, "PUT"),
+            (true, "DELETE"),
+            (false, "PUT"),
+            (false, "DELETE"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let tags = setup(exists);
+            let value = match &tags {
+                Some((old, current)) => value.replace("OLD", old).replace("CUR", current),
+                None => value
+                    .replace("OLD", "\"4294967297\"")
+                    .replace("CUR", "\"4294967298\""),
+            };
+            let before = d.get(path);
+            let headers: Vec<(&str, &str)> = if header.is_empty() {
+                vec![]
+            } else {
+                vec![(header, value.as_str())]
+            };
+            let body = (method == "PUT").then_some(PUT_BODY.as_bytes());
+            let r = d.req(method, path, &headers, body);
+            let what = format!(
+                "{method} {header}: {value} on {}",
+                if exists { "v2" } else { "nothing" }
+            );
+            assert_eq!(r.status, expected[column], "{what}: {}", r.text());
+            let after = d.get(path);
+            match r.status {
+                200 => {
+                    assert_eq!(r.header("etag"), after.header("etag"), "{what}");
+                    assert_eq!(r.json()["version"], if exists { 3 } else { 1 }, "{what}");
+                }
+                204 => assert_eq!(after.status, 404, "{what}"),
+                code => {
+                    assert_eq!(
+                        (after.status, after.header("etag")),
+                        (before.status, before.header("etag")),
+                        "{what}: a refused write changes nothing"
+                    );
+                    let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
+                    if code == 409 {
+                        assert!(error.starts_with("version conflict"), "{what}: {error}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn report_body_and_key_validation() {
     let node = Node::new();
