@@ -21,6 +21,14 @@ pub enum ClientError {
     Malformed,
 }
 
+impl ClientError {
+    /// The socket exists but refuses this user (its mode or owner group).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, ClientError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 /// A response: status, headers (lower-case names), body.
 #[derive(Debug)]
 pub struct ClientResponse {

@@ -199,9 +199,6 @@ impl Settings {
     }
 }
 
-/// Flags of `serve` that take no value.
-pub const BOOLEAN_FLAGS: &[&str] = &["http", "secret-auth"];
-
 fn parse_count(field: &str, text: &str) -> Result<u64, ConfigError> {
     text.trim()
         .parse()

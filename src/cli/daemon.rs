@@ -115,6 +115,10 @@ impl Daemon {
             }
         };
 
+        if let Some(addr) = http_listen.filter(|a| !a.ip().is_loopback()) {
+            log::warn!(http_listen = addr.to_string();
+                "the TCP listener is not on a loopback address: everyone who can reach it and holds the token can read secrets, sent in clear text over the network");
+        }
         if let Err(e) = sd_notify::notify("READY=1") {
             log::warn!(error:% = e; "sd_notify READY=1 failed");
         }

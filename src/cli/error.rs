@@ -13,7 +13,11 @@
 //! | 3 | `state`: not found (404) |
 //! | 4 | `state`: version conflict (409) |
 //! | 5 | `state`: the daemon is unreachable (no socket, refused, timed out) |
-//! | 6 | `state`: access denied (401, 403) |
+//! | 6 | `state`: access denied (401, 403, or no permission on the socket) |
+//! | 7 | `state health`: the daemon is degraded or not ready |
+//!
+//! `commands::EXIT_STATUS` says the same for the help pages and the man page (a test
+//! holds the two together).
 
 use super::client::ClientError;
 use super::config::ConfigError;
@@ -41,7 +45,13 @@ pub enum CliError {
     Failed(String),
     /// `state`: the daemon's socket does not answer.
     #[error("daemon unreachable: {0}")]
-    Unreachable(#[from] ClientError),
+    Unreachable(ClientError),
+    /// `state`: the socket exists but this user may not connect to it.
+    #[error("access denied: {0}")]
+    Denied(ClientError),
+    /// `state health`: the daemon answered, degraded or not ready.
+    #[error("{0}")]
+    Unhealthy(String),
     /// `state`: the daemon answered with an error status.
     #[error("{message} (HTTP {status})")]
     Refused { status: u16, message: String },
@@ -54,6 +64,8 @@ impl CliError {
             CliError::Usage(_) | CliError::Config(_) => 2,
             CliError::Bind(_) | CliError::Store(_) | CliError::Start(_) | CliError::Failed(_) => 1,
             CliError::Unreachable(_) => 5,
+            CliError::Denied(_) => 6,
+            CliError::Unhealthy(_) => 7,
             CliError::Refused { status, .. } => match status {
                 404 => 3,
                 409 => 4,
@@ -66,6 +78,18 @@ impl CliError {
     /// This failure, reported by `who` (`plexd-nodeapi`, `plexd-nodeapi state`, …).
     pub fn by(self, who: &'static str) -> Failure {
         Failure { who, error: self }
+    }
+}
+
+/// A socket that refuses this user is access denied, not unreachable: retrying does
+/// not help.
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> CliError {
+        if e.is_permission_denied() {
+            CliError::Denied(e)
+        } else {
+            CliError::Unreachable(e)
+        }
     }
 }
 
@@ -102,9 +126,37 @@ mod tests {
         assert_eq!(CliError::Bind(String::new()).exit_code(), 1);
         assert_eq!(refused(404).exit_code(), 3);
         assert_eq!(refused(409).exit_code(), 4);
-        assert_eq!(CliError::Unreachable(ClientError::Malformed).exit_code(), 5);
+        assert_eq!(CliError::from(ClientError::Malformed).exit_code(), 5);
+        let denied = ClientError::Connect {
+            path: "/run/x.sock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(CliError::from(denied).exit_code(), 6);
+        assert_eq!(CliError::Unhealthy(String::new()).exit_code(), 7);
         assert_eq!(refused(401).exit_code(), 6);
         assert_eq!(refused(403).exit_code(), 6);
         assert_eq!(refused(503).exit_code(), 1);
+    }
+
+    #[test]
+    fn help_pages_list_the_same_statuses() {
+        let codes: Vec<u8> = crate::cli::commands::EXIT_STATUS
+            .iter()
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(codes, (0..=7).collect::<Vec<u8>>());
+        let refused = |status| CliError::Refused {
+            status,
+            message: String::new(),
+        };
+        let by_code = [
+            CliError::Usage(String::new()).exit_code(),
+            refused(404).exit_code(),
+            refused(409).exit_code(),
+            CliError::from(ClientError::Malformed).exit_code(),
+            refused(403).exit_code(),
+            CliError::Unhealthy(String::new()).exit_code(),
+        ];
+        assert_eq!(by_code, [2, 3, 4, 5, 6, 7]);
     }
 }

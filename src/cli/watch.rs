@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::client::{ClientResponse, LocalClient};
 use super::error::{CliError, Failure};
 use super::json_text::compact_json;
+use super::target::{raw_text, Address, Kind};
 use crate::encoding::percent_encode_segment;
 
 /// Who reports the watch's messages and its failure.
@@ -41,40 +42,29 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A resource with its own revision (`/v1/state/…`), path already encoded.
-    Resource { path: String, key: Option<String> },
+    Resource {
+        kind: Kind,
+        path: String,
+        key: Option<String>,
+    },
     /// A secret's value, followed through the secret index.
     SecretValue { key: String },
 }
 
 impl Target {
-    /// Parses `metadata`, `data/KEY`, `report`, `secrets/db/password`… The key is
-    /// everything after the first `/` (keys may contain `/`), percent-encoded here.
-    pub fn parse(spec: &str) -> Result<Target, String> {
-        let (kind, key) = match spec.split_once('/') {
-            Some((k, key)) if !key.is_empty() => (k, Some(key.to_owned())),
-            Some((k, _)) => (k, None),
-            None => (spec, None),
-        };
-        let kind = match kind {
-            "metadata" | "data" | "report" => kind,
-            "secrets" | "secret" => "secrets",
-            _ => {
-                return Err(format!(
-                    "watch: unknown kind {kind:?}; use metadata|data|report|secrets[/KEY]"
-                ))
-            }
-        };
-        Ok(match (kind, key) {
-            ("secrets", Some(key)) => Target::SecretValue { key },
-            (kind, Some(key)) => Target::Resource {
-                path: format!("/v1/state/{kind}/{}", percent_encode_segment(&key)),
+    /// The resource an address names; a secret's value is followed through the index.
+    pub fn new(address: Address) -> Target {
+        match address {
+            Address {
+                kind: Kind::Secrets,
                 key: Some(key),
+            } => Target::SecretValue { key },
+            address => Target::Resource {
+                kind: address.kind,
+                path: address.path(),
+                key: address.key,
             },
-            (kind, None) => Target::Resource {
-                path: format!("/v1/state/{kind}"),
-                key: None,
-            },
-        })
+        }
     }
 
     /// The path whose revision is followed.
@@ -84,11 +74,25 @@ impl Target {
             Target::SecretValue { .. } => "/v1/state/secrets",
         }
     }
+
+    /// What `--raw` prints of a body: the value of a keyed target.
+    fn raw(&self, body: &[u8]) -> Option<String> {
+        match self {
+            Target::Resource {
+                kind, key: Some(_), ..
+            } => raw_text(*kind, true, body),
+            Target::Resource { kind, .. } => raw_text(*kind, false, body),
+            Target::SecretValue { .. } => raw_text(Kind::Secrets, true, body),
+        }
+    }
 }
 
 /// Where each new version goes.
 pub enum Sink {
-    Stdout,
+    /// One line per version: compact JSON, or the bare value with `raw`.
+    Stdout {
+        raw: bool,
+    },
     Command(Vec<OsString>),
 }
 
@@ -169,6 +173,7 @@ impl Watch {
         };
         let response = match self.client.request("GET", &path, &[], None) {
             Ok(r) => r,
+            Err(e) if e.is_permission_denied() => return Err(Stop::Failed(CliError::from(e))),
             Err(e) => {
                 self.unreachable(&e.to_string());
                 return Ok(());
@@ -293,6 +298,7 @@ impl Watch {
                 );
                 Ok(())
             }
+            Err(e) if e.is_permission_denied() => Err(Stop::Failed(CliError::from(e))),
             Err(e) => {
                 self.index = None;
                 self.unreachable(&e.to_string());
@@ -307,8 +313,11 @@ impl Watch {
         }
         let index_text = index.map(|i| i.to_string()).unwrap_or_default();
         match &self.sink {
-            Sink::Stdout => {
-                let line = compact(&body);
+            Sink::Stdout { raw } => {
+                let line = match raw.then(|| self.target.raw(&body)).flatten() {
+                    Some(text) => text,
+                    None => compact(&body),
+                };
                 let mut out = std::io::stdout().lock();
                 // A closed stdout (`| head -1`) ends the watch normally.
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
@@ -392,31 +401,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_targets() {
+    fn targets_from_addresses() {
+        let address = |w: &[&str]| {
+            Address::parse(&w.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
         assert_eq!(
-            Target::parse("metadata"),
-            Ok(Target::Resource {
+            Target::new(address(&["metadata"])),
+            Target::Resource {
+                kind: Kind::Metadata,
                 path: "/v1/state/metadata".into(),
                 key: None
-            })
+            }
         );
         assert_eq!(
-            Target::parse("data/tls/server.key"),
-            Ok(Target::Resource {
+            Target::new(address(&["data", "tls/server.key"])),
+            Target::Resource {
+                kind: Kind::Data,
                 path: "/v1/state/data/tls%2Fserver.key".into(),
                 key: Some("tls/server.key".into())
-            })
+            }
         );
         assert_eq!(
-            Target::parse("secret/db/password"),
-            Ok(Target::SecretValue {
+            Target::new(address(&["secret/db/password"])),
+            Target::SecretValue {
                 key: "db/password".into()
-            })
+            }
         );
         assert_eq!(
-            Target::parse("secrets").map(|t| t.poll_path().to_owned()),
-            Ok("/v1/state/secrets".to_owned())
+            Target::new(address(&["secrets"])).poll_path(),
+            "/v1/state/secrets"
         );
-        assert!(Target::parse("nope").is_err());
+        assert_eq!(
+            Target::new(address(&["metadata/region"]))
+                .raw(br#"{"key":"region","value":"eu"}"#)
+                .as_deref(),
+            Some("eu")
+        );
     }
 }

@@ -2,6 +2,10 @@
 //!
 //! `ts=… level=info component=nodeapi msg="server started" socket=/run/plexd/api.sock`.
 //! Structured fields come from the `log` crate's key-values (`info!(socket = p; "…")`).
+//! When stderr is the systemd journal (`JOURNAL_STREAM` names stderr's device and
+//! inode, as systemd sets it) each line starts with its syslog priority (`<3>` error,
+//! `<4>` warn, `<6>` info, `<7>` debug and trace), which journald strips and records,
+//! so `journalctl -p err` works.
 //! Callers are responsible for never passing a secret value, token or key: nothing
 //! here filters content.
 
@@ -15,6 +19,8 @@ use crate::timefmt;
 
 struct Logfmt {
     level: LevelFilter,
+    /// Prefix lines with their syslog priority (stderr is the journal).
+    priority: bool,
 }
 
 impl Log for Logfmt {
@@ -26,7 +32,10 @@ impl Log for Logfmt {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format_record(record, SystemTime::now());
+        let mut line = format_record(record, SystemTime::now());
+        if self.priority {
+            line.insert_str(0, priority_prefix(record.level()));
+        }
         // One write per line so lines from threads never interleave.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -38,9 +47,35 @@ impl Log for Logfmt {
 
 /// Installs the logger; later calls only change the level.
 pub fn init(level: LevelFilter) {
+    let priority = stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref());
     // A logger that is already installed (a second `init`) stays; only the level moves.
-    let _ = log::set_boxed_logger(Box::new(Logfmt { level }));
+    let _ = log::set_boxed_logger(Box::new(Logfmt { level, priority }));
     log::set_max_level(level);
+}
+
+/// Whether `journal_stream` (`JOURNAL_STREAM`, "DEVICE:INODE") names the file stderr
+/// is: systemd sets it for a service's stdout/stderr connected to the journal, and a
+/// child whose stderr was redirected inherits the variable but not the stream.
+pub fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // `dev_t` and `ino_t` are 32-bit on some 32-bit targets: the casts widen there.
+    #[allow(clippy::unnecessary_cast)]
+    nix::sys::stat::fstat(2).is_ok_and(|st| st.st_dev as u64 == dev && st.st_ino as u64 == ino)
+}
+
+/// The syslog priority prefix journald understands (sd-daemon(3)).
+pub fn priority_prefix(level: Level) -> &'static str {
+    match level {
+        Level::Error => "<3>",
+        Level::Warn => "<4>",
+        Level::Info => "<6>",
+        Level::Debug | Level::Trace => "<7>",
+    }
 }
 
 fn level_name(l: Level) -> &'static str {
@@ -130,5 +165,21 @@ mod tests {
             line,
             "ts=1970-01-01T00:00:00Z level=info component=nodeapi msg=\"server started\" socket=/run/plexd/api.sock note=\"a b\\\"c\"\n"
         );
+    }
+
+    #[test]
+    fn journal_stream_must_name_stderr() {
+        assert_eq!(priority_prefix(Level::Error), "<3>");
+        assert_eq!(priority_prefix(Level::Warn), "<4>");
+        assert_eq!(priority_prefix(Level::Info), "<6>");
+        assert_eq!(priority_prefix(Level::Trace), "<7>");
+        assert!(!stderr_is_journal(None));
+        assert!(!stderr_is_journal(Some("garbage")));
+        assert!(!stderr_is_journal(Some("1:2")));
+        let st = nix::sys::stat::fstat(2).unwrap();
+        assert!(stderr_is_journal(Some(&format!(
+            "{}:{}",
+            st.st_dev, st.st_ino
+        ))));
     }
 }

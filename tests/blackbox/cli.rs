@@ -263,3 +263,225 @@ fn state_client_end_to_end() {
     let o = run(&["state", "get", "metadata", "region", "--socket", &sock]);
     assert!(o.status.success());
 }
+
+/// `state` runs as its flags say, against `d`'s socket (`--socket` first).
+fn state_at(sock: &std::path::Path, args: &[&str]) -> Output {
+    command()
+        .arg("state")
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .env_remove("PLEXD_NODEAPI_SOCKET")
+        .output()
+        .expect("run state")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn state_key_syntax_kinds_raw_output_and_text_payloads() {
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    let d = node.daemon().control_plane(&cp).start();
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/metadata/region")
+        .status
+        == 200));
+    let sock = d.socket.clone();
+    let state = |args: &[&str]| state_at(&sock, args);
+    // KIND KEY and KIND/KEY name the same entry; kinds in the singular or the plural.
+    let spaced = state(&["get", "metadata", "region"]);
+    assert!(spaced.status.success(), "{}", stderr(&spaced));
+    assert_eq!(out(&state(&["get", "metadata/region"])), out(&spaced));
+    let region = d.get("/v1/state/metadata/region").json()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        out(&state(&["get", "-r", "metadata/region"])),
+        format!("{region}\n")
+    );
+    assert_eq!(
+        out(&state(&["get", "secrets", "db-password"])),
+        out(&state(&["get", "secret/db-password"]))
+    );
+    let secret = out(&state(&["get", "secret", "db-password", "--raw"]));
+    assert_eq!(
+        secret.trim_end(),
+        d.get("/v1/state/secrets/db-password").json()["value"]
+    );
+    // Text payloads: a non-JSON content type takes --data as plain text.
+    let o = state(&[
+        "put",
+        "app-health",
+        "--data",
+        "healthy",
+        "--content-type",
+        "text/plain",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        d.get("/v1/state/report/app-health").json()["payload"],
+        "healthy"
+    );
+    let o = state(&["put", "app-health", "--data", "healthy"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--content-type"), "{}", stderr(&o));
+    for get in [
+        &["get", "report", "app-health", "-r"][..],
+        &["get", "reports/app-health", "--raw"],
+    ] {
+        assert_eq!(out(&state(get)), "healthy\n", "{get:?}");
+    }
+    let o = state(&[
+        "put",
+        "report/numbers",
+        "--data",
+        r#"{"n": 1.0, "big": 12345678901234567890}"#,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        out(&state(&["get", "report", "numbers", "-r"])),
+        "{\"n\":1.0,\"big\":12345678901234567890}\n"
+    );
+    // A list with --raw: its keys, one per line.
+    assert_eq!(
+        out(&state(&["get", "reports", "-r"])),
+        "app-health\nnumbers\n"
+    );
+    assert_eq!(state(&["get", "reports"]).status.code(), Some(0));
+    assert_eq!(state(&["--raw"]).status.code(), Some(2));
+    // Data entries' payloads are printed the same way.
+    let o = state(&["get", "data", "feature-flags", "--raw"]);
+    assert!(o.status.success());
+    let raw: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(raw, d.get("/v1/state/data/feature-flags").json()["payload"]);
+}
+
+#[test]
+fn state_lock_and_release_with_etags() {
+    let node = Node::new();
+    let d = node.daemon().start();
+    let state = |args: &[&str]| state_at(&d.socket, args);
+    // Take the lock: create only, print the ETag to release it with.
+    let take = state(&[
+        "put",
+        "job-lock",
+        "--data",
+        r#"{"owner":"job-7"}"#,
+        "--if-none-match",
+        "*",
+        "--etag",
+    ]);
+    assert!(take.status.success(), "{}", stderr(&take));
+    let tag = out(&take).trim().to_owned();
+    assert_eq!(
+        Some(tag.as_str()),
+        d.get("/v1/state/report/job-lock").header("etag")
+    );
+    // Someone else cannot take it.
+    let other = state(&[
+        "put",
+        "job-lock",
+        "--data",
+        r#"{"owner":"job-8"}"#,
+        "--if-none-match",
+        "*",
+    ]);
+    assert_eq!(other.status.code(), Some(4), "{}", stderr(&other));
+    // Nor release it with a tag it never saw.
+    let wrong = state(&["delete", "job-lock", "--if-match", "\"1\""]);
+    assert_eq!(wrong.status.code(), Some(4));
+    assert_eq!(d.get("/v1/state/report/job-lock").status, 200);
+    // `get --etag` prints the same tag; releasing with it works once.
+    assert_eq!(
+        out(&state(&["get", "report", "job-lock", "--etag"])).trim(),
+        tag
+    );
+    let release = state(&["delete", "report/job-lock", "--if-match", &tag]);
+    assert!(release.status.success(), "{}", stderr(&release));
+    assert_eq!(d.get("/v1/state/report/job-lock").status, 404);
+    let again = state(&["delete", "job-lock", "--if-match", &tag]);
+    assert_eq!(again.status.code(), Some(4));
+    // The seed's integer versions still work, and a malformed condition is refused.
+    assert!(state(&["put", "v", "--data", "1", "--if-match", "0"])
+        .status
+        .success());
+    assert_eq!(
+        state(&["put", "v", "--data", "2", "--if-match", "0"])
+            .status
+            .code(),
+        Some(4)
+    );
+    assert!(state(&["delete", "v", "--if-match", "1"]).status.success());
+    let bad = state(&["put", "v", "--data", "1", "--if-match", "two"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("HTTP 400"), "{}", stderr(&bad));
+}
+
+#[test]
+fn state_access_denied_on_the_socket_is_6_and_ends_a_watch() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let node = Node::new();
+    let d = node.daemon().start();
+    let root = nix::unistd::Uid::effective().is_root();
+    // The folder must be reachable, the socket itself not.
+    std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let as_other = |args: &[&str]| {
+        let mut c = command();
+        c.arg("state").arg("--socket").arg(&d.socket).args(args);
+        if root {
+            c.uid(65534).gid(65534);
+        }
+        c.output().unwrap()
+    };
+    let o = as_other(&[]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("access denied"), "{}", stderr(&o));
+    // A watch does not retry what cannot work.
+    let started = std::time::Instant::now();
+    let o = as_other(&["watch", "metadata"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A socket that is not there is unreachable (5), as before.
+    let o = run(&["state", "--socket", "/nonexistent/api.sock"]);
+    assert_eq!(o.status.code(), Some(5));
+}
+
+#[test]
+fn state_health_exits_7_when_degraded_or_not_ready() {
+    let node = Node::new();
+    // No control plane: ok and ready.
+    let d = node.daemon().start();
+    let o = state_at(&d.socket, &["health"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["status"], "ok");
+    drop(d);
+    // A control plane that is down: degraded (7) but ready (0 with --ready).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let d = node
+        .daemon()
+        .args(["--control-plane", url.as_str()])
+        .start();
+    assert!(eventually(Duration::from_secs(15), || {
+        state_at(&d.socket, &["health"]).status.code() == Some(7)
+    }));
+    let o = state_at(&d.socket, &["health"]);
+    assert!(stderr(&o).contains("degraded"), "{}", stderr(&o));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["status"],
+        "degraded"
+    );
+    let o = state_at(&d.socket, &["health", "--ready"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // No daemon: unreachable.
+    drop(d);
+    assert_eq!(state_at(&node.socket(), &["health"]).status.code(), Some(5));
+}

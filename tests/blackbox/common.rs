@@ -121,6 +121,7 @@ impl Node {
             node: self,
             args: Vec::new(),
             envs: Vec::new(),
+            journal: false,
         }
     }
 }
@@ -141,12 +142,21 @@ pub struct DaemonBuilder<'a> {
     node: &'a Node,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// Make the log file look like the journal to the daemon (`JOURNAL_STREAM`).
+    journal: bool,
 }
 
 impl DaemonBuilder<'_> {
     /// Sets an environment variable for the daemon process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets `JOURNAL_STREAM` to the device and inode of the daemon's stderr (its log
+    /// file), as systemd does for a service logging to the journal.
+    pub fn journal_stream(mut self) -> Self {
+        self.journal = true;
         self
     }
 
@@ -202,6 +212,11 @@ impl DaemonBuilder<'_> {
         ));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut cmd = command();
+        if self.journal {
+            use std::os::unix::fs::MetadataExt;
+            let meta = log_file.metadata().unwrap();
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.node.path())

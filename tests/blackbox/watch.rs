@@ -233,6 +233,6 @@ fn usage_errors() {
     assert_eq!(run(&["watch", "nope"]).status.code(), Some(2));
     assert_eq!(run(&["watch", "data", "--"]).status.code(), Some(2));
     assert_eq!(run(&["get", "data", "--", "x"]).status.code(), Some(2));
-    let help = run(&["--help"]);
-    assert!(String::from_utf8_lossy(&help.stdout).contains("watch KIND[/KEY]"));
+    let help = run(&["watch", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("state watch KIND[/KEY]"));
 }

@@ -2,8 +2,8 @@
 //! byte for byte over `UnixStream::pair()` (`api_wire`), the HTTP core
 //! (`http_core`, `http_idle`, with `http_common`), the control-plane link against the
 //! development control plane (`cp_link`, `cp_logs`, `cp_tls`, `devcp`), event framing
-//! and verification (`events_sse`, `events_verify`), and the shipped contrib files
-//! (`contrib`).
+//! and verification (`events_sse`, `events_verify`), the shipped contrib files
+//! (`contrib`) and the documents generated from the command table (`docs`).
 //!
 //! One test binary for all of them. A test that needs the whole process to itself (a
 //! global logger, a thread count) runs in a child process of this binary (`alone`).
@@ -16,6 +16,7 @@ mod cp_link;
 mod cp_logs;
 mod cp_tls;
 mod devcp;
+mod docs;
 mod events_sse;
 mod events_verify;
 mod http_core;

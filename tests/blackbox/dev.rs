@@ -1,0 +1,134 @@
+//! `plexd-nodeapi dev --http`, as the quick start runs it: every command its banner
+//! prints is run, in order, from another folder (absolute paths, `curl -fsS`, so a
+//! failure fails the test), including bearer auth and `/metrics` on the TCP listener
+//! and the signed/unsigned event demo; Ctrl-C ends it with status 0.
+
+use crate::common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The banner's paste-able commands: lines starting with `curl` or the binary, with
+/// `\` continuations joined.
+fn commands(banner: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut continued = false;
+    for line in banner.lines() {
+        let text = line.trim();
+        if continued {
+            if let Some(last) = out.last_mut() {
+                last.push(' ');
+                last.push_str(text.trim_end_matches('\\'));
+            }
+        } else if text.starts_with("curl ") || text.contains("plexd-nodeapi state ") {
+            out.push(text.trim_end_matches('\\').to_owned());
+        }
+        continued = text.ends_with('\\');
+    }
+    out
+}
+
+#[test]
+fn dev_with_http_prints_commands_that_work_from_anywhere() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl not installed: the banner's commands cannot be run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let mut child = command()
+        .args(["dev", "--data-dir"])
+        .arg(&data)
+        .args(["--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dev");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !banner.contains("events_rejected_total") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("the banner within 30 s");
+        banner.push_str(&line);
+        banner.push('\n');
+    }
+    // Absolute paths, the token printed and kept in a private file.
+    let socket = data.join("api.sock");
+    assert!(
+        banner.contains(&format!("socket:                    {}", socket.display())),
+        "{banner}"
+    );
+    let token_file = data.join("http-token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        banner.contains(&format!("token: {}", token.trim())),
+        "{banner}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !banner.contains("curl -s "),
+        "curl -fsS everywhere: {banner}"
+    );
+
+    let commands = commands(&banner);
+    assert!(commands.len() >= 12, "{commands:?}");
+    for cmd in &commands {
+        let o = Command::new("bash")
+            .args(["-o", "pipefail", "-c", cmd])
+            .current_dir("/")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{cmd}\n{text}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if cmd.contains("%{http_code}") {
+            assert_eq!(text.trim(), "401", "{cmd}");
+        } else if cmd.contains("wait=10s") {
+            assert!(text.contains("us-west-2"), "{cmd}: {text}");
+        } else if cmd.contains("events_rejected_total") {
+            let rejected: f64 = text
+                .lines()
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            assert!(rejected >= 1.0, "the forged event was rejected: {text}");
+        } else if cmd.contains("requests_total") {
+            assert!(text.contains("plexd_nodeapi_requests_total{"), "{text}");
+        }
+    }
+    // The forged event changed nothing.
+    let region = try_request(&socket, "GET", "/v1/state/metadata/region", &[], None).unwrap();
+    assert_eq!(region.json()["value"], "us-west-2");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
