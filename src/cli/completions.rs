@@ -1,8 +1,13 @@
 //! Shell completion scripts for bash, zsh and fish, generated from the command table
 //! (`commands`): command and subcommand names, every option, file and folder names
-//! for options that take a path, the log levels and the `state` kinds. `plexd-nodeapi
-//! completions SHELL` prints one; `make install` installs all three. The scripts
+//! for options that take a path, the log levels and the `state` kinds. The scripts
 //! complete words only; they never run the program.
+//!
+//! The generator (`Shell::script`) runs in `make docs`, which writes the scripts to
+//! `contrib/completions/`; `make install` installs those, and the build packs them
+//! into the binary gzipped (`build.rs`), so `plexd-nodeapi completions SHELL`
+//! (`Shell::shipped`) prints them without carrying the generator. Tests hold all three
+//! copies equal.
 
 use std::fmt::Write as _;
 
@@ -41,7 +46,20 @@ impl Shell {
         }
     }
 
-    /// The completion script.
+    /// The script as the binary ships it (packed by `build.rs` from
+    /// `contrib/completions/`).
+    pub fn shipped(self) -> Option<String> {
+        use std::io::Read;
+        static PACKED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/completions.gz"));
+        let mut all = String::new();
+        flate2::read::GzDecoder::new(PACKED)
+            .read_to_string(&mut all)
+            .ok()?;
+        let index = Shell::ALL.iter().position(|s| *s == self)?;
+        all.split('\0').nth(index).map(str::to_owned)
+    }
+
+    /// The completion script, generated from the command table.
     pub fn script(self) -> String {
         match self {
             Shell::Bash => bash(),
@@ -338,5 +356,16 @@ mod tests {
             assert_eq!(Shell::parse(shell.name()), Some(shell));
         }
         assert_eq!(Shell::parse("tcsh"), None);
+    }
+
+    #[test]
+    fn the_binary_ships_the_generated_scripts() {
+        for shell in Shell::ALL {
+            assert_eq!(
+                shell.shipped().as_deref(),
+                Some(shell.script().as_str()),
+                "{shell:?}: contrib/completions is out of date: run `make docs`"
+            );
+        }
     }
 }

@@ -167,7 +167,10 @@ fn completions_command(mut parser: lexopt::Parser) -> Result<(), Failure> {
     }
     let shell =
         shell.ok_or_else(|| usage("completions: which shell? bash, zsh or fish".to_owned()))?;
-    print!("{}", shell.script());
+    let script = shell.shipped().ok_or_else(|| {
+        CliError::Failed("this build carries no completion scripts".into()).by(WHO)
+    })?;
+    print!("{script}");
     Ok(())
 }
 

@@ -5,10 +5,9 @@
 //!
 //! Pure string work: no socket, no printing. `state` and `watch` both use it.
 
-use serde_json::value::RawValue;
-
 use super::json_text::compact_json;
 use crate::encoding::percent_encode_segment;
+use crate::model::DataEntry;
 
 /// A kind of state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,18 +105,25 @@ impl Address {
 /// for a body of another shape.
 pub fn raw_text(kind: Kind, keyed: bool, body: &[u8]) -> Option<String> {
     if keyed {
-        let fields: std::collections::BTreeMap<String, &RawValue> =
-            serde_json::from_slice(body).ok()?;
-        let field = match kind {
-            Kind::Metadata | Kind::Secrets => "value",
-            Kind::Data | Kind::Report => "payload",
+        let text = match kind {
+            // {"key", "value"[, "version"]}: the value is a string.
+            Kind::Metadata | Kind::Secrets => {
+                let entry: serde_json::Value = serde_json::from_slice(body).ok()?;
+                entry.get("value")?.as_str()?.to_owned()
+            }
+            // An entry's payload as the daemon sent it (the on-disk entry type keeps
+            // it verbatim).
+            Kind::Data | Kind::Report => {
+                let entry: DataEntry = serde_json::from_slice(body).ok()?;
+                let payload = entry.payload.get();
+                if payload.starts_with('"') {
+                    serde_json::from_str::<String>(payload).ok()?
+                } else {
+                    compact_json(payload)
+                }
+            }
         };
-        let value = fields.get(field)?.get();
-        return if value.starts_with('"') {
-            serde_json::from_str::<String>(value).ok()
-        } else {
-            Some(compact_json(value))
-        };
+        return Some(text);
     }
     let list: serde_json::Value = serde_json::from_slice(body).ok()?;
     let keys: Vec<String> = match list {
@@ -192,7 +198,7 @@ mod tests {
             raw(
                 Kind::Report,
                 true,
-                r#"{"key":"k","payload":"healthy","version":1}"#
+                r#"{"key":"k","content_type":"t","payload":"healthy","version":1,"updated_at":"x"}"#
             )
             .as_deref(),
             Some("healthy")
@@ -201,7 +207,7 @@ mod tests {
             raw(
                 Kind::Data,
                 true,
-                r#"{"key":"k","payload": {"n": 1.0, "b": 1e3}}"#
+                r#"{"key":"k","content_type":"t","payload": {"n": 1.0, "b": 1e3},"version":1,"updated_at":"x"}"#
             )
             .as_deref(),
             Some(r#"{"n":1.0,"b":1e3}"#)
