@@ -17,6 +17,7 @@ pub mod duration;
 pub mod events;
 pub mod http;
 pub mod keys;
+pub mod kube;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

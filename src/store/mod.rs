@@ -34,6 +34,7 @@ mod load;
 mod outbox;
 mod reports;
 mod revision;
+mod snapshot;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ use revision::Epochs;
 
 pub use commit::Ticket;
 pub use outbox::SyncBatch;
+pub use snapshot::Snapshot;
 
 /// A JSON body rendered once and served many times.
 pub type Json = Arc<[u8]>;
