@@ -154,6 +154,16 @@ fn rbac_of_the_consumer_roles_decides() {
         json!([NODE_NAME]),
         "uid, groups and extras travel with the SAR"
     );
+    // The review bodies are valid TokenReviews and SubjectAccessReviews.
+    let bodies: Vec<serde_json::Value> = s
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "POST")
+        .map(|r| r["body"].clone())
+        .collect();
+    assert!(bodies.iter().any(|b| b["kind"] == "TokenReview"));
+    kube_common::validate_values(s._dir.path(), &bodies);
 }
 
 #[test]

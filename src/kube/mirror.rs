@@ -480,11 +480,10 @@ impl Mirror {
         if self.record.cr_uid.is_some() {
             log::warn!(resource = self.paths.name.as_str(), uid = uid; "the PlexdNodeState resource was recreated: pushing the store's reports and re-pointing the Secrets");
         }
+        // The write guards carry the uid, so they do not match a new resource.
         self.record.cr_uid = Some(uid.to_owned());
         self.record.base.clear();
         self.secrets.forget();
-        self.spec_written = None;
-        self.status_written = None;
         self.save_record();
     }
 

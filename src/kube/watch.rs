@@ -196,6 +196,7 @@ fn read_events(stream: Box<dyn Read + Send>, deps: &WatchDeps, rv: &mut Option<S
 /// Applies one event; `Some` ends the stream.
 fn handle(event: WatchEvent, deps: &WatchDeps, rv: &mut Option<String>) -> Option<Ended> {
     let event_rv = meta_str(&event.object, "resourceVersion").map(str::to_owned);
+    log::debug!(kind = event.kind.as_str(), resource_version = event_rv.as_deref().unwrap_or("-"); "watch event");
     match event.kind.as_str() {
         "ADDED" | "MODIFIED" => {
             *rv = event_rv.or(rv.take());

@@ -21,7 +21,9 @@ use, with the semantics of a real kube-apiserver where the daemon could get them
 * TokenReview and SubjectAccessReview (also SelfSubjectAccessReview);
 * discovery and Table output, so real kubectl can drive it.
 
-Test control lives under /fake/ (loopback only, no authentication): tokens, faults,
+Test control lives under /fake/ (loopback only, no authentication): tokens, faults
+(`{"rules": [{"method", "path" (a prefix), "watch" (bool), "agent" (a User-Agent
+prefix), "code" (0: cut the connection), "retry_after", "delay", "count"}]}`),
 compaction, dropped or stalled watches, the request log and the stored objects.
 
 It prints `LISTEN <port>` on stdout once it accepts connections. Standard library plus
@@ -625,8 +627,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._req = {
             "method": self.command, "path": path, "query": query, "user": None,
             "content_type": self.headers.get("Content-Type"), "accept": self.headers.get("Accept"),
-            "user_agent": self.headers.get("User-Agent"), "body": None, "time": time.time(),
+            "user_agent": self.headers.get("User-Agent"), "body": None, "time": time.time(), "code": 0,
         }
+        # Recorded now (long watches included), completed as the request goes on.
+        with STATE.cond:
+            STATE.requests.append(self._req)
+            if len(STATE.requests) > 200000:
+                del STATE.requests[:100000]
         try:
             raw = self.read_body() if self.command in ("POST", "PUT", "PATCH") else b""
             if raw:
@@ -644,10 +651,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self._req["code"] = self._code
-            with STATE.cond:
-                STATE.requests.append(self._req)
-                if len(STATE.requests) > 200000:
-                    del STATE.requests[:100000]
 
     def fault(self, path):
         with STATE.cond:
@@ -659,6 +662,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if not path.startswith(rule.get("path", "")):
                     continue
                 if rule.get("watch") is not None and rule["watch"] != ("watch=" in self.path):
+                    continue
+                if rule.get("agent") and not (self.headers.get("User-Agent") or "").startswith(rule["agent"]):
                     continue
                 rule["count"] = rule.get("count", 1) - 1
                 delay = rule.get("delay")
@@ -871,6 +876,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 elif cursor > STATE.rv:
                     cursor = STATE.rv
         self._code = 200
+        self._req["code"] = 200
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")

@@ -265,3 +265,40 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Validates objects offline (`tests/fakekube/validate_objects.py`): PlexdNodeStates
+/// against the shipped CRD's schema, built-in kinds with kubernetes-validate's strict
+/// schemas where that package is installed (CI). Panics on any invalid object.
+pub fn validate_objects(files: &[PathBuf]) -> bool {
+    let out = Command::new(python())
+        .arg(root().join("tests/fakekube/validate_objects.py"))
+        .arg(root().join("contrib/kubernetes/crd.yaml"))
+        .args(files)
+        .output()
+        .expect("run the object validator");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => true,
+        Some(77) => {
+            eprintln!(
+                "built-in kinds not validated (kubernetes-validate is not installed): {text}"
+            );
+            false
+        }
+        _ => panic!("invalid Kubernetes objects:\n{text}"),
+    }
+}
+
+/// Writes `objects` as a JSON list into `dir` and validates them.
+pub fn validate_values(dir: &Path, objects: &[Value]) -> bool {
+    let path = dir.join(format!(
+        "objects-{}.json",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::write(&path, serde_json::to_vec(objects).unwrap()).unwrap();
+    validate_objects(&[path])
+}
