@@ -30,6 +30,10 @@ use crate::cp::stream_metrics::StreamMetrics;
 use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, PublicKey, Verifier};
 use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::kube::client::KubeClient;
+use crate::kube::health::KubeHealth;
+use crate::kube::mirror::{KubeDeps, KubeMirror, MirrorOptions};
+use crate::kube::names::resource_name;
 use crate::listen;
 use crate::store::{ChangeKind, Store};
 use crate::systemd;
@@ -63,6 +67,7 @@ pub struct Daemon {
     syncer: SyncerHandle,
     link: Option<Link>,
     events: Option<EventStreamHandle>,
+    kube: Option<KubeMirror>,
     /// The socket file we bound ourselves (removed at shutdown); `None` if inherited.
     own_socket: Option<PathBuf>,
     shutdown_timeout: Duration,
@@ -82,6 +87,17 @@ impl Daemon {
                 let client = CpClient::new(cp)
                     .map_err(|e| ConfigError::new("--control-plane", e.to_string()))?;
                 Some(Arc::new(client))
+            }
+            None => None,
+        };
+
+        // The Kubernetes client reads its token and CA now: a bad file is a
+        // configuration error, before anything is bound.
+        let kube_client = match &config.kubernetes {
+            Some(k) => {
+                Some(Arc::new(KubeClient::new(k).map_err(|e| {
+                    ConfigError::new("--kubernetes", e.to_string())
+                })?))
             }
             None => None,
         };
@@ -194,6 +210,24 @@ impl Daemon {
         if client.is_some() && config.signing_key.is_none() {
             log::warn!("no signing key file: events are rejected until the control plane's state response supplies signing keys; state arrives by reconciliation meanwhile");
         }
+        let kube = match (&config.kubernetes, kube_client) {
+            (Some(k), Some(kube_client)) => {
+                let health = Arc::new(KubeHealth::new(&k.namespace, &resource_name(&k.node_id)));
+                let _ = api.status.kube.set(Arc::clone(&health));
+                let deps = KubeDeps {
+                    store: Arc::clone(&store),
+                    client: kube_client,
+                    cp: client.clone(),
+                    health,
+                    config: k.clone(),
+                };
+                Some(KubeMirror::start(
+                    deps,
+                    MirrorOptions::from_env(config.reconcile_interval),
+                ))
+            }
+            _ => None,
+        };
         let mut events = None;
         let link = client.map(|c| {
             let options = LinkOptions {
@@ -240,6 +274,7 @@ impl Daemon {
             syncer,
             link,
             events,
+            kube,
             own_socket,
             shutdown_timeout: config.shutdown_timeout,
             socket: config.socket.clone(),
@@ -257,6 +292,11 @@ impl Daemon {
         self.server.shutdown(remaining(deadline));
         if let Some(events) = self.events {
             events.shutdown(remaining(deadline));
+        }
+        // The mirror writes to the store (imports): stop it before the store closes.
+        // The resource and its Secrets stay.
+        if let Some(kube) = self.kube {
+            kube.shutdown(remaining(deadline));
         }
         // No request can write any more: checkpoint the report journal into the files.
         self.store.close();

@@ -487,3 +487,20 @@ fn the_crd_names_what_the_daemon_uses() {
     let example = read("kubernetes/workload-example.yaml");
     assert!(example.contains("audience: plexd\n"));
 }
+
+#[test]
+fn kubernetes_settings_are_config_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.json");
+    std::fs::write(
+        &file,
+        r#"{"kubernetes": true, "k8s_api_server": "https://10.96.0.1:443",
+            "k8s_token_file": "/t", "k8s_ca_file": "/c", "k8s_namespace": "plexd-system",
+            "k8s_node_name": "n1", "mesh_ip": "10.0.0.1", "k8s_token_audience": "plexd"}"#,
+    )
+    .unwrap();
+    let s = Settings::from_file(&file).unwrap();
+    assert_eq!(s.kubernetes, Some(true));
+    assert_eq!(s.k8s_namespace.as_deref(), Some("plexd-system"));
+    assert_eq!(s.mesh_ip.as_deref(), Some("10.0.0.1"));
+}

@@ -27,6 +27,7 @@ pub struct Status {
     pub health: Arc<LinkHealth>,
     pub server: OnceLock<Arc<ServerStats>>,
     pub extra: OnceLock<Arc<dyn ExtraMetrics>>,
+    pub kube: OnceLock<Arc<crate::kube::health::KubeHealth>>,
     pub secret_auth: bool,
     started: Instant,
 }
@@ -48,6 +49,7 @@ impl Status {
             health,
             server: OnceLock::new(),
             extra: OnceLock::new(),
+            kube: OnceLock::new(),
             secret_auth,
             started: Instant::now(),
         }
@@ -83,8 +85,9 @@ impl Status {
         if let (Some(extra), Some(obj)) = (self.extra.get(), control_plane.as_object_mut()) {
             obj.extend(extra.health_fields());
         }
-        let doc = json!({
-            "status": if link.degraded() { "degraded" } else { "ok" },
+        let kube_degraded = self.kube.get().is_some_and(|k| k.degraded());
+        let mut doc = json!({
+            "status": if link.degraded() || kube_degraded { "degraded" } else { "ok" },
             "ready": ready,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -101,6 +104,9 @@ impl Status {
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
         });
+        if let (Some(k), Some(obj)) = (self.kube.get(), doc.as_object_mut()) {
+            obj.insert("kubernetes".into(), k.health_json());
+        }
         let code = if req.query_param("ready").is_some() && !ready {
             503
         } else {
@@ -252,6 +258,9 @@ impl Status {
         );
         if let Some(extra) = self.extra.get() {
             extra.render(&mut out);
+        }
+        if let Some(k) = self.kube.get() {
+            k.render_metrics(&mut out);
         }
         family(
             &mut out,

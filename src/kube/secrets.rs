@@ -88,6 +88,13 @@ impl SecretMirror {
         owner_uid: &str,
     ) -> Result<SecretsOutcome, KubeError> {
         let mut out = SecretsOutcome::default();
+        let Some(cp) = self.cp.clone() else {
+            if !refs.is_empty() && !self.warned_no_cp {
+                log::warn!("no control plane configured: the ciphertext Secrets cannot be written");
+                self.warned_no_cp = true;
+            }
+            return Ok(out);
+        };
         for r in refs {
             let Some(name) = names.get(&r.key) else {
                 continue;
@@ -107,16 +114,6 @@ impl SecretMirror {
                     continue;
                 }
             }
-            let Some(cp) = &self.cp else {
-                if !self.warned_no_cp {
-                    log::warn!(
-                        "no control plane configured: the ciphertext Secrets cannot be written"
-                    );
-                    self.warned_no_cp = true;
-                }
-                out.incomplete = true;
-                continue;
-            };
             let fetched = match cp.fetch_secret(&r.key) {
                 Ok(f) => f,
                 Err(e) => {
