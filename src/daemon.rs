@@ -33,7 +33,7 @@ use crate::http::{Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::kube::client::KubeClient;
 use crate::kube::health::KubeHealth;
 use crate::kube::mirror::{KubeDeps, KubeMirror, MirrorOptions};
-use crate::kube::names::resource_name;
+use crate::kube::names::{resource_name, ResourceName};
 use crate::listen;
 use crate::store::{ChangeKind, Store};
 use crate::systemd;
@@ -220,6 +220,7 @@ impl Daemon {
                     cp: client.clone(),
                     health,
                     config: k.clone(),
+                    resource: ResourceName::for_node(&k.node_id),
                 };
                 Some(KubeMirror::start(
                     deps,

@@ -298,6 +298,47 @@ fn an_existing_resource_is_adopted() {
     }
 }
 
+#[test]
+fn a_name_taken_by_another_node_gets_the_hashed_name() {
+    let env = Env::new();
+    // Node "n-test" sanitises like our "n_test" and got there first.
+    let theirs = json!({
+        "apiVersion": "plexd.plexsphere.com/v1alpha1", "kind": "PlexdNodeState",
+        "metadata": {"name": CR, "labels": {"plexd.plexsphere.com/node-id": "n-test"}},
+        "spec": {"nodeId": "n-test"},
+    });
+    let (code, _) = env.fake.api(
+        "POST",
+        &format!("/apis/plexd.plexsphere.com/v1alpha1/namespaces/{NS}/plexdnodestates"),
+        &env.admin,
+        Some(&theirs),
+        "application/json",
+    );
+    assert_eq!(code, 201);
+    let d = env.daemon().start();
+    let hash = plexd_nodeapi::kube::names::short_hash(NODE_ID);
+    let ours = format!("{CR}-{hash}");
+    let path =
+        format!("/apis/plexd.plexsphere.com/v1alpha1/namespaces/{NS}/plexdnodestates/{ours}");
+    let cr = wait_for(LIMIT, || {
+        let (code, body) = env.fake.api("GET", &path, &env.admin, None, "");
+        (code == 200 && body["spec"]["secretRefs"].is_array()).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("{}", d.log_text()));
+    assert_eq!(cr["spec"]["nodeId"], NODE_ID);
+    assert_eq!(
+        cr["spec"]["secretRefs"][0]["secretName"],
+        format!("plexd-secret-n-test-{hash}-api-token")
+    );
+    assert!(wait_for(LIMIT, || env
+        .secret(&format!("plexd-secret-n-test-{hash}-api-token")))
+    .is_some());
+    // The other node's resource is untouched.
+    assert_eq!(env.cr().unwrap()["spec"], json!({"nodeId": "n-test"}));
+    assert!(eventually(LIMIT, || health(&d)["kubernetes"]["resource"]
+        == ours.as_str()));
+}
+
 // ---- reports both ways ------------------------------------------------------------------
 
 #[test]

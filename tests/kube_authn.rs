@@ -13,6 +13,7 @@ use plexd_nodeapi::kube::authn::{Access, Authenticator, AuthnOptions, Decision};
 use plexd_nodeapi::kube::client::KubeClient;
 use plexd_nodeapi::kube::config::KubeConfig;
 use plexd_nodeapi::kube::health::{KubeHealth, AUTH};
+use plexd_nodeapi::kube::names::ResourceName;
 use plexd_nodeapi::model::SecretRef;
 use plexd_nodeapi::store::{CpUpdate, Store};
 use serde_json::json;
@@ -65,7 +66,7 @@ fn setup_as(fake: FakeKube, sa: &str, options: AuthnOptions) -> Setup {
         "plexd",
         NS,
         NODE_NAME,
-        NODE_ID,
+        ResourceName::for_node(NODE_ID),
         options,
     );
     Setup {

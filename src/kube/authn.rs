@@ -37,7 +37,7 @@ use crate::store::Store;
 
 use super::client::{KubeClient, KubeError};
 use super::health::{KubeHealth, AUTH};
-use super::names::{resource_name, secret_name_among};
+use super::names::{secret_name_among, ResourceName};
 use super::{GROUP, PLURAL};
 
 /// What a request asks for, in Kubernetes terms.
@@ -236,8 +236,7 @@ pub struct Authenticator {
     audience: String,
     namespace: String,
     node_name: String,
-    node_id: String,
-    resource: String,
+    resource: ResourceName,
     options: AuthnOptions,
     tokens: Mutex<Cache<TokenHash, TokenVerdict>>,
     grants: Mutex<Cache<AccessKey, bool>>,
@@ -261,7 +260,7 @@ impl Authenticator {
         audience: &str,
         namespace: &str,
         node_name: &str,
-        node_id: &str,
+        resource: ResourceName,
         options: AuthnOptions,
     ) -> Authenticator {
         Authenticator {
@@ -271,8 +270,7 @@ impl Authenticator {
             audience: audience.to_owned(),
             namespace: namespace.to_owned(),
             node_name: node_name.to_owned(),
-            node_id: node_id.to_owned(),
-            resource: resource_name(node_id),
+            resource,
             tokens: Mutex::new(Cache::new(options.max_entries)),
             grants: Mutex::new(Cache::new(options.max_entries)),
             token_flights: Mutex::new(HashMap::new()),
@@ -463,16 +461,19 @@ impl Authenticator {
         match access {
             Access::ReadSecret { key } => {
                 let index = self.store.snapshot().secrets;
-                let name =
-                    secret_name_among(&self.node_id, key, index.iter().map(|r| r.key.as_str()));
+                let name = secret_name_among(
+                    &self.resource.node_part(),
+                    key,
+                    index.iter().map(|r| r.key.as_str()),
+                );
                 json!({"namespace": self.namespace, "verb": "get", "group": "", "resource": "secrets", "name": name})
             }
             Access::ReadState => {
-                json!({"namespace": self.namespace, "verb": "get", "group": GROUP, "resource": PLURAL, "name": self.resource})
+                json!({"namespace": self.namespace, "verb": "get", "group": GROUP, "resource": PLURAL, "name": self.resource.get()})
             }
             Access::WriteReports => json!({
                 "namespace": self.namespace, "verb": "patch", "group": GROUP, "resource": PLURAL,
-                "subresource": "status", "name": self.resource,
+                "subresource": "status", "name": self.resource.get(),
             }),
         }
     }

@@ -23,6 +23,7 @@ struct Facts {
     last_error: Option<String>,
     last_error_at: Option<SystemTime>,
     last_sync: Option<SystemTime>,
+    resource: String,
     resource_version: Option<String>,
     uid: Option<String>,
 }
@@ -32,7 +33,6 @@ struct Facts {
 pub struct KubeHealth {
     configured: AtomicBool,
     namespace: String,
-    resource: String,
     facts: Mutex<Facts>,
     counters: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     watch_connected: AtomicBool,
@@ -79,12 +79,18 @@ const FAMILIES: &[(&str, &str, &str, &str)] = &[
 
 impl KubeHealth {
     pub fn new(namespace: &str, resource: &str) -> KubeHealth {
-        KubeHealth {
+        let h = KubeHealth {
             configured: AtomicBool::new(true),
             namespace: namespace.to_owned(),
-            resource: resource.to_owned(),
             ..KubeHealth::default()
-        }
+        };
+        h.record_resource(resource);
+        h
+    }
+
+    /// The resource's name (it changes on a name collision).
+    pub fn record_resource(&self, name: &str) {
+        lock(&self.facts).resource = name.to_owned();
     }
 
     /// The API server answered and accepted plexd.
@@ -156,7 +162,7 @@ impl KubeHealth {
             "connected": f.connected,
             "watching": self.watch_connected.load(Relaxed),
             "namespace": self.namespace,
-            "resource": self.resource,
+            "resource": f.resource,
             "uid": f.uid,
             "resource_version": f.resource_version,
             "last_sync": t(f.last_sync),

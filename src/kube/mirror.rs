@@ -44,7 +44,7 @@ use super::client::{KubeClient, KubeError, FIELD_MANAGER};
 use super::config::KubeConfig;
 use super::health::{KubeHealth, IMPORTED, REJECTED, WRITES};
 use super::merge::{self, Plan};
-use super::names::{is_label_value, resource_name, secret_names};
+use super::names::{hashed_resource_name, is_label_value, secret_names, ResourceName};
 use super::record::{MirrorRecord, RecordFile};
 use super::render::{self, same, SpecContext};
 use super::secrets::{causes, SecretMirror};
@@ -106,6 +106,8 @@ pub struct KubeDeps {
     pub cp: Option<Arc<CpClient>>,
     pub health: Arc<KubeHealth>,
     pub config: KubeConfig,
+    /// The resource's name, shared with the authenticator (it changes on a collision).
+    pub resource: ResourceName,
 }
 
 /// The running mirror and watch threads.
@@ -120,7 +122,7 @@ impl KubeMirror {
     /// Starts `k8s-sync` and `k8s-watch`. Returns at once: nothing waits for the API
     /// server.
     pub fn start(deps: KubeDeps, options: MirrorOptions) -> KubeMirror {
-        let paths = Paths::new(&deps.config.namespace, &resource_name(&deps.config.node_id));
+        let paths = Paths::new(&deps.config.namespace, deps.resource.clone());
         let (wake_tx, wake_rx) = bounded::<()>(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -341,7 +343,7 @@ impl Mirror {
         let uid = meta_str(self.current()?, "uid").unwrap_or("").to_owned();
         let snapshot = self.store.snapshot();
         let names = secret_names(
-            &self.cfg.node_id,
+            &self.paths.name.node_part(),
             snapshot.secrets.iter().map(|r| r.key.as_str()),
         );
         let mut candidates = old_secret_names(self.current()?);
@@ -377,7 +379,8 @@ impl Mirror {
         match self.inbox.take() {
             Some(News::Object(obj)) => {
                 let rv = meta_str(&obj, "resourceVersion").unwrap_or("");
-                if !self.known_rvs.iter().any(|k| k == rv) {
+                let ours = meta_str(&obj, "name") == Some(self.paths.name.get().as_str());
+                if ours && !self.known_rvs.iter().any(|k| k == rv) {
                     self.see(obj);
                 }
             }
@@ -412,26 +415,53 @@ impl Mirror {
         if let Some(obj) = &self.current {
             return Ok(obj.clone());
         }
-        match self.client.get(&self.paths.resource()) {
-            Ok(obj) => {
-                self.see(obj.clone());
-                Ok(obj)
+        for _ in 0..2 {
+            match self.client.get(&self.paths.resource()) {
+                Ok(obj) if self.taken_by_another_node(&obj) => continue,
+                Ok(obj) => {
+                    self.see(obj.clone());
+                    return Ok(obj);
+                }
+                Err(e) if e.is(404) && !e.is_type_missing() => return self.create(),
+                Err(e) => return Err(e),
             }
-            Err(e) if e.is(404) && !e.is_type_missing() => self.create(),
-            Err(e) => Err(e),
+        }
+        Err(KubeError::Decode(
+            "both resource names are taken by other nodes".into(),
+        ))
+    }
+
+    /// Whether `obj` (found under our name) is another node's resource — two node ids
+    /// that sanitise alike. Then switch to the hashed name, once.
+    fn taken_by_another_node(&mut self, obj: &Value) -> bool {
+        let meta = &obj["metadata"];
+        let owner = meta["labels"][LABEL_NODE_ID]
+            .as_str()
+            .or_else(|| meta["annotations"][LABEL_NODE_ID].as_str());
+        match owner {
+            Some(other) if other != self.cfg.node_id => {
+                let taken = self.paths.name.get();
+                let hashed = hashed_resource_name(&self.cfg.node_id);
+                if self.paths.name.set(&hashed) {
+                    log::warn!(taken = taken.as_str(), node_id = other, resource = hashed.as_str(); "the resource name is taken by another node's resource; using the hashed name");
+                    self.health.record_resource(&hashed);
+                    self.current = None;
+                }
+                true
+            }
+            _ => false,
         }
     }
 
     fn create(&mut self) -> Result<Value, KubeError> {
         let snapshot = self.store.snapshot();
         let names = secret_names(
-            &self.cfg.node_id,
+            &self.paths.name.node_part(),
             snapshot.secrets.iter().map(|r| r.key.as_str()),
         );
         let spec = render::spec(&snapshot, &self.spec_context(&names));
         let (labels, annotations) = self.our_metadata(&Map::new(), &Map::new());
-        let mut meta =
-            json!({"name": self.paths.name, "namespace": self.paths.namespace, "labels": labels});
+        let mut meta = json!({"name": self.paths.name.get(), "namespace": self.paths.namespace, "labels": labels});
         if !annotations.is_empty() {
             meta["annotations"] = Value::Object(annotations);
         }
@@ -451,7 +481,7 @@ impl Mirror {
         match result {
             Ok(obj) => {
                 self.health.count(WRITES, "create", "ok");
-                log::info!(resource = self.paths.name.as_str(), namespace = self.paths.namespace.as_str(); "created the PlexdNodeState resource");
+                log::info!(resource = self.paths.name.get(), namespace = self.paths.namespace.as_str(); "created the PlexdNodeState resource");
                 self.spec_written = Some(Written {
                     revision: snapshot.spec_revision,
                     uid: meta_str(&obj, "uid").unwrap_or("").to_owned(),
@@ -461,8 +491,13 @@ impl Mirror {
                 Ok(obj)
             }
             Err(e) if e.is(409) => {
-                self.refetch()?;
-                self.current().cloned()
+                // Created meanwhile: by an earlier attempt of ours, or another node.
+                let obj = self.client.get(&self.paths.resource())?;
+                if self.taken_by_another_node(&obj) {
+                    return self.ensure_resource();
+                }
+                self.see(obj.clone());
+                Ok(obj)
             }
             Err(e) => {
                 self.health.count(WRITES, "create", "error");
@@ -478,7 +513,7 @@ impl Mirror {
             return;
         }
         if self.record.cr_uid.is_some() {
-            log::warn!(resource = self.paths.name.as_str(), uid = uid; "the PlexdNodeState resource was recreated: pushing the store's reports and re-pointing the Secrets");
+            log::warn!(resource = self.paths.name.get(), uid = uid; "the PlexdNodeState resource was recreated: pushing the store's reports and re-pointing the Secrets");
         }
         // The write guards carry the uid, so they do not match a new resource.
         self.record.cr_uid = Some(uid.to_owned());

@@ -51,11 +51,12 @@ pub const ANNOTATION_KEY: &str = "plexd.plexsphere.com/key";
 pub const ANNOTATION_VERSION: &str = "plexd.plexsphere.com/version";
 pub const ALGORITHM: &str = "AES-256-GCM";
 
-/// API paths of the node's objects.
+/// API paths of the node's objects. The resource's name is shared: it can change
+/// once, on a name collision (see `names::ResourceName`).
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub namespace: String,
-    pub name: String,
+    pub name: names::ResourceName,
 }
 
 /// The query every write carries.
@@ -64,10 +65,10 @@ fn write_query() -> String {
 }
 
 impl Paths {
-    pub fn new(namespace: &str, name: &str) -> Paths {
+    pub fn new(namespace: &str, name: names::ResourceName) -> Paths {
         Paths {
             namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            name,
         }
     }
 
@@ -80,7 +81,7 @@ impl Paths {
     }
 
     pub fn resource(&self) -> String {
-        format!("{}/{}", self.collection(), query_value(&self.name))
+        format!("{}/{}", self.collection(), query_value(&self.name.get()))
     }
 
     pub fn create(&self) -> String {
@@ -100,7 +101,7 @@ impl Paths {
         let mut path = format!(
             "{}?watch=1&fieldSelector={}&allowWatchBookmarks=true&timeoutSeconds={timeout_secs}",
             self.collection(),
-            query_value(&format!("metadata.name={}", self.name)),
+            query_value(&format!("metadata.name={}", self.name.get())),
         );
         if let Some(rv) = rv {
             path.push_str("&resourceVersion=");
@@ -140,7 +141,7 @@ mod tests {
 
     #[test]
     fn paths() {
-        let p = Paths::new("plexd-system", "node-n-abc123");
+        let p = Paths::new("plexd-system", names::ResourceName::for_node("n_abc123"));
         assert_eq!(
             p.update(),
             "/apis/plexd.plexsphere.com/v1alpha1/namespaces/plexd-system/plexdnodestates/node-n-abc123?fieldManager=plexd-nodeapi&fieldValidation=Strict"

@@ -10,6 +10,7 @@
 //! SHA-256 of the original text. Everything here is a pure function.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Longest object name (DNS-1123 subdomain).
 pub const MAX_NAME: usize = 253;
@@ -67,29 +68,75 @@ pub fn resource_name(node_id: &str) -> String {
     prefixed(RESOURCE_PREFIX, node_id)
 }
 
-/// The plain Secret name of `key`, before collisions are considered.
-fn plain_secret_name(node_id: &str, key: &str) -> String {
-    let node = sanitize(node_id);
-    let node = if node.is_empty() {
-        short_hash(node_id)
+/// The resource's name when the plain one is taken by another node's resource (two
+/// node ids that sanitise alike): the plain name with the node id's hash suffix.
+pub fn hashed_resource_name(node_id: &str) -> String {
+    let plain = resource_name(node_id);
+    let hash = short_hash(node_id);
+    if plain.ends_with(&hash) {
+        plain
     } else {
-        node
-    };
+        with_hash(&plain, node_id)
+    }
+}
+
+/// The resource's name as the daemon uses it, shared by the mirror (which switches it
+/// to the hashed form on a collision), the watch and the authenticator.
+#[derive(Debug, Clone)]
+pub struct ResourceName(Arc<RwLock<String>>);
+
+impl ResourceName {
+    /// Starts with the plain name of `node_id`.
+    pub fn for_node(node_id: &str) -> ResourceName {
+        ResourceName(Arc::new(RwLock::new(resource_name(node_id))))
+    }
+
+    pub fn get(&self) -> String {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The name without `node-`: what the Secret names carry (`plexd-secret-<part>-…`),
+    /// so they follow the resource's name on a collision too.
+    pub fn node_part(&self) -> String {
+        let name = self.get();
+        name.strip_prefix(RESOURCE_PREFIX)
+            .unwrap_or(&name)
+            .to_owned()
+    }
+
+    /// Switches to `name`; returns whether it changed.
+    pub fn set(&self, name: &str) -> bool {
+        let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if *current == name {
+            return false;
+        }
+        *current = name.to_owned();
+        true
+    }
+}
+
+/// The plain Secret name of `key`, before collisions are considered. `node` is the
+/// node part of the resource's name (`ResourceName::node_part`).
+fn plain_secret_name(node: &str, key: &str) -> String {
     prefixed(&format!("{SECRET_PREFIX}{node}-"), key)
 }
 
-/// The Secret name of each key of the secret index. Keys whose plain names collide
+/// The Secret name of each key of the secret index, for the node part `node` of the
+/// resource's name (`n-abc123` for `node-n-abc123`). Keys whose plain names collide
 /// get the hashed form, except a key that is its own sanitised form (`tls-cert`),
 /// which keeps the plain name — so a name never changes because another key appears
 /// unless the key itself needed sanitising.
 pub fn secret_names<'a>(
-    node_id: &str,
+    node: &str,
     keys: impl IntoIterator<Item = &'a str>,
 ) -> BTreeMap<String, String> {
     let mut by_name: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for key in keys {
         by_name
-            .entry(plain_secret_name(node_id, key))
+            .entry(plain_secret_name(node, key))
             .or_default()
             .push(key);
     }
@@ -113,15 +160,20 @@ pub fn secret_names<'a>(
 
 /// The Secret name `key` has (or would have) next to the keys of `index`.
 pub fn secret_name_among<'a>(
-    node_id: &str,
+    node: &str,
     key: &'a str,
     index: impl IntoIterator<Item = &'a str>,
 ) -> String {
-    let names = secret_names(node_id, index.into_iter().chain(std::iter::once(key)));
+    let names = secret_names(node, index.into_iter().chain(std::iter::once(key)));
     names
         .get(key)
         .cloned()
-        .unwrap_or_else(|| plain_secret_name(node_id, key))
+        .unwrap_or_else(|| plain_secret_name(node, key))
+}
+
+/// The prefix every Secret name of the node part `node` starts with.
+pub fn secret_prefix(node: &str) -> String {
+    format!("{SECRET_PREFIX}{node}-")
 }
 
 /// Whether `v` can be a label value: at most 63 characters of `[A-Za-z0-9_.-]`,
@@ -160,7 +212,7 @@ mod tests {
     fn the_designs_examples() {
         assert_eq!(sanitize("n_abc123"), "n-abc123");
         assert_eq!(resource_name("n_abc123"), "node-n-abc123");
-        let names = secret_names("n_abc123", ["tls-cert", "api-token"]);
+        let names = secret_names("n-abc123", ["tls-cert", "api-token"]);
         assert_eq!(names["tls-cert"], "plexd-secret-n-abc123-tls-cert");
         assert_eq!(names["api-token"], "plexd-secret-n-abc123-api-token");
     }
@@ -172,6 +224,8 @@ mod tests {
         assert_eq!(sanitize("--a.b--"), "a-b");
         assert_eq!(sanitize("Zürich"), "z-rich");
         assert_eq!(sanitize("___"), "");
+        assert_eq!(ResourceName::for_node("n_abc123").node_part(), "n-abc123");
+        assert_eq!(secret_prefix("n-abc123"), "plexd-secret-n-abc123-");
     }
 
     #[test]
@@ -184,7 +238,7 @@ mod tests {
         assert_eq!(n.len(), MAX_NAME);
         assert!(n.ends_with(&short_hash(&long)));
         assert!(is_dns_subdomain(&n));
-        let names = secret_names("n_abc123", [long.as_str(), "///"]);
+        let names = secret_names("n-abc123", [long.as_str(), "///"]);
         for name in names.values() {
             assert!(is_dns_subdomain(name), "{name}");
         }
@@ -222,6 +276,23 @@ mod tests {
         );
         let distinct: std::collections::BTreeSet<_> = names.values().collect();
         assert_eq!(distinct.len(), 3);
+    }
+
+    #[test]
+    fn collision_names() {
+        let n = hashed_resource_name("n_abc123");
+        assert_eq!(n, format!("node-n-abc123-{}", short_hash("n_abc123")));
+        assert_ne!(
+            hashed_resource_name("n_abc123"),
+            hashed_resource_name("n-abc123")
+        );
+        assert_eq!(hashed_resource_name("___"), resource_name("___"));
+        let shared = ResourceName::for_node("n_abc123");
+        let other = shared.clone();
+        assert_eq!(other.get(), "node-n-abc123");
+        assert!(shared.set(&n));
+        assert!(!shared.set(&n));
+        assert_eq!(other.get(), n);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::model::SecretRef;
 
 use super::client::{KubeClient, KubeError};
 use super::health::{KubeHealth, WRITES};
-use super::names::sanitize;
+use super::names::secret_prefix;
 use super::{
     Paths, ALGORITHM, ANNOTATION_ALGORITHM, ANNOTATION_ENCRYPTED, ANNOTATION_KEY,
     ANNOTATION_VERSION, API_VERSION, KIND, LABEL_MANAGED_BY, LABEL_NODE_ID, MANAGED_BY,
@@ -216,12 +216,12 @@ impl SecretMirror {
             .and_then(|c| c["metadata"]["ownerReferences"].as_array().cloned())
             .unwrap_or_default()
             .into_iter()
-            .filter(|o| !(o["kind"] == KIND && o["name"] == self.paths.name.as_str()))
+            .filter(|o| !(o["kind"] == KIND && o["name"] == self.paths.name.get().as_str()))
             .collect();
         owners.push(json!({
             "apiVersion": API_VERSION,
             "kind": KIND,
-            "name": self.paths.name,
+            "name": self.paths.name.get(),
             "uid": owner_uid,
             "controller": true,
         }));
@@ -246,7 +246,7 @@ impl SecretMirror {
         candidates: &BTreeSet<String>,
         keep: &BTreeSet<String>,
     ) -> Result<BTreeSet<String>, KubeError> {
-        let prefix = format!("plexd-secret-{}", sanitize(&self.node_id));
+        let prefix = secret_prefix(&self.paths.name.node_part());
         let mut deleted = BTreeSet::new();
         for name in candidates.difference(keep) {
             self.in_place.remove(name);

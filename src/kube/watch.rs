@@ -175,9 +175,15 @@ pub fn run(deps: WatchDeps, options: WatchOptions) {
 
 /// Reads one stream to its end, updating `rv` and the inbox.
 fn read_events(stream: Box<dyn Read + Send>, deps: &WatchDeps, rv: &mut Option<String>) -> Ended {
+    let name = deps.paths.name.get();
     let reader = std::io::BufReader::new(stream);
     for item in serde_json::Deserializer::from_reader(reader).into_iter::<WatchEvent>() {
         if deps.stopping.load(Ordering::Relaxed) {
+            return Ended::Clean;
+        }
+        if deps.paths.name.get() != name {
+            // The mirror moved to the hashed name (a collision): watch that one.
+            *rv = None;
             return Ended::Clean;
         }
         let event = match item {
@@ -287,7 +293,7 @@ mod tests {
         let deps = WatchDeps {
             client: Arc::new(KubeClient::new(&cfg).unwrap()),
             health: Arc::new(KubeHealth::new("ns", "node-n")),
-            paths: Paths::new("ns", "node-n"),
+            paths: Paths::new("ns", super::super::names::ResourceName::for_node("n")),
             inbox: Arc::new(Inbox::default()),
             wake,
             stop,
