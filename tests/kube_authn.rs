@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use plexd_nodeapi::kube::authn::{Access, Authenticator, AuthnOptions, Decision};
+use plexd_nodeapi::kube::authn::{Action, Authenticator, AuthnOptions, Decision};
 use plexd_nodeapi::kube::client::KubeClient;
 use plexd_nodeapi::kube::config::KubeConfig;
 use plexd_nodeapi::kube::health::{KubeHealth, AUTH};
@@ -89,15 +89,15 @@ fn reviews(fake: &FakeKube) -> (u64, u64) {
     )
 }
 
-fn secret(key: &str) -> Access {
-    Access::ReadSecret { key: key.into() }
+fn secret(key: &str) -> Action {
+    Action::ReadSecret { key: key.into() }
 }
 
 #[test]
 fn rbac_of_the_consumer_roles_decides() {
     let s = setup(AuthnOptions::default());
     let web = web_token(&s.fake);
-    let allowed = s.authn.decide(&web, &Access::ReadState);
+    let allowed = s.authn.decide(&web, &Action::ReadState);
     assert_eq!(
         allowed,
         Decision::Allowed {
@@ -105,7 +105,7 @@ fn rbac_of_the_consumer_roles_decides() {
         }
     );
     assert!(matches!(
-        s.authn.decide(&web, &Access::WriteReports),
+        s.authn.decide(&web, &Action::WriteReports),
         Decision::Allowed { .. }
     ));
     // workload-example.yaml grants `get` on plexd-secret-n-abc123-tls-cert only.
@@ -122,7 +122,7 @@ fn rbac_of_the_consumer_roles_decides() {
         .fake
         .token(json!({"sa": "apps/nobody", "audiences": ["plexd"]}));
     assert!(matches!(
-        s.authn.decide(&nobody, &Access::ReadState),
+        s.authn.decide(&nobody, &Action::ReadState),
         Decision::Forbidden(_)
     ));
     // The SAR carried the right attributes: the Secret's deterministic name.
@@ -173,7 +173,7 @@ fn tokens_for_another_audience_user_kind_or_node_are_refused() {
     // A default token (audience: the API server) would be replayable against it.
     let api_token = s.fake.token(json!({"sa": "apps/web"}));
     assert_eq!(
-        s.authn.decide(&api_token, &Access::ReadState),
+        s.authn.decide(&api_token, &Action::ReadState),
         Decision::Unauthenticated
     );
     // An authenticator that ignores audiences answers with none: refused.
@@ -181,25 +181,25 @@ fn tokens_for_another_audience_user_kind_or_node_are_refused() {
         .fake
         .token(json!({"sa": "apps/web", "audience_unaware": true}));
     assert_eq!(
-        s.authn.decide(&unaware, &Access::ReadState),
+        s.authn.decide(&unaware, &Action::ReadState),
         Decision::Unauthenticated
     );
     let user = s
         .fake
         .token(json!({"user": "alice", "audiences": ["plexd"]}));
     assert!(matches!(
-        s.authn.decide(&user, &Access::ReadState),
+        s.authn.decide(&user, &Action::ReadState),
         Decision::Forbidden(_)
     ));
     let elsewhere = s
         .fake
         .token(json!({"sa": "apps/web", "audiences": ["plexd"], "node": "node-2"}));
     assert!(matches!(
-        s.authn.decide(&elsewhere, &Access::ReadState),
+        s.authn.decide(&elsewhere, &Action::ReadState),
         Decision::Forbidden(_)
     ));
     assert_eq!(
-        s.authn.decide("not-a-token", &Access::ReadState),
+        s.authn.decide("not-a-token", &Action::ReadState),
         Decision::Unauthenticated
     );
     // The reviews asked for the plexd audience.
@@ -220,40 +220,40 @@ fn results_are_cached_allow_longer_than_deny() {
         ..AuthnOptions::default()
     });
     let web = web_token(&s.fake);
-    assert!(s.authn.cached(&web, &Access::ReadState).is_none());
+    assert!(s.authn.cached(&web, &Action::ReadState).is_none());
     assert!(matches!(
-        s.authn.decide(&web, &Access::ReadState),
+        s.authn.decide(&web, &Action::ReadState),
         Decision::Allowed { .. }
     ));
     let before = reviews(&s.fake);
     for _ in 0..5 {
         assert!(matches!(
-            s.authn.decide(&web, &Access::ReadState),
+            s.authn.decide(&web, &Action::ReadState),
             Decision::Allowed { .. }
         ));
     }
     assert!(matches!(
-        s.authn.cached(&web, &Access::ReadState),
+        s.authn.cached(&web, &Action::ReadState),
         Some(Decision::Allowed { .. })
     ));
     assert_eq!(reviews(&s.fake), before, "no review while cached");
     // Another route needs its own SAR, not another TokenReview.
-    s.authn.decide(&web, &Access::WriteReports);
+    s.authn.decide(&web, &Action::WriteReports);
     assert_eq!(reviews(&s.fake), (before.0, before.1 + 1));
 
     let bad = "revoked-soon";
     assert_eq!(
-        s.authn.decide(bad, &Access::ReadState),
+        s.authn.decide(bad, &Action::ReadState),
         Decision::Unauthenticated
     );
     let n = reviews(&s.fake).0;
     assert_eq!(
-        s.authn.decide(bad, &Access::ReadState),
+        s.authn.decide(bad, &Action::ReadState),
         Decision::Unauthenticated
     );
     assert_eq!(reviews(&s.fake).0, n, "denials are cached too");
     thread::sleep(Duration::from_millis(400));
-    s.authn.decide(bad, &Access::ReadState);
+    s.authn.decide(bad, &Action::ReadState);
     assert_eq!(reviews(&s.fake).0, n + 1, "but not for long");
 }
 
@@ -273,12 +273,12 @@ fn allowed_results_end_with_the_token() {
         json!({"token": jwt, "sa": "apps/web", "audiences": ["plexd"], "node": NODE_NAME, "expires_in": 1.5}),
     );
     assert!(matches!(
-        s.authn.decide(&jwt, &Access::ReadState),
+        s.authn.decide(&jwt, &Action::ReadState),
         Decision::Allowed { .. }
     ));
     thread::sleep(Duration::from_millis(2100));
     assert_eq!(
-        s.authn.decide(&jwt, &Access::ReadState),
+        s.authn.decide(&jwt, &Action::ReadState),
         Decision::Unauthenticated,
         "an expired token is reviewed again, not served from the cache"
     );
@@ -297,7 +297,7 @@ fn concurrent_requests_share_one_review_and_reviews_are_capped() {
     );
     let decisions: Vec<Decision> = thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| s.authn.decide(&web, &Access::ReadState)))
+            .map(|_| scope.spawn(|| s.authn.decide(&web, &Action::ReadState)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -314,7 +314,7 @@ fn concurrent_requests_share_one_review_and_reviews_are_capped() {
     let decisions: Vec<Decision> = thread::scope(|scope| {
         let handles: Vec<_> = tokens
             .iter()
-            .map(|t| scope.spawn(move || authn.decide(t, &Access::ReadState)))
+            .map(|t| scope.spawn(move || authn.decide(t, &Action::ReadState)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -344,23 +344,23 @@ fn an_unavailable_api_server_is_503_and_not_cached() {
     );
     for _ in 0..2 {
         assert!(matches!(
-            s.authn.decide(&web, &Access::ReadState),
+            s.authn.decide(&web, &Action::ReadState),
             Decision::Unavailable { .. }
         ));
     }
     assert!(matches!(
-        s.authn.decide(&web, &Access::ReadState),
+        s.authn.decide(&web, &Action::ReadState),
         Decision::Allowed { .. }
     ));
     // Cached answers survive an outage for their lifetime; new tokens get 503.
     let other = web_token(&s.fake);
     s.fake.kill();
     assert!(matches!(
-        s.authn.decide(&web, &Access::ReadState),
+        s.authn.decide(&web, &Action::ReadState),
         Decision::Allowed { .. }
     ));
     assert!(matches!(
-        s.authn.decide(&other, &Access::ReadState),
+        s.authn.decide(&other, &Action::ReadState),
         Decision::Unavailable { .. }
     ));
 }
@@ -372,7 +372,7 @@ fn plexd_without_the_auth_delegator_role_gives_503() {
     let s = setup_as(fake, "plexd-system/unbound", AuthnOptions::default());
     let web = web_token(&s.fake);
     assert!(matches!(
-        s.authn.decide(&web, &Access::ReadState),
+        s.authn.decide(&web, &Action::ReadState),
         Decision::Unavailable { .. }
     ));
     assert!(s.health.health_json()["last_error"]

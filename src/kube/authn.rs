@@ -1,7 +1,7 @@
 //! Callers of the TCP listener that present a Kubernetes ServiceAccount token: who
 //! they are (TokenReview) and whether they may do what they ask (SubjectAccessReview).
 //!
-//! A decision, for a token and an `Access` (what the route does):
+//! A decision, for a token and an `Action` (what the route does):
 //!
 //! 1. TokenReview with the configured audience (`spec.audiences`). Not authenticated,
 //!    or `status.audiences` without our audience (an audience-unaware authenticator
@@ -42,7 +42,7 @@ use super::{GROUP, PLURAL};
 
 /// What a request asks for, in Kubernetes terms.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Access {
+pub enum Action {
     /// Read the node's state (metadata, data, the secret list, reports).
     ReadState,
     /// Write or delete report entries.
@@ -223,9 +223,9 @@ type Shared<T> = Result<T, Unavailable>;
 struct Unavailable;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct AccessKey {
+struct ActionKey {
     token: TokenHash,
-    access: Access,
+    action: Action,
 }
 
 /// Decides TCP callers with Kubernetes tokens. Share it as `Arc<Authenticator>`.
@@ -239,9 +239,9 @@ pub struct Authenticator {
     resource: ResourceName,
     options: AuthnOptions,
     tokens: Mutex<Cache<TokenHash, TokenVerdict>>,
-    grants: Mutex<Cache<AccessKey, bool>>,
+    grants: Mutex<Cache<ActionKey, bool>>,
     token_flights: Mutex<HashMap<TokenHash, Arc<Flight<Shared<TokenVerdict>>>>>,
-    grant_flights: Mutex<HashMap<AccessKey, Arc<Flight<Shared<bool>>>>>,
+    grant_flights: Mutex<HashMap<ActionKey, Arc<Flight<Shared<bool>>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -280,16 +280,16 @@ impl Authenticator {
     }
 
     /// The decision if both answers are cached; never blocks on the network.
-    pub fn cached(&self, token: &str, access: &Access) -> Option<Decision> {
+    pub fn cached(&self, token: &str, action: &Action) -> Option<Decision> {
         let hash = hash(token);
         let verdict = lock(&self.tokens).get(&hash)?;
         let identity = match verdict_decision(&verdict) {
             Ok(identity) => identity,
             Err(d) => return Some(d),
         };
-        let allowed = lock(&self.grants).get(&AccessKey {
+        let allowed = lock(&self.grants).get(&ActionKey {
             token: hash,
-            access: access.clone(),
+            action: action.clone(),
         })?;
         self.health.count(AUTH, "cache", "hit");
         Some(grant_decision(&identity, allowed))
@@ -297,7 +297,7 @@ impl Authenticator {
 
     /// The decision, asking the API server as needed. Blocks for up to about one
     /// request timeout per review; run it off the HTTP workers.
-    pub fn decide(&self, token: &str, access: &Access) -> Decision {
+    pub fn decide(&self, token: &str, action: &Action) -> Decision {
         let hash = hash(token);
         let verdict = match self.token_verdict(token, hash) {
             Ok(v) => v,
@@ -307,9 +307,9 @@ impl Authenticator {
             Ok(identity) => identity,
             Err(d) => return d,
         };
-        let key = AccessKey {
+        let key = ActionKey {
             token: hash,
-            access: access.clone(),
+            action: action.clone(),
         };
         match self.grant(&identity, key) {
             Ok(allowed) => grant_decision(&identity, allowed),
@@ -339,7 +339,7 @@ impl Authenticator {
         )
     }
 
-    fn grant(&self, identity: &Identity, key: AccessKey) -> Shared<bool> {
+    fn grant(&self, identity: &Identity, key: ActionKey) -> Shared<bool> {
         if let Some(v) = lock(&self.grants).get(&key) {
             self.health.count(AUTH, "cache", "hit");
             return Ok(v);
@@ -351,7 +351,7 @@ impl Authenticator {
             &self.health,
             self.options.max_in_flight,
             || {
-                let allowed = self.review_access(identity, &key.access)?;
+                let allowed = self.review_action(identity, &key.action)?;
                 let ttl = if allowed {
                     self.allow_ttl(identity)
                 } else {
@@ -457,10 +457,10 @@ impl Authenticator {
         })
     }
 
-    fn attributes(&self, access: &Access) -> Value {
-        match access {
-            Access::ReadSecret { key } => {
-                let index = self.store.snapshot().secrets;
+    fn attributes(&self, action: &Action) -> Value {
+        match action {
+            Action::ReadSecret { key } => {
+                let index = self.store.secret_index();
                 let name = secret_name_among(
                     &self.resource.node_part(),
                     key,
@@ -468,17 +468,17 @@ impl Authenticator {
                 );
                 json!({"namespace": self.namespace, "verb": "get", "group": "", "resource": "secrets", "name": name})
             }
-            Access::ReadState => {
+            Action::ReadState => {
                 json!({"namespace": self.namespace, "verb": "get", "group": GROUP, "resource": PLURAL, "name": self.resource.get()})
             }
-            Access::WriteReports => json!({
+            Action::WriteReports => json!({
                 "namespace": self.namespace, "verb": "patch", "group": GROUP, "resource": PLURAL,
                 "subresource": "status", "name": self.resource.get(),
             }),
         }
     }
 
-    fn review_access(&self, id: &Identity, access: &Access) -> Shared<bool> {
+    fn review_action(&self, id: &Identity, action: &Action) -> Shared<bool> {
         let body = json!({
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SubjectAccessReview",
@@ -487,7 +487,7 @@ impl Authenticator {
                 "uid": id.uid,
                 "groups": id.groups,
                 "extra": id.extra,
-                "resourceAttributes": self.attributes(access),
+                "resourceAttributes": self.attributes(action),
             },
         });
         let answer = self

@@ -23,6 +23,11 @@ pub struct Snapshot {
 }
 
 impl Store {
+    /// The secret index alone (names and versions), sorted by key.
+    pub fn secret_index(&self) -> Vec<SecretRef> {
+        self.read().secrets.clone()
+    }
+
     /// Everything in the cache, consistent (one read lock).
     pub fn snapshot(&self) -> Snapshot {
         let c = self.read();
