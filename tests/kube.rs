@@ -433,6 +433,8 @@ fn invalid_workload_entries_are_left_alone_and_counted_once() {
         json!({"key": "a/b", "contentType": "text/plain", "payload": "x"}),
         json!({"key": "no-type", "payload": "x"}),
         json!({"key": "no-payload", "contentType": "text/plain"}),
+        // A valid key whose file name would be too long: the store refuses it.
+        json!({"key": "ü".repeat(100), "contentType": "text/plain", "payload": "x"}),
     ];
     env.workload_patch_status(|report| report.extend(bad.iter().cloned()));
     // Trigger more passes: they must not touch or re-log the bad entries.
@@ -460,7 +462,7 @@ fn invalid_workload_entries_are_left_alone_and_counted_once() {
     }
     assert_eq!(
         d.metric("plexd_nodeapi_k8s_reports_rejected_total{reason=\"key\"}"),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         d.metric("plexd_nodeapi_k8s_reports_rejected_total{reason=\"content_type\"}"),
@@ -474,7 +476,7 @@ fn invalid_workload_entries_are_left_alone_and_counted_once() {
         d.log_text()
             .matches("invalid entry in .status.report")
             .count(),
-        3,
+        4,
         "logged once each"
     );
 }

@@ -136,6 +136,25 @@ fn validate(item: &Value) -> Result<Valid, Rejected> {
     })
 }
 
+impl Plan {
+    /// Turns `key` into an invalid entry after the fact (the store refused it): its
+    /// items in `status` are left alone like any invalid entry, and its key is frozen.
+    pub fn refuse(&mut self, status: &[Value], key: &str, reason: &'static str) {
+        self.imports.retain(|i| i.key.as_str() != key);
+        for item in status.iter().filter(|i| i["key"] == key) {
+            if !self.invalid.contains(item) {
+                self.invalid.push(item.clone());
+                self.rejected.push(Rejected {
+                    key: Some(key.to_owned()),
+                    reason,
+                    digest: hex_sha256(normalized(item).to_string().as_bytes()),
+                });
+            }
+        }
+        self.frozen.insert(key.to_owned());
+    }
+}
+
 /// Decides the imports and deletions for one pass.
 pub fn plan(status: &[Value], store: &[ReportEntry], base: &Base) -> Plan {
     let mut out = Plan::default();
@@ -394,6 +413,22 @@ mod tests {
         // Digests are stable, so each is logged once.
         let again = plan(&bad, &[l], &Base::new());
         assert_eq!(again.rejected, p.rejected);
+    }
+
+    #[test]
+    fn an_entry_the_store_refuses_becomes_invalid() {
+        let status = vec![
+            item("ü".repeat(100).as_str(), json!(1)),
+            item("ok", json!(2)),
+        ];
+        let mut p = plan(&status, &[], &Base::new());
+        assert_eq!(p.imports.len(), 2);
+        let long = "ü".repeat(100);
+        p.refuse(&status, &long, "key");
+        assert_eq!(keys(&p), (vec!["ok".into()], vec![]));
+        assert!(p.frozen.contains(&long));
+        assert_eq!(p.invalid, vec![status[0].clone()]);
+        assert_eq!(desired_status(&[], &p), vec![status[0].clone()]);
     }
 
     #[test]

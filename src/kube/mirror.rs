@@ -569,9 +569,12 @@ impl Mirror {
                 .cloned()
                 .unwrap_or_default();
             let snapshot = self.store.snapshot();
-            let plan = merge::plan(&seen, &snapshot.reports, &self.record.base);
+            let mut plan = merge::plan(&seen, &snapshot.reports, &self.record.base);
+            let (applied, failed, unstorable) = self.apply(&plan);
+            for key in unstorable {
+                plan.refuse(&seen, &key, "key");
+            }
             self.note_rejected(&plan);
-            let (applied, failed) = self.apply(&plan);
             if failed {
                 // Writing back now would drop the workload's change: try again later.
                 return Ok(true);
@@ -642,8 +645,9 @@ impl Mirror {
     }
 
     /// Submits the plan's imports and deletions to the store and waits for them.
-    /// Returns (anything changed, anything failed).
-    fn apply(&self, plan: &Plan) -> (bool, bool) {
+    /// Returns (anything changed, anything failed, keys the store cannot hold — their
+    /// file names would be too long, which a socket PUT gets a 400 for).
+    fn apply(&self, plan: &Plan) -> (bool, bool, Vec<String>) {
         let puts: Vec<_> = plan
             .imports
             .iter()
@@ -660,6 +664,7 @@ impl Mirror {
             .map(|k| (k, self.store.submit_delete(k)))
             .collect();
         let (mut changed, mut failed) = (false, false);
+        let mut unstorable = Vec::new();
         for (key, ticket) in puts {
             match ticket.wait() {
                 Ok(stored) => {
@@ -667,6 +672,7 @@ impl Mirror {
                     log::info!(key = key.as_str(), revision = stored.mod_rev; "imported a report entry a workload wrote in .status.report");
                     changed = true;
                 }
+                Err(StoreError::KeyNotStorable) => unstorable.push(key.as_str().to_owned()),
                 Err(e) => {
                     log::error!(key = key.as_str(), error:% = e; "cannot store a report entry written in .status.report");
                     failed = true;
@@ -687,7 +693,7 @@ impl Mirror {
                 }
             }
         }
-        (changed, failed)
+        (changed, failed, unstorable)
     }
 
     fn note_rejected(&mut self, plan: &Plan) {
