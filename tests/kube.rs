@@ -208,12 +208,20 @@ fn the_resource_mirrors_the_node() {
     assert_eq!(labels["plexd.plexsphere.com/k8s-node"], NODE_NAME);
     assert_eq!(labels["app.kubernetes.io/managed-by"], "plexd-nodeapi");
 
-    // The spec follows the control plane; nothing is written when nothing changed.
+    // The spec follows the control plane; nothing is written when nothing changed,
+    // not even for payloads the API server re-encodes (numbers, escapes, key order).
     env.cp.set_metadata("region", "eu-west-1");
     env.cp.remove_data("feature-flags");
+    env.cp
+        .set_data(
+            "normalised",
+            "application/json",
+            r#"{"z":1.0,"e":1e3,"big":12345678901234567890,"html":"<a&b>","a":[0.5]}"#,
+        )
+        .unwrap();
     let cr = env.wait_cr(&d, "updated", |c| {
         c["spec"]["metadata"]["region"] == "eu-west-1"
-            && c["spec"]["data"].as_array().is_some_and(|a| a.len() == 2)
+            && c["spec"]["data"].as_array().is_some_and(|a| a.len() == 3)
     });
     let generation = cr["metadata"]["generation"].clone();
     std::thread::sleep(Duration::from_millis(600));
