@@ -223,13 +223,22 @@ fn the_resource_mirrors_the_node() {
         c["spec"]["metadata"]["region"] == "eu-west-1"
             && c["spec"]["data"].as_array().is_some_and(|a| a.len() == 3)
     });
+    // Past a resync (every 2 s here), which re-reads the resource and compares again.
     let generation = cr["metadata"]["generation"].clone();
-    std::thread::sleep(Duration::from_millis(600));
+    let writes = |env: &Env| {
+        env.daemon_requests()
+            .iter()
+            .filter(|r| r["method"] == "PUT" || r["method"] == "PATCH")
+            .count()
+    };
+    let before = writes(&env);
+    std::thread::sleep(Duration::from_millis(2300));
     assert_eq!(
         env.cr().unwrap()["metadata"]["generation"],
         generation,
         "no write loop"
     );
+    assert_eq!(writes(&env), before, "no write loop");
 
     // The health section names the resource.
     let h = health(&d);
