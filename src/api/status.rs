@@ -13,6 +13,7 @@ use crate::api::error::ApiError;
 use crate::http::{Request, Response, ServerStats};
 use crate::store::Store;
 use crate::telemetry::health::LinkHealth;
+use crate::telemetry::kubernetes::KubeHealth;
 use crate::telemetry::metrics::{family, label, single, unix_seconds, RequestMetrics};
 use crate::telemetry::stream::StreamMetrics;
 use crate::timefmt::format_rfc3339_utc;
@@ -23,6 +24,8 @@ pub struct Status {
     pub health: Arc<LinkHealth>,
     pub stream: Arc<StreamMetrics>,
     pub server: OnceLock<Arc<ServerStats>>,
+    /// With `--kubernetes`: the mirror's health and counters.
+    pub kube: OnceLock<Arc<KubeHealth>>,
     pub secret_auth: bool,
     started: Instant,
 }
@@ -44,6 +47,7 @@ impl Status {
             health,
             stream,
             server: OnceLock::new(),
+            kube: OnceLock::new(),
             secret_auth,
             started: Instant::now(),
         }
@@ -79,8 +83,9 @@ impl Status {
         if let Some(obj) = control_plane.as_object_mut() {
             obj.extend(self.stream.health_fields());
         }
-        let doc = json!({
-            "status": if link.degraded() { "degraded" } else { "ok" },
+        let kube_degraded = self.kube.get().is_some_and(|k| k.degraded());
+        let mut doc = json!({
+            "status": if link.degraded() || kube_degraded { "degraded" } else { "ok" },
             "ready": ready,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -97,6 +102,9 @@ impl Status {
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
         });
+        if let (Some(k), Some(obj)) = (self.kube.get(), doc.as_object_mut()) {
+            obj.insert("kubernetes".into(), k.health_json());
+        }
         let body = doc.to_string().into_bytes();
         if req.query_param("ready").is_some() && !ready {
             return Err(ApiError::NotReady { health: body });
@@ -115,6 +123,9 @@ impl Status {
         self.render_cache(&mut out);
         self.health.snapshot().render(&mut out);
         self.stream.render(&mut out);
+        if let Some(k) = self.kube.get() {
+            k.render_metrics(&mut out);
+        }
         render_build_info(&mut out);
         Response::new(200)
             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

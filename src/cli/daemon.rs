@@ -3,9 +3,12 @@
 //! the wiring and nothing else (no request handling, no file formats).
 //!
 //! Start: listeners (socket activation or bind) → store (load the disk cache) →
-//! syncer → HTTP server → control-plane link (background) → event stream → `READY=1`.
+//! syncer → HTTP server → control-plane link (background) → event stream → with
+//! `--kubernetes`, the Kubernetes mirror (background; nothing waits for the API
+//! server) → `READY=1`.
 //! Stop: `STOPPING=1` → HTTP server (in-flight and parked requests answered) →
-//! event stream (signalled, not waited for while a read blocks) → store close (report
+//! event stream (signalled, not waited for while a read blocks) → Kubernetes mirror
+//! (it writes to the store; the resource and its Secrets stay) → store close (report
 //! journal checkpointed into the files) → link → syncer (final flush) → remove the
 //! socket we created — all within `--shutdown-timeout`.
 //!
@@ -32,9 +35,14 @@ use crate::events::{KeySet, Verifier};
 use crate::http::activation;
 use crate::http::listen;
 use crate::http::{Handler, Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::kube::client::KubeClient;
+use crate::kube::config::KubeConfig;
+use crate::kube::mirror::{KubeDeps, KubeMirror, MirrorOptions};
+use crate::kube::names::ResourceName;
 use crate::secrets::Secrets;
 use crate::store::{ChangeKind, Store};
 use crate::telemetry::health::LinkHealth;
+use crate::telemetry::kubernetes::KubeHealth;
 use crate::telemetry::stream::StreamMetrics;
 
 /// A running daemon.
@@ -44,6 +52,7 @@ pub struct Daemon {
     syncer: SyncerHandle,
     link: Option<Link>,
     events: Option<EventStreamHandle>,
+    kube: Option<KubeMirror>,
     /// The socket file we bound ourselves (removed at shutdown); `None` if inherited.
     own_socket: Option<PathBuf>,
     shutdown_timeout: Duration,
@@ -56,6 +65,7 @@ impl Daemon {
     /// bound removes it again; nothing is written before the listeners are bound.
     pub fn start(config: Config) -> Result<Daemon, CliError> {
         let client = control_plane_client(&config)?;
+        let kube = kubernetes_client(&config)?;
         raise_fd_limit(config.max_connections);
         // Listeners first: a bind failure must leave the disk untouched.
         let listeners = Listeners::take_or_bind(&config)?;
@@ -91,6 +101,10 @@ impl Daemon {
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
+        let kube = kube.map(|(k, kube_client)| {
+            let options = MirrorOptions::from_env(config.reconcile_interval);
+            start_kubernetes(k, kube_client, client.clone(), &store, &api.status, options)
+        });
         let (link, events) = match client {
             Some(client) => {
                 let (link, events) =
@@ -120,6 +134,7 @@ impl Daemon {
             syncer,
             link,
             events,
+            kube,
             own_socket,
             shutdown_timeout: config.shutdown_timeout,
             socket: config.socket.clone(),
@@ -137,6 +152,9 @@ impl Daemon {
         self.server.shutdown(remaining(deadline));
         if let Some(events) = self.events {
             events.shutdown(remaining(deadline));
+        }
+        if let Some(kube) = self.kube {
+            kube.shutdown(remaining(deadline));
         }
         // No request can write any more: checkpoint the report journal into the files.
         self.store.close();
@@ -164,6 +182,40 @@ fn control_plane_client(config: &Config) -> Result<Option<Arc<CpClient>>, CliErr
     let client =
         CpClient::new(cp).map_err(|e| ConfigError::new("--control-plane", e.to_string()))?;
     Ok(Some(Arc::new(client)))
+}
+
+/// With `--kubernetes`, the Kubernetes API client. It reads its token and CA now, so
+/// an unusable file is a configuration error (exit 2) before anything is bound.
+fn kubernetes_client(config: &Config) -> Result<Option<(KubeConfig, Arc<KubeClient>)>, CliError> {
+    let Some(k) = &config.kubernetes else {
+        return Ok(None);
+    };
+    let client = KubeClient::new(k).map_err(|e| ConfigError::new("--kubernetes", e.to_string()))?;
+    Ok(Some((k.clone(), Arc::new(client))))
+}
+
+/// Starts the Kubernetes mirror (and its watch); shows its health on the status pages.
+/// Secrets' ciphertext comes from the control plane, when there is one.
+fn start_kubernetes(
+    k: KubeConfig,
+    client: Arc<KubeClient>,
+    cp: Option<Arc<CpClient>>,
+    store: &Arc<Store>,
+    status: &Status,
+    options: MirrorOptions,
+) -> KubeMirror {
+    let resource = ResourceName::for_node(&k.node_id);
+    let health = Arc::new(KubeHealth::new(&k.namespace, &resource.get()));
+    let _ = status.kube.set(Arc::clone(&health));
+    let deps = KubeDeps {
+        store: Arc::clone(store),
+        client,
+        cp,
+        health,
+        config: k,
+        resource,
+    };
+    KubeMirror::start(deps, options)
 }
 
 /// The daemon's listeners: passed by systemd (socket activation) or bound here.
