@@ -17,6 +17,7 @@ pub mod events;
 pub mod http;
 pub mod kube;
 pub mod model;
+pub mod pool;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

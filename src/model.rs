@@ -45,6 +45,13 @@ pub struct ReportEntry {
     pub updated_at: String,
 }
 
+impl ReportEntry {
+    /// Bytes of the payload's JSON text: what the report quota counts.
+    pub fn payload_len(&self) -> u64 {
+        self.payload.get().len() as u64
+    }
+}
+
 impl PartialEq for ReportEntry {
     fn eq(&self, other: &Self) -> bool {
         self.key == other.key

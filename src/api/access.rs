@@ -70,7 +70,7 @@ impl Access {
         if !self.secret_auth {
             return Ok(());
         }
-        match &*req.transport {
+        match req.transport {
             Transport::Tcp(_) => Ok(()),
             Transport::Unix(Some(peer)) if self.peer_may_read_secrets(peer) => Ok(()),
             Transport::Unix(peer) => {

@@ -28,10 +28,20 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many waiting requests")]
     TooManyWaiters,
+    /// 507: a quota would be exceeded; the message names the limit and the use.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(&'static str),
+    /// 503, retry in a second.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// 503: the control plane did not answer within the request's deadline.
+    #[error("the control plane did not answer in time")]
+    UpstreamTimeout,
+    /// 503 while the control plane is known to be unreachable.
+    #[error("control plane unreachable; secrets are unavailable until it answers again")]
+    UpstreamDown { retry_after_secs: u64 },
     /// The readiness probe (`/v1/health?ready`) before the daemon is ready: the answer
     /// is the health document itself, with 503.
     #[error("not ready")]
@@ -49,8 +59,12 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyWaiters => 429,
+            ApiError::InsufficientStorage(_) => 507,
             ApiError::Internal(_) => 500,
-            ApiError::Unavailable(_) | ApiError::NotReady { .. } => 503,
+            ApiError::Unavailable(_)
+            | ApiError::UpstreamTimeout
+            | ApiError::UpstreamDown { .. }
+            | ApiError::NotReady { .. } => 503,
         }
     }
 }
@@ -68,8 +82,11 @@ impl From<ApiError> for Response {
             ApiError::Unauthorized => {
                 Response::error(status, &e.to_string()).header("WWW-Authenticate", "Bearer")
             }
-            ApiError::TooManyWaiters => {
+            ApiError::TooManyWaiters | ApiError::Unavailable(_) | ApiError::UpstreamTimeout => {
                 Response::error(status, &e.to_string()).header("Retry-After", "1")
+            }
+            ApiError::UpstreamDown { retry_after_secs } => {
+                Response::error(status, &e.to_string()).header("Retry-After", retry_after_secs)
             }
             _ => Response::error(status, &e.to_string()),
         }
@@ -108,6 +125,14 @@ impl From<StoreError> for ApiError {
             StoreError::KeyNotStorable => {
                 ApiError::BadRequest("invalid key: too long once encoded as a file name".into())
             }
+            StoreError::QuotaExceeded { limit, max, used } => {
+                ApiError::InsufficientStorage(format!(
+                    "report quota exceeded: {used} {unit} stored, the limit ({flag}) is {max}; \
+                     delete reports or raise the limit",
+                    unit = limit.unit(),
+                    flag = limit.flag(),
+                ))
+            }
             other => {
                 log::error!(error:% = other; "report write failed");
                 ApiError::Internal("the report could not be stored; nothing was changed")
@@ -127,6 +152,10 @@ impl From<SecretError> for ApiError {
             SecretError::NotFound => ApiError::NotFound("secret not found".into()),
             SecretError::Unavailable(_) => ApiError::Unavailable("control plane unavailable"),
             SecretError::Decrypt => ApiError::Internal("secret could not be decrypted"),
+            SecretError::Timeout => ApiError::UpstreamTimeout,
+            SecretError::CircuitOpen { retry_after_secs } => {
+                ApiError::UpstreamDown { retry_after_secs }
+            }
         }
     }
 }

@@ -16,9 +16,11 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::http::{Handler, Method, Park, Reply, Request, Response};
+use crate::http::{Handler, Later, Method, Park, Reply, Request, Response};
+use crate::pool::Pool;
 use crate::secrets::Secrets;
 use crate::store::Store;
+use crate::telemetry::metrics::ApiReject;
 
 use access::Access;
 use error::ApiError;
@@ -29,7 +31,9 @@ use status::Status;
 pub struct Api {
     pub store: Arc<Store>,
     pub access: Access,
-    pub secrets: Secrets,
+    pub secrets: Arc<Secrets>,
+    /// Where calls that wait on the control plane run (never on an HTTP worker).
+    pub upstream: Arc<Pool>,
     pub status: Status,
 }
 
@@ -55,7 +59,7 @@ impl Api {
             (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
             (_, Resource::SecretKey(key)) => {
                 reads::refuse_blocking_on_secret_value(req)?;
-                secrets::get(&self.secrets, &key, req)?.into()
+                self.secret_later(key, req)?
             }
             (_, Resource::Health) => self.status.health(req)?.into(),
             (_, Resource::Metrics) => self.status.metrics().into(),
@@ -66,30 +70,27 @@ impl Api {
 }
 
 impl Handler for Api {
-    /// Secret fetches go to the network. (Report writes park on the journal's group
-    /// commit instead of blocking, so they hold no worker.)
-    fn may_block(&self, req: &Request) -> bool {
-        req.path.starts_with("/v1/state/secrets/")
-    }
-
     fn handle(&self, req: &Request) -> Reply {
         let started = Instant::now();
-        let resolved = route::resolve(&req.path);
+        let resolved = route::resolve(req.path);
         let route = resolved.as_ref().map_or("unknown", Resource::label);
         let reply = self
             .dispatch(req, resolved)
             .unwrap_or_else(|e| Reply::Now(Response::from(e)));
+        if matches!(&reply, Reply::Now(r) if r.status == 507) {
+            self.status.rejections.count(ApiReject::ReportQuota);
+        }
         let status = match &reply {
             Reply::Now(r) => r.status,
-            Reply::Park(_) => 0,
+            Reply::Park(_) | Reply::Later(_) => 0,
             Reply::Stream(s) => s.status,
         };
         if status == 0 {
-            log::debug!(method = req.method.as_str(), path = req.path.as_str(); "request parked");
+            log::debug!(method = req.method.as_str(), path = req.path; "request parked");
         } else {
             log::debug!(
                 method = req.method.as_str(),
-                path = req.path.as_str(),
+                path = req.path,
                 status = status,
                 duration_us = started.elapsed().as_micros() as u64;
                 "request"
@@ -97,6 +98,8 @@ impl Handler for Api {
         }
         match reply {
             Reply::Park(park) => Reply::Park(self.count_when_answered(park, route, started)),
+            // A later answer is counted by the work that produces it (`secret_later`).
+            Reply::Later(later) => Reply::Later(later),
             reply => {
                 self.status
                     .metrics
@@ -108,6 +111,57 @@ impl Handler for Api {
 }
 
 impl Api {
+    /// A secret fetch runs on the upstream pool; the request waits parked (no worker
+    /// held) for its answer, at most `--secret-timeout`. A full pool, or a control plane
+    /// known to be unreachable (the breaker is open), answers 503 at once.
+    fn secret_later(&self, key: String, req: &Request) -> Result<Reply, ApiError> {
+        let started = Instant::now();
+        let route = "/v1/state/secrets/{key}";
+        if let Err(e) = self.secrets.admit(started) {
+            self.status.rejections.count(ApiReject::UpstreamUnavailable);
+            return Err(e.into());
+        }
+        let caller = secrets::caller(req);
+        let source = Arc::clone(&self.secrets);
+        let deadline = started + self.secrets.timeout();
+        let pool = Arc::clone(&self.upstream);
+        let metrics = Arc::clone(&self.status.metrics);
+        let timeout_metrics = Arc::clone(&self.status.metrics);
+        let rejections = Arc::clone(&self.status.rejections);
+        let job_rejections = Arc::clone(&self.status.rejections);
+        let timeout_rejections = Arc::clone(&self.status.rejections);
+        Ok(Reply::Later(Later {
+            deadline,
+            start: Box::new(move |resume| {
+                let job = Box::new(move || {
+                    if resume.is_cancelled() {
+                        return;
+                    }
+                    let result = secrets::get(&source, &key, &caller, deadline);
+                    if matches!(result, Err(ApiError::UpstreamTimeout)) {
+                        job_rejections.count(ApiReject::UpstreamTimeout);
+                    }
+                    let response = result.unwrap_or_else(Response::from);
+                    metrics.record_request(route, response.status, started.elapsed());
+                    resume.answer(response);
+                });
+                pool.try_submit(job).map_err(|_| {
+                    rejections.count(ApiReject::UpstreamBusy);
+                    ApiError::Unavailable(
+                        "too many secret requests are waiting for the control plane",
+                    )
+                    .into()
+                })
+            }),
+            on_timeout: Box::new(move || {
+                timeout_rejections.count(ApiReject::UpstreamTimeout);
+                let response = Response::from(ApiError::UpstreamTimeout);
+                timeout_metrics.record_request(route, response.status, started.elapsed());
+                response
+            }),
+        }))
+    }
+
     /// A parked request is counted (status and whole latency) when its check produces
     /// the answer — on a change, at its deadline or at shutdown — not when it parks.
     /// One whose client goes away first is never counted.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::api::error::ApiError;
 use crate::api::route::Resource;
 use crate::duration;
-use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
+use crate::http::{HeaderValue, Park, ParkKind, Reply, Request, Response, Wake};
 use crate::store::keys::ReportKey;
 use crate::store::{Json, Store, Versioned};
 
@@ -108,13 +108,14 @@ impl Conditions {
         }
     }
 
-    fn not_modified(&self, etag: &str, modified: SystemTime) -> bool {
+    fn not_modified(&self, mod_rev: u64, modified: SystemTime) -> bool {
         if let Some(inm) = &self.if_none_match {
             // If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
+            let tag = etag(mod_rev);
             return inm.trim() == "*"
                 || inm
                     .split(',')
-                    .any(|t| t.trim().trim_start_matches("W/") == etag);
+                    .any(|t| t.trim().trim_start_matches("W/") == tag);
         }
         match self.if_modified_since {
             Some(since) => whole_seconds(modified) <= whole_seconds(since),
@@ -132,45 +133,22 @@ pub fn etag(mod_rev: u64) -> String {
     format!("\"{mod_rev}\"")
 }
 
-/// Adds `ETag`, `X-Plexd-Index` and `Last-Modified` for a resource at `mod_rev`.
+/// Adds `ETag`, `X-Plexd-Index` and `Last-Modified` for a resource at `mod_rev`. The
+/// values are written by the HTTP core straight into the response head.
 pub fn with_revision(response: Response, mod_rev: u64, modified: SystemTime) -> Response {
-    with_tag(response, etag(mod_rev), mod_rev, modified)
-}
-
-fn with_tag(response: Response, tag: String, mod_rev: u64, modified: SystemTime) -> Response {
     response
-        .header("ETag", tag)
-        .header("X-Plexd-Index", mod_rev.to_string())
-        .header("Last-Modified", http_date(modified))
-}
-
-/// `modified` as an HTTP date. Most responses repeat the same few timestamps, so each
-/// thread keeps the last one it formatted.
-fn http_date(modified: SystemTime) -> String {
-    thread_local! {
-        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-    }
-    let secs = whole_seconds(modified);
-    LAST.with(|cell| {
-        let mut last = cell.borrow_mut();
-        if last.0 != secs {
-            *last = (
-                secs,
-                httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs)),
-            );
-        }
-        last.1.clone()
-    })
+        .header("ETag", HeaderValue::QuotedInt(mod_rev))
+        .header("X-Plexd-Index", HeaderValue::Int(mod_rev))
+        .header("Last-Modified", HeaderValue::Date(modified))
 }
 
 fn render(lookup: Lookup, conditions: &Conditions) -> Response {
     match lookup {
         Lookup::Found(v) => {
-            let tag = etag(v.mod_rev);
-            if conditions.not_modified(&tag, v.modified) {
-                with_tag(Response::new(304), tag, v.mod_rev, v.modified)
+            if conditions.not_modified(v.mod_rev, v.modified) {
+                with_revision(Response::new(304), v.mod_rev, v.modified)
             } else {
-                with_tag(Response::json(200, v.value), tag, v.mod_rev, v.modified)
+                with_revision(Response::json(200, v.value), v.mod_rev, v.modified)
             }
         }
         Lookup::Missing {
@@ -178,8 +156,8 @@ fn render(lookup: Lookup, conditions: &Conditions) -> Response {
             modified,
             message,
         } => Response::from(ApiError::NotFound(message.into()))
-            .header("X-Plexd-Index", mod_rev.to_string())
-            .header("Last-Modified", http_date(modified)),
+            .header("X-Plexd-Index", HeaderValue::Int(mod_rev))
+            .header("Last-Modified", HeaderValue::Date(modified)),
     }
 }
 
@@ -286,13 +264,13 @@ mod tests {
             if_none_match: Some("\"7\", \"9\"".into()),
             if_modified_since: None,
         };
-        assert!(c.not_modified("\"9\"", t));
-        assert!(!c.not_modified("\"8\"", t));
+        assert!(c.not_modified(9, t));
+        assert!(!c.not_modified(8, t));
         let c = Conditions {
             if_none_match: None,
             if_modified_since: Some(t),
         };
-        assert!(c.not_modified("\"1\"", t));
-        assert!(!c.not_modified("\"1\"", t + Duration::from_secs(1)));
+        assert!(c.not_modified(1, t));
+        assert!(!c.not_modified(1, t + Duration::from_secs(1)));
     }
 }

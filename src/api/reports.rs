@@ -1,14 +1,14 @@
 //! Report writes: parse and check a `PUT`/`DELETE` on `/v1/state/report/{key}`, then
 //! submit a typed request to the store and park until it is durable.
 //!
-//! The store decides the write at once (a refusal — conflict, not found — is answered
-//! without parking) and hands back a `Ticket`; the request then parks (`Reply::Park`),
-//! holding no worker while the journal's group commit runs. The store's completion
-//! wakes parked requests; the check answers once the ticket has a result. At the park
-//! deadline or at shutdown the check waits up to `LAST_WAIT` for the ticket and then
-//! answers 503 "write still in progress": that write may still complete afterwards (it
-//! was decided and queued), so a client that sees 503 must read the key back before
-//! retrying with `If-Match`.
+//! The store decides the write at once (a refusal — conflict, not found, quota — is
+//! answered without parking) and hands back a `Ticket`; the request then parks
+//! (`Reply::Park`), holding no worker while the journal's group commit runs. The store's
+//! completion wakes parked requests; the check answers once the ticket has a result (at
+//! shutdown too: the server keeps it parked until then or its shutdown deadline). At
+//! the park deadline the check answers 503 "write still in progress" without waiting:
+//! that write may still complete afterwards (it was decided and queued), so a client that
+//! sees 503 must read the key back before retrying with `If-Match`.
 
 use std::time::{Duration, Instant};
 
@@ -17,14 +17,12 @@ use serde_json::value::RawValue;
 
 use crate::api::error::ApiError;
 use crate::api::reads::with_revision;
-use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
+use crate::http::{HeaderValue, Park, ParkKind, Reply, Request, Response, Wake};
 use crate::store::keys::ReportKey;
 use crate::store::{Json, Store, StoreError, Ticket, Versioned};
 
 /// How long a write may stay parked before it is answered 503.
 const PARK_LIMIT: Duration = Duration::from_secs(30);
-/// How long a timed-out or shutting-down check still waits for its ticket.
-const LAST_WAIT: Duration = Duration::from_secs(3);
 
 /// A validated `PUT` body.
 #[derive(Debug)]
@@ -66,7 +64,7 @@ pub fn parse_if_match(req: &Request) -> Result<Option<i64>, ApiError> {
 pub fn parse_put(key: &str, req: &Request) -> Result<PutReport, ApiError> {
     let key = parse_key(key)?;
     let if_match = parse_if_match(req)?;
-    let body: PutBody = serde_json::from_slice(&req.body).map_err(|_| {
+    let body: PutBody = serde_json::from_slice(req.body).map_err(|_| {
         ApiError::BadRequest(
             "invalid JSON body: expected {\"content_type\": …, \"payload\": …}".into(),
         )
@@ -103,8 +101,8 @@ fn put_response(result: Result<Versioned<Json>, StoreError>) -> Response {
 fn delete_response(result: Result<u64, StoreError>) -> Response {
     match result {
         Ok(revision) => Response::new(204)
-            .header("X-Plexd-Index", revision.to_string())
-            .header("ETag", super::reads::etag(revision)),
+            .header("X-Plexd-Index", HeaderValue::Int(revision))
+            .header("ETag", HeaderValue::QuotedInt(revision)),
         Err(e) => ApiError::from(e).into(),
     }
 }
@@ -118,8 +116,8 @@ fn park_on<T: Send + 'static>(
         return Reply::Now(respond(result));
     }
     let check = move |wake: Wake| match wake {
-        Wake::Changed => ticket.try_result().map(respond),
-        Wake::TimedOut | Wake::Shutdown => Some(match ticket.wait_timeout(LAST_WAIT) {
+        Wake::Changed | Wake::Shutdown => ticket.try_result().map(respond),
+        Wake::TimedOut => Some(match ticket.try_result() {
             Some(result) => respond(result),
             None => {
                 log::warn!(
@@ -164,7 +162,7 @@ mod tests {
     struct Reports(Arc<Store>);
 
     impl Handler for Reports {
-        fn handle(&self, req: &Request) -> Reply {
+        fn handle(&self, req: &Request<'_>) -> Reply {
             let key = req.path.trim_start_matches("/r/");
             let reply = match req.method {
                 Method::Put => put(&self.0, key, req),

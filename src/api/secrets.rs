@@ -1,9 +1,12 @@
 //! `GET /v1/state/secrets/{key}`: fetch and decrypt the value now (`secrets::Secrets`),
-//! log the access, answer, and forget it.
+//! log the access, answer, and forget it. The fetch waits on the control plane, so
+//! `get` runs on the upstream pool (see `Api::secret_later`), never on an HTTP worker.
 //!
 //! The plaintext lives only in zeroizing buffers: the decrypted string and the response
 //! body, which the HTTP core drops (and so wipes) once written. Each access is logged
 //! at info with key, version, outcome and caller — never the value.
+
+use std::time::Instant;
 
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -20,21 +23,28 @@ struct SecretBody<'a> {
     version: i64,
 }
 
-fn caller(req: &Request) -> String {
-    match &*req.transport {
+/// Who asked, for the audit log: uid/pid on the socket, the address on TCP.
+pub fn caller(req: &Request) -> String {
+    match req.transport {
         Transport::Unix(Some(p)) => format!("uid={} pid={}", p.uid, p.pid),
         Transport::Unix(None) => "unix peer unknown".into(),
         Transport::Tcp(addr) => addr.to_string(),
     }
 }
 
-pub fn get(secrets: &Secrets, key: &str, req: &Request) -> Result<Response, ApiError> {
-    let result = secrets.fetch(key);
+/// Fetches, decrypts and answers `key`, giving up just before `deadline`. Blocking.
+pub fn get(
+    secrets: &Secrets,
+    key: &str,
+    caller: &str,
+    deadline: Instant,
+) -> Result<Response, ApiError> {
+    let result = secrets.fetch(key, deadline);
     let (outcome, version) = match &result {
         Ok(s) => (SecretOutcome::Ok, s.version.to_string()),
         Err(e) => (e.outcome(), "-".to_owned()),
     };
-    log::info!(key = key, version = version.as_str(), outcome = outcome.as_str(), caller = caller(req); "secret access");
+    log::info!(key = key, version = version.as_str(), outcome = outcome.as_str(), caller = caller; "secret access");
     let secret = result?;
     // Size the buffer up front: a reallocation would leave a copy of the plaintext behind.
     let capacity = 64 + 6 * (key.len() + secret.value.len());

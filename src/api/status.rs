@@ -10,11 +10,16 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 
 use crate::api::error::ApiError;
-use crate::http::{Request, Response, ServerStats};
+use crate::http::{RejectReason, Request, Response, ServerStats};
+use crate::pool::PoolStats;
+use crate::secrets::breaker::CircuitState;
+use crate::secrets::Secrets;
 use crate::store::Store;
 use crate::telemetry::health::LinkHealth;
 use crate::telemetry::kubernetes::KubeHealth;
-use crate::telemetry::metrics::{family, label, single, unix_seconds, RequestMetrics};
+use crate::telemetry::metrics::{
+    family, label, single, unix_seconds, ApiReject, Rejections, RequestMetrics,
+};
 use crate::telemetry::stream::StreamMetrics;
 use crate::timefmt::format_rfc3339_utc;
 
@@ -27,6 +32,13 @@ pub struct Status {
     /// With `--kubernetes`: the mirror's health and counters.
     pub kube: OnceLock<Arc<KubeHealth>>,
     pub secret_auth: bool,
+    /// Refusals the API decides, by reason.
+    pub rejections: Arc<Rejections>,
+    /// The upstream pool (secret fetches), once it runs.
+    pub upstream: OnceLock<Arc<PoolStats>>,
+    /// The secret source, for its circuit breaker's state.
+    pub secrets: OnceLock<Arc<Secrets>>,
+    pub max_connections: usize,
     started: Instant,
 }
 
@@ -49,6 +61,10 @@ impl Status {
             server: OnceLock::new(),
             kube: OnceLock::new(),
             secret_auth,
+            rejections: Arc::new(Rejections::default()),
+            upstream: OnceLock::new(),
+            secrets: OnceLock::new(),
+            max_connections: 0,
             started: Instant::now(),
         }
     }
@@ -101,6 +117,7 @@ impl Status {
             "control_plane": control_plane,
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
+            "limits": self.limits_health(),
         });
         if let (Some(k), Some(obj)) = (self.kube.get(), doc.as_object_mut()) {
             obj.insert("kubernetes".into(), k.health_json());
@@ -126,6 +143,7 @@ impl Status {
         if let Some(k) = self.kube.get() {
             k.render_metrics(&mut out);
         }
+        self.render_limits(&mut out);
         render_build_info(&mut out);
         Response::new(200)
             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -194,7 +212,7 @@ fn render_connections(out: &mut String, s: &ServerStats) {
         out,
         "plexd_nodeapi_connections_rejected_total",
         "counter",
-        "Connections closed at once because the connection limit was reached.",
+        "Newcomers refused (503, closed) because every connection was busy at the connection limit.",
         s.rejected_connections.load(Relaxed),
     );
     single(
@@ -227,4 +245,152 @@ fn render_build_info(out: &mut String) {
         label(env!("CARGO_PKG_VERSION")),
         label(option_env!("PLEXD_NODEAPI_GIT_REVISION").unwrap_or("unknown"))
     );
+}
+
+impl Status {
+    /// Use against every bound a client can push on, for `/v1/health`.
+    fn limits_health(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (keys, bytes, quota) = self.store.report_usage();
+        let mut doc = json!({
+            "reports": {
+                "keys": keys, "max_keys": quota.max_keys,
+                "bytes": bytes, "max_bytes": quota.max_bytes,
+            },
+        });
+        if let Some(s) = self.server.get() {
+            let (used, limit, waiting) = s.body_memory();
+            doc["connections"] = json!({
+                "open": s.open_connections.load(Relaxed),
+                "max": self.max_connections,
+                "evicted": s.evicted_connections.load(Relaxed),
+            });
+            doc["body_memory"] = json!({"bytes": used, "max_bytes": limit, "waiting": waiting});
+            doc["parked"] = json!(s.parked.load(Relaxed));
+        }
+        if let Some(p) = self.upstream.get() {
+            doc["upstream"] = json!({
+                "queued": p.queued.load(Relaxed),
+                "running": p.running.load(Relaxed),
+            });
+        }
+        if let Some(s) = self.secrets.get() {
+            doc["secret_circuit"] = json!(s.circuit().as_str());
+        }
+        doc
+    }
+
+    /// Refusals by reason, and the use of every bound, for `/metrics`.
+    fn render_limits(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        family(
+            out,
+            "plexd_nodeapi_rejected_total",
+            "counter",
+            "Requests and connections refused to protect the daemon, by reason.",
+        );
+        if let Some(s) = self.server.get() {
+            for r in RejectReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "plexd_nodeapi_rejected_total{{reason=\"{}\"}} {}",
+                    r.label(),
+                    s.rejected(r)
+                );
+            }
+        }
+        for r in ApiReject::ALL {
+            let _ = writeln!(
+                out,
+                "plexd_nodeapi_rejected_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.rejections.get(r)
+            );
+        }
+        if let Some(s) = self.server.get() {
+            single(
+                out,
+                "plexd_nodeapi_connections_evicted_total",
+                "counter",
+                "Idle keep-alive connections closed to admit a newcomer at the connection limit.",
+                s.evicted_connections.load(Relaxed),
+            );
+            let (used, limit, waiting) = s.body_memory();
+            single(
+                out,
+                "plexd_nodeapi_body_memory_bytes",
+                "gauge",
+                "Bytes of request bodies held in memory.",
+                used,
+            );
+            single(
+                out,
+                "plexd_nodeapi_body_memory_limit_bytes",
+                "gauge",
+                "The request body memory budget (--max-body-memory).",
+                limit,
+            );
+            single(
+                out,
+                "plexd_nodeapi_body_memory_waiting",
+                "gauge",
+                "Connections waiting for body memory.",
+                waiting,
+            );
+        }
+        if let Some(p) = self.upstream.get() {
+            single(
+                out,
+                "plexd_nodeapi_upstream_queued",
+                "gauge",
+                "Calls to the control plane waiting for an upstream thread.",
+                p.queued.load(Relaxed),
+            );
+            single(
+                out,
+                "plexd_nodeapi_upstream_running",
+                "gauge",
+                "Calls to the control plane in progress.",
+                p.running.load(Relaxed),
+            );
+        }
+        if let Some(s) = self.secrets.get() {
+            single(
+                out,
+                "plexd_nodeapi_secret_circuit_open",
+                "gauge",
+                "1 while secret requests are refused at once because the control plane is unreachable (or one probe runs).",
+                u8::from(s.circuit() != CircuitState::Closed),
+            );
+        }
+        let (keys, bytes, quota) = self.store.report_usage();
+        single(
+            out,
+            "plexd_nodeapi_report_keys",
+            "gauge",
+            "Report keys stored.",
+            keys,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_keys_limit",
+            "gauge",
+            "The report key quota (--max-report-keys).",
+            quota.max_keys,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_bytes",
+            "gauge",
+            "Bytes of report payloads stored.",
+            bytes,
+        );
+        single(
+            out,
+            "plexd_nodeapi_report_bytes_limit",
+            "gauge",
+            "The report payload quota (--max-report-bytes).",
+            quota.max_bytes,
+        );
+    }
 }

@@ -71,6 +71,50 @@ pub struct Settings {
     pub k8s_node_name: Option<String>,
     pub mesh_ip: Option<String>,
     pub k8s_token_audience: Option<String>,
+    pub upstream_workers: Option<u64>,
+    pub secret_timeout: Option<String>,
+    pub head_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_body_memory: Option<SizeSetting>,
+    pub max_report_keys: Option<u64>,
+    pub max_report_bytes: Option<SizeSetting>,
+}
+
+/// A byte size as typed: a plain number of bytes (also from JSON), or text with a
+/// unit (`64MiB`, `512KiB`, `1GiB`; `K`, `M`, `G` are binary units too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSetting {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses a byte size (see `SizeSetting`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(format!("{text:?}: unknown unit (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn size_of(field: &str, s: &Option<SizeSetting>, default: u64) -> Result<u64, ConfigError> {
+    match s {
+        None => Ok(default),
+        Some(SizeSetting::Bytes(n)) => Ok(*n),
+        Some(SizeSetting::Text(t)) => parse_size(t).map_err(|e| ConfigError::new(field, e)),
+    }
 }
 
 macro_rules! overlay {
@@ -121,7 +165,15 @@ impl Settings {
             k8s_namespace,
             k8s_node_name,
             mesh_ip,
-            k8s_token_audience
+            k8s_token_audience,
+            upstream_workers,
+            secret_timeout,
+            head_timeout,
+            body_timeout,
+            idle_timeout,
+            max_body_memory,
+            max_report_keys,
+            max_report_bytes
         );
         self
     }
@@ -156,6 +208,14 @@ impl Settings {
             "mesh-ip" => self.mesh_ip = Some(need(value)?),
             // An empty audience turns TokenReview off, so the value may be "".
             "k8s-token-audience" => self.k8s_token_audience = Some(need(value)?),
+            "upstream-workers" => self.upstream_workers = Some(parse_count(&flag, &need(value)?)?),
+            "secret-timeout" => self.secret_timeout = Some(need(value)?),
+            "head-timeout" => self.head_timeout = Some(need(value)?),
+            "body-timeout" => self.body_timeout = Some(need(value)?),
+            "idle-timeout" => self.idle_timeout = Some(need(value)?),
+            "max-body-memory" => self.max_body_memory = Some(SizeSetting::Text(need(value)?)),
+            "max-report-keys" => self.max_report_keys = Some(parse_count(&flag, &need(value)?)?),
+            "max-report-bytes" => self.max_report_bytes = Some(SizeSetting::Text(need(value)?)),
             "http" => self.http = Some(true),
             "secret-auth" => self.secret_auth = Some(true),
             "kubernetes" => self.kubernetes = Some(true),
@@ -198,6 +258,20 @@ pub struct Config {
     pub workers: usize,
     /// The Kubernetes mode (`--kubernetes`), resolved with the in-cluster defaults.
     pub kubernetes: Option<KubeConfig>,
+    /// Threads for calls that wait on the control plane (secret fetches).
+    pub upstream_workers: usize,
+    /// How long a secret request waits for the control plane.
+    pub secret_timeout: Duration,
+    /// A request head must arrive within this; its body within `body_timeout` after
+    /// it; an idle keep-alive connection is closed after `idle_timeout`.
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Bytes of request bodies held in memory at once.
+    pub max_body_memory: usize,
+    /// Report quotas: distinct keys, and bytes of stored payloads.
+    pub max_report_keys: usize,
+    pub max_report_bytes: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -354,6 +428,33 @@ impl Config {
         } else {
             None
         };
+        let upstream_workers = bounded("--upstream-workers", s.upstream_workers, 4, 1, 256)?;
+        let secret_timeout =
+            positive_duration("--secret-timeout", s.secret_timeout.as_deref(), "5s")?;
+        if secret_timeout > Duration::from_secs(30) {
+            return Err(ConfigError::new("--secret-timeout", "must be at most 30s"));
+        }
+        let head_timeout = positive_duration("--head-timeout", s.head_timeout.as_deref(), "10s")?;
+        let body_timeout = positive_duration("--body-timeout", s.body_timeout.as_deref(), "10s")?;
+        let idle_timeout = positive_duration("--idle-timeout", s.idle_timeout.as_deref(), "60s")?;
+        let max_body_memory = size_of("--max-body-memory", &s.max_body_memory, 64 << 20)?;
+        if max_body_memory < 1 << 20 {
+            return Err(ConfigError::new(
+                "--max-body-memory",
+                "must be at least 1MiB (the largest request body)",
+            ));
+        }
+        let max_report_keys = bounded(
+            "--max-report-keys",
+            s.max_report_keys,
+            10_000,
+            1,
+            10_000_000,
+        )?;
+        let max_report_bytes = size_of("--max-report-bytes", &s.max_report_bytes, 64 << 20)?;
+        if max_report_bytes == 0 {
+            return Err(ConfigError::new("--max-report-bytes", "must be positive"));
+        }
 
         Ok(Config {
             data_dir,
@@ -374,6 +475,14 @@ impl Config {
             max_connections,
             workers,
             kubernetes,
+            upstream_workers,
+            secret_timeout,
+            head_timeout,
+            body_timeout,
+            idle_timeout,
+            max_body_memory: usize::try_from(max_body_memory).unwrap_or(usize::MAX),
+            max_report_keys,
+            max_report_bytes,
         })
     }
 

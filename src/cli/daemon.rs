@@ -34,13 +34,14 @@ use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, Verifier};
 use crate::http::activation;
 use crate::http::listen;
-use crate::http::{Handler, Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::http::{Handler, Limits, Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::kube::client::KubeClient;
 use crate::kube::config::KubeConfig;
 use crate::kube::mirror::{KubeDeps, KubeMirror, MirrorOptions};
 use crate::kube::names::ResourceName;
+use crate::pool::Pool;
 use crate::secrets::Secrets;
-use crate::store::{ChangeKind, Store};
+use crate::store::{ChangeKind, Quota, Store};
 use crate::telemetry::health::LinkHealth;
 use crate::telemetry::kubernetes::KubeHealth;
 use crate::telemetry::stream::StreamMetrics;
@@ -48,6 +49,7 @@ use crate::telemetry::stream::StreamMetrics;
 /// A running daemon.
 pub struct Daemon {
     server: ServerHandle,
+    upstream: Arc<Pool>,
     store: Arc<Store>,
     syncer: SyncerHandle,
     link: Option<Link>,
@@ -67,6 +69,7 @@ impl Daemon {
         let client = control_plane_client(&config)?;
         let kube = kubernetes_client(&config)?;
         raise_fd_limit(config.max_connections);
+        tune_allocator();
         // Listeners first: a bind failure must leave the disk untouched.
         let listeners = Listeners::take_or_bind(&config)?;
         let own_socket = listeners.own_socket.clone();
@@ -79,6 +82,14 @@ impl Daemon {
             }
         };
 
+        apply_report_quota(&config, &store);
+        let upstream = match upstream_pool(&config) {
+            Ok(p) => p,
+            Err(e) => {
+                remove_socket(own_socket.as_ref());
+                return Err(e);
+            }
+        };
         let health = Arc::new(LinkHealth::new(client.is_some()));
         let syncer = Syncer::spawn(
             Arc::clone(&store),
@@ -94,6 +105,7 @@ impl Daemon {
             &health,
             &stream_metrics,
             client.clone(),
+            &upstream,
         ));
         let server = serve(&config, listeners, &api).inspect_err(|_| {
             remove_socket(own_socket.as_ref());
@@ -130,6 +142,7 @@ impl Daemon {
         );
         Ok(Daemon {
             server,
+            upstream,
             store,
             syncer,
             link,
@@ -150,6 +163,7 @@ impl Daemon {
         }
         log::info!("shutting down");
         self.server.shutdown(remaining(deadline));
+        self.upstream.shutdown(remaining(deadline));
         if let Some(events) = self.events {
             events.shutdown(remaining(deadline));
         }
@@ -282,6 +296,31 @@ fn wake_on_changes(store: &Store, syncer: &SyncerHandle) -> Arc<OnceLock<Waker>>
     waker
 }
 
+/// The report quota from the flags; a cache already over it keeps every entry.
+fn apply_report_quota(config: &Config, store: &Store) {
+    store.set_report_quota(Quota {
+        max_keys: config.max_report_keys,
+        max_bytes: config.max_report_bytes,
+    });
+    let (keys, bytes, _) = store.report_usage();
+    if keys > config.max_report_keys as u64 || bytes > config.max_report_bytes {
+        log::warn!(keys = keys, bytes = bytes, max_keys = config.max_report_keys, max_bytes = config.max_report_bytes;
+            "stored reports exceed the report quota: every entry is kept, new growth is refused");
+    }
+}
+
+/// Calls that wait on the control plane run here, never on an HTTP worker. The queue
+/// holds what the threads can finish within a couple of secret timeouts.
+fn upstream_pool(config: &Config) -> Result<Arc<Pool>, CliError> {
+    Pool::start(
+        "upstream",
+        config.upstream_workers,
+        config.upstream_workers * 16,
+    )
+    .map(Arc::new)
+    .map_err(|e| CliError::Start(format!("upstream pool: {e}")))
+}
+
 /// The request handler: routes, access rules, live secrets and the status pages.
 fn local_api(
     config: &Config,
@@ -289,21 +328,33 @@ fn local_api(
     health: &Arc<LinkHealth>,
     stream_metrics: &Arc<StreamMetrics>,
     client: Option<Arc<CpClient>>,
+    upstream: &Arc<Pool>,
 ) -> Api {
     let secrets_gid = Access::lookup_secrets_gid();
     if config.secret_auth && secrets_gid.is_none() {
         log::warn!("group plexd-secrets does not exist: only root may read secrets");
     }
+    let secrets = Arc::new(Secrets::new(
+        client,
+        config.nsk.clone(),
+        Arc::clone(health),
+        config.secret_timeout,
+    ));
+    let mut status = Status::new(
+        Arc::clone(store),
+        Arc::clone(health),
+        Arc::clone(stream_metrics),
+        config.secret_auth,
+    );
+    status.max_connections = config.max_connections;
+    let _ = status.upstream.set(upstream.stats());
+    let _ = status.secrets.set(Arc::clone(&secrets));
     Api {
         store: Arc::clone(store),
         access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid),
-        secrets: Secrets::new(client, config.nsk.clone(), Arc::clone(health)),
-        status: Status::new(
-            Arc::clone(store),
-            Arc::clone(health),
-            Arc::clone(stream_metrics),
-            config.secret_auth,
-        ),
+        secrets,
+        upstream: Arc::clone(upstream),
+        status,
     }
 }
 
@@ -314,6 +365,13 @@ fn serve(config: &Config, listeners: Listeners, api: &Arc<Api>) -> Result<Server
     let server_config = ServerConfig {
         workers: config.workers,
         max_connections: config.max_connections,
+        max_body_memory: config.max_body_memory,
+        limits: Limits {
+            head_timeout: config.head_timeout,
+            body_timeout: config.body_timeout,
+            idle_timeout: config.idle_timeout,
+            ..Limits::default()
+        },
         ..ServerConfig::default()
     };
     Server::start(server_config, all, Arc::clone(api) as Arc<dyn Handler>)
@@ -355,6 +413,19 @@ fn follow_control_plane(
     };
     let events = stream::start(deps, StreamOptions::from_env());
     (link, events)
+}
+
+/// Makes large buffers (request bodies, rendered reports) go back to the kernel when
+/// they are freed. glibc raises its mmap threshold every time a large mapped block is
+/// freed; after that, blocks of that size come from the heap arenas and their pages stay
+/// in RSS. Fixing the threshold keeps every allocation of 128 KiB or more in a mapping
+/// of its own, unmapped on free. (musl maps large allocations by itself.)
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Raises the soft open-file limit (up to the hard limit) so `max_connections` fits.

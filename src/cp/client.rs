@@ -191,9 +191,14 @@ impl CpClient {
 
     /// `GET {cp}/v1/nodes/{id}/secrets/{key}`: the encrypted value. A missing secret is
     /// `CpError::Status { status: 404, .. }`.
-    pub fn fetch_secret(&self, key: &str) -> Result<SecretResponse, CpError> {
+    /// `GET {cp}/v1/nodes/{id}/secrets/{key}`, bounded by `timeout` as a whole (the
+    /// caller's deadline) instead of the usual request timeout.
+    pub fn fetch_secret(&self, key: &str, timeout: Duration) -> Result<SecretResponse, CpError> {
         let url = format!("{}/secrets/{}", self.node_url, percent_encode_segment(key));
-        self.read_json(self.request("GET", &url).call())
+        let request = self
+            .request("GET", &url)
+            .timeout(timeout.min(REQUEST_TIMEOUT));
+        self.read_json(request.call())
     }
 
     /// `POST {cp}/v1/nodes/{id}/report` with entries and deletions.

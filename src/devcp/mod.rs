@@ -119,11 +119,15 @@ impl DevControlPlane {
                 max_body_bytes: 16 * 1024 * 1024,
                 ..Limits::default()
             },
+            ..ServerConfig::default()
         };
+        let waker = Arc::new(std::sync::OnceLock::new());
         let handler = Arc::new(DevHandler {
             state: Arc::clone(&state),
+            waker: Arc::clone(&waker),
         });
         let server = Server::start(config, vec![Listener::Tcp(listener)], handler)?;
+        let _ = waker.set(server.waker());
         Ok(DevControlPlane {
             state,
             server,
@@ -248,6 +252,15 @@ impl DevControlPlane {
     /// Keeps event streams open but silent (no events, no comments) while `true`.
     pub fn stall_streams(&self, stalled: bool) {
         self.state.events.stall_streams(stalled)
+    }
+
+    /// Accepts secret requests without answering them while `true` (a stalled control
+    /// plane); they are answered normally once the stall ends.
+    pub fn stall_secrets(&self, stalled: bool) {
+        self.state
+            .secrets_stalled
+            .store(stalled, std::sync::atomic::Ordering::Release);
+        self.server.waker().wake();
     }
 
     /// Sends `envelope_json` verbatim as an event of `event_type`. Returns its SSE id.

@@ -7,13 +7,16 @@
 //! request paths never reach it.
 
 use std::io::Read;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::encoding::percent_decode;
-use crate::http::{Handler, Method, Reply, Request, Response, Stream, Transport};
+use crate::http::{
+    Handler, Method, Park, ParkKind, Reply, Request, Response, Stream, Transport, Wake, Waker,
+};
 use crate::model::{Metadata, ReportSyncRequest, SecretResponse};
 use crate::secrets::cipher::encrypt_secret;
 
@@ -25,11 +28,16 @@ const MAX_DECODED_BODY: u64 = 16 * 1024 * 1024;
 /// The `http::Handler` of the development control plane.
 pub struct DevHandler {
     pub(crate) state: Arc<DevState>,
+    /// The server's waker (set once it runs): ends stalls of parked secret requests.
+    pub(crate) waker: Arc<std::sync::OnceLock<Waker>>,
 }
+
+/// How long a stalled secret request is held at most.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Handler for DevHandler {
     fn handle(&self, request: &Request) -> Reply {
-        self.state.count_request(&request.path);
+        self.state.count_request(request.path);
         self.route(request)
     }
 }
@@ -41,7 +49,7 @@ fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
     }
 }
 
-fn method_not_allowed(allow: &str) -> Response {
+fn method_not_allowed(allow: &'static str) -> Response {
     Response::error(405, "method not allowed").header("Allow", allow)
 }
 
@@ -111,13 +119,18 @@ impl DevHandler {
             }
             return resp.into();
         }
+        if let (["secrets", key], Method::Get) = (rest, &req.method) {
+            if self.state.secrets_stalled.load(Ordering::Acquire) {
+                return self.stalled_secret(key);
+            }
+        }
         if let (["events"], Method::Get) = (rest, &req.method) {
             let body = self.state.events.subscribe(req.header("last-event-id"));
             return Reply::Stream(Stream {
                 status: 200,
                 headers: vec![
-                    ("Content-Type".into(), "text/event-stream".to_owned()),
-                    ("Cache-Control".into(), "no-cache".to_owned()),
+                    ("Content-Type".into(), "text/event-stream".into()),
+                    ("Cache-Control".into(), "no-cache".into()),
                 ],
                 body: Box::new(body),
             });
@@ -136,6 +149,26 @@ impl DevHandler {
             (["events"], _) => method_not_allowed("GET"),
             _ => Response::error(404, "not found"),
         }
+    }
+
+    /// Holds a secret request (parked, no thread) until the stall ends, then answers it.
+    fn stalled_secret(&self, key: &str) -> Reply {
+        let me = DevHandler {
+            state: Arc::clone(&self.state),
+            waker: Arc::clone(&self.waker),
+        };
+        let key = key.to_owned();
+        Reply::Park(Park {
+            deadline: std::time::Instant::now() + STALL_LIMIT,
+            kind: ParkKind::Completion,
+            check: Box::new(move |wake| {
+                let stalled = me.state.secrets_stalled.load(Ordering::Acquire);
+                match wake {
+                    Wake::Changed | Wake::Shutdown if stalled => None,
+                    _ => Some(me.secret(&key)),
+                }
+            }),
+        })
     }
 
     fn secret(&self, key: &str) -> Response {
@@ -158,13 +191,13 @@ impl DevHandler {
     fn report(&self, req: &Request) -> Response {
         let encoding = req.header("content-encoding").map(str::trim);
         let gzipped = encoding.is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
-        let body = match encoding {
-            None | Some("identity") => req.body.clone(),
+        let body: std::borrow::Cow<[u8]> = match encoding {
+            None | Some("identity") => req.body.into(),
             Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
                 let mut out = Vec::new();
-                let decoder = flate2::read::GzDecoder::new(req.body.as_slice());
+                let decoder = flate2::read::GzDecoder::new(req.body);
                 match decoder.take(MAX_DECODED_BODY + 1).read_to_end(&mut out) {
-                    Ok(_) if out.len() as u64 <= MAX_DECODED_BODY => out,
+                    Ok(_) if out.len() as u64 <= MAX_DECODED_BODY => out.into(),
                     Ok(_) => return Response::error(413, "decoded body too large"),
                     Err(_) => return Response::error(400, "invalid gzip body"),
                 }
@@ -182,7 +215,7 @@ impl DevHandler {
     }
 
     fn admin_api(&self, req: &Request, rest: &[&str]) -> Response {
-        let loopback = match &*req.transport {
+        let loopback = match req.transport {
             Transport::Tcp(addr) => addr.ip().is_loopback(),
             Transport::Unix(_) => true,
         };
@@ -194,7 +227,7 @@ impl DevHandler {
             (["state"], Method::Get | Method::Head) => json(200, &s.state()),
             (["reports"], Method::Get | Method::Head) => json(200, &s.reports()),
             (["report-posts"], Method::Get | Method::Head) => json(200, &s.report_posts()),
-            (["metadata"], Method::Put) => match serde_json::from_slice::<Metadata>(&req.body) {
+            (["metadata"], Method::Put) => match serde_json::from_slice::<Metadata>(req.body) {
                 Ok(map) => {
                     s.replace_metadata(map);
                     Response::new(204)
@@ -203,7 +236,7 @@ impl DevHandler {
                     Response::error(400, &format!("body must be a JSON object of strings: {e}"))
                 }
             },
-            (["metadata", key], Method::Put) => match serde_json::from_slice::<String>(&req.body) {
+            (["metadata", key], Method::Put) => match serde_json::from_slice::<String>(req.body) {
                 Ok(value) => {
                     s.set_metadata(key, &value);
                     Response::new(204)
@@ -211,7 +244,7 @@ impl DevHandler {
                 Err(_) => Response::error(400, "body must be a JSON string"),
             },
             (["metadata", key], Method::Delete) => found(s.remove_metadata(key)),
-            (["data", key], Method::Put) => match serde_json::from_slice::<DataBody>(&req.body) {
+            (["data", key], Method::Put) => match serde_json::from_slice::<DataBody>(req.body) {
                 Ok(body) => match s.set_data(key, &body.content_type, body.payload.get()) {
                     Ok(version) => {
                         json(200, &serde_json::json!({ "key": key, "version": version }))
@@ -223,7 +256,7 @@ impl DevHandler {
                 }
             },
             (["data", key], Method::Delete) => found(s.remove_data(key)),
-            (["secrets", key], Method::Put) => match serde_json::from_slice::<String>(&req.body) {
+            (["secrets", key], Method::Put) => match serde_json::from_slice::<String>(req.body) {
                 Ok(value) => {
                     let value = zeroize::Zeroizing::new(value);
                     let version = s.set_secret(key, &value);
@@ -232,7 +265,7 @@ impl DevHandler {
                 Err(_) => Response::error(400, "body must be a JSON string"),
             },
             (["secrets", key], Method::Delete) => found(s.remove_secret(key)),
-            (["fail"], Method::Post) => match serde_json::from_slice::<FailBody>(&req.body) {
+            (["fail"], Method::Post) => match serde_json::from_slice::<FailBody>(req.body) {
                 Ok(body) => {
                     let route = match body.route.as_deref() {
                         None => FailRoute::Any,
@@ -258,15 +291,27 @@ impl DevHandler {
                 s.events.drop_streams();
                 Response::new(204)
             }
-            (["stall-streams"], Method::Post) => match serde_json::from_slice::<bool>(&req.body) {
+            (["stall-streams"], Method::Post) => match serde_json::from_slice::<bool>(req.body) {
                 Ok(stalled) => {
                     s.events.stall_streams(stalled);
                     Response::new(204)
                 }
                 Err(_) => Response::error(400, "body must be true or false"),
             },
+            (["stall-secrets"], Method::Post) => match serde_json::from_slice::<bool>(req.body) {
+                Ok(stalled) => {
+                    s.secrets_stalled.store(stalled, Ordering::Release);
+                    if let Some(w) = self.waker.get() {
+                        w.wake();
+                    }
+                    Response::new(204)
+                }
+                Err(_) => Response::error(400, "body must be true or false"),
+            },
             (["events"], Method::Post) => self.publish_raw(req),
-            (["drop-streams" | "stall-streams" | "events"], _) => method_not_allowed("POST"),
+            (["drop-streams" | "stall-streams" | "stall-secrets" | "events"], _) => {
+                method_not_allowed("POST")
+            }
             (["state" | "reports" | "report-posts"], _) => method_not_allowed("GET, HEAD"),
             (["metadata"], _) => method_not_allowed("PUT"),
             (["metadata" | "data" | "secrets", _], _) => method_not_allowed("PUT, DELETE"),
@@ -286,7 +331,7 @@ impl DevHandler {
     /// `POST /admin/events`: the body is sent verbatim as one event's data; its SSE
     /// event type is the body's `event_type` field if it has one, else `message`.
     fn publish_raw(&self, req: &Request) -> Response {
-        let Ok(text) = std::str::from_utf8(&req.body) else {
+        let Ok(text) = std::str::from_utf8(req.body) else {
             return Response::error(400, "body must be UTF-8");
         };
         let event_type = serde_json::from_str::<EventTypeOnly>(text)

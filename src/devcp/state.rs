@@ -85,6 +85,8 @@ pub struct DevState {
     pub(crate) nsk: Nsk,
     pub(crate) token: Zeroizing<String>,
     pub(crate) events: Arc<EventHub>,
+    /// Secret requests are accepted but not answered while set (a stalled upstream).
+    pub(crate) secrets_stalled: std::sync::atomic::AtomicBool,
     world: Mutex<World>,
     subscribers: Mutex<Vec<Subscriber>>,
 }
@@ -117,6 +119,7 @@ impl DevState {
             nsk,
             token,
             events: Arc::clone(&events),
+            secrets_stalled: std::sync::atomic::AtomicBool::new(false),
             world: Mutex::new(world),
             subscribers: Mutex::new(Vec::new()),
         };

@@ -1,348 +1,921 @@
-//! One connection's state between events, and what a worker does with it when its fd
-//! becomes ready: read, parse, read the body, call the handler, write, repeat for
-//! pipelined requests, then give the connection back.
+//! One connection's state machine: what happens when its socket is ready, when a
+//! parked request is answered, and when one of its deadlines passes.
 //!
-//! A connection at rest holds only its fd, its transport facts and the bytes it sent
-//! beyond the last request (usually none); reading happens in the worker's scratch
-//! buffer. This file does not touch epoll or the connection table: it returns a
-//! [`Next`] and the server (`server.rs`) acts on it.
+//! Every step is nonblocking: bytes are read as far as the socket has them, a head or
+//! body that is not complete is kept (the head in `Conn::inbuf`, a body in its own
+//! buffer, reserved from the body budget) and the step ends; an answer the socket does
+//! not take at once is kept as `write::Pending`. A connection at rest holds only its
+//! fd, its transport facts and the bytes it received beyond the last request (usually
+//! none). This file does not touch epoll or the loop's lists: it changes `Conn::state`
+//! and returns a [`Next`], and the loop (`event_loop.rs`) files the connection
+//! accordingly.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Head, Reject};
-use super::poller;
-use super::server::Shared;
-use super::write::{read_some, read_timeout, render, send_all, Framing, WHOLE_TRANSFER_STALLS};
-use super::{Method, Park, ParkKind, Reply, Request, Response, Stream, Transport, Wake};
+use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Reject};
+use super::poller::{HUP_OR_ERR, IN, OUT, RDHUP};
+use super::resume::Resume;
+use super::server::RejectReason;
+use super::shared::{Mailbox, Shared};
+use super::write::{read_some, send_response, send_some, Framing, Pending};
+use super::{
+    Headers, Later, Method, Park, ParkKind, Reply, Request, Response, Span, Stream, Transport, Wake,
+};
+
+/// Bytes read from a socket at once.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// A chunked body's budget reservation grows in steps of this.
+const CHUNK_STEP: usize = 64 * 1024;
+/// After a refusal, what the client still sends is read and dropped for at most this
+/// long, so it sees the answer instead of a reset.
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
+/// A whole response must be taken within this many `io_timeout`s.
+pub(crate) const WRITE_STALLS: u32 = 6;
+/// "Not in a list" for the loop's intrusive indexes.
+pub(crate) const NONE: u32 = u32::MAX;
 
 /// Where a connection is between events.
-pub(crate) enum Phase {
-    /// Waiting for the first byte of a request since this instant.
-    Idle(Instant),
-    /// Part of a request head is in `leftover`; the head started arriving then.
-    Head(Instant),
-    /// A parked request waiting for `Waker::wake`, its deadline or shutdown.
+pub(crate) enum State {
+    /// No request in progress since `Conn::since`.
+    Idle,
+    /// Part of a request head is in `inbuf`; it started arriving at `since`.
+    Head,
+    /// The head is complete, the body is arriving (since `since`, whole-transfer limit).
+    Body(Box<BodyRead>),
+    /// A request is in `inbuf` but its body does not fit the budget yet; the socket is
+    /// not read meanwhile.
+    BudgetWait,
+    /// Parked until a change answers it, or its deadline.
     Parked(Box<Parked>),
-    /// An answer decided off-worker (parked request, head timeout) waiting to be written.
-    Respond(Box<(Response, Framing)>),
+    /// Waiting for work running elsewhere to answer (`Reply::Later`).
+    Waiting(Box<Waiting>),
+    /// An answer the socket has not taken yet; `since` moves with every byte taken.
+    Writing(Box<Writing>),
+    /// Refused and half-closed: reading and dropping what the client still sends.
+    Linger,
+}
+
+pub(crate) struct BodyRead {
+    /// The request head's bytes (re-parsed when the body is complete).
+    head: Vec<u8>,
+    progress: BodyProgress,
+}
+
+enum BodyProgress {
+    Length { body: Vec<u8>, len: usize },
+    Chunked(ChunkedDecoder),
 }
 
 pub(crate) struct Parked {
-    pub park: Park,
-    pub framing: Framing,
+    park: Park,
+    framing: Framing,
+}
+
+pub(crate) struct Waiting {
+    pub seq: u64,
+    pub deadline: Instant,
+    cancelled: Arc<AtomicBool>,
+    on_timeout: Box<dyn FnOnce() -> Response + Send>,
+    framing: Framing,
+}
+
+pub(crate) struct Writing {
+    pending: Pending,
+    started: Instant,
 }
 
 pub(crate) struct Conn {
     pub fd: OwnedFd,
-    pub transport: Arc<Transport>,
+    pub transport: Transport,
     /// Bytes received beyond the last complete request.
-    pub leftover: Vec<u8>,
-    pub phase: Phase,
+    pub inbuf: Vec<u8>,
+    pub state: State,
+    /// When the current state began (while writing: when the socket last took bytes).
+    pub since: Instant,
+    /// The epoll interest currently registered.
+    pub interest: u32,
+    /// Body budget held; given back when the request is answered.
+    pub reserved: usize,
+    /// Bytes the current request needs from the budget before it can go on; while
+    /// non-zero the connection waits for budget and is not read.
+    pub needs: usize,
+    /// A request completed during the last step (the loop moves the connection to the
+    /// young end of its idle list).
+    pub served: bool,
+    /// The peer shut down its sending side (`socat`, `nc -N` do after the request)
+    /// while a request waited: the answer is still sent, then the connection ends.
+    pub half_closed: bool,
+    /// The loop's bookkeeping: idle-list links, place in the parked list, whether it is
+    /// queued for budget.
+    pub prev: u32,
+    pub next: u32,
+    pub in_idle: bool,
+    pub parked_at: u32,
+    pub budget_queued: bool,
 }
 
-/// What the server must do with a connection after a worker is done with it.
+/// What the loop does with a connection after a step.
 pub(crate) enum Next {
-    /// Give it back to epoll for these events.
-    Rearm(u32),
+    /// Keep it; file it by its state.
+    Keep,
     Close,
-    /// Park it (the framing is for the eventual answer).
-    Park(Park, Framing),
-    /// Hand it to a thread of its own; the head is already written.
+    /// Hand it to a thread of its own (the head is not yet written).
     Stream(Stream),
 }
 
-/// Events a connection at rest waits for.
-pub(crate) const READ_EVENTS: u32 = poller::IN;
-/// A parked connection only listens for its peer going away.
-pub(crate) const PARK_EVENTS: u32 = poller::RDHUP;
-
-/// A worker's reusable buffers, and the events it took from epoll but has not served.
-pub(crate) struct Scratch {
-    pub buf: Vec<u8>,
-    pub out: Vec<u8>,
-    pub batch: std::collections::VecDeque<(u64, u32)>,
+/// What a step needs from its loop.
+pub(crate) struct Cx<'a> {
+    pub shared: &'a Shared,
+    pub mailbox: &'a Arc<Mailbox>,
+    pub scratch: &'a mut Scratch,
+    pub now: Instant,
+    /// This connection's token (for `Resume`).
+    pub token: u64,
+    /// The loop's counter for `Later` requests.
+    pub seq: &'a mut u64,
 }
 
-/// Scratch buffers that grew past this (a large body) are shrunk after the request.
-const SCRATCH_KEEP: usize = 64 * 1024;
+/// A loop's reusable buffers.
+pub(crate) struct Scratch {
+    pub read: Vec<u8>,
+    pub out: Vec<u8>,
+    pub spans: Vec<Span>,
+}
 
 impl Scratch {
-    pub fn new(head_max: usize) -> Scratch {
+    pub fn new() -> Scratch {
         Scratch {
-            buf: Vec::with_capacity(head_max + 1024),
+            read: Vec::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(8192),
-            batch: std::collections::VecDeque::with_capacity(16),
+            spans: Vec::with_capacity(32),
         }
     }
 }
 
-/// Answers `resp` on `conn`; false if the peer could not take it.
-pub(crate) fn respond(
-    shared: &Shared,
-    out: &mut Vec<u8>,
-    conn: &Conn,
-    resp: &Response,
-    f: Framing,
-) -> bool {
-    let body_apart = render(out, resp, f);
-    let body: &[u8] = if body_apart {
-        resp.body.as_bytes()
-    } else {
-        &[]
-    };
-    send_all(
-        conn.fd.as_raw_fd(),
-        &[out.as_slice(), body],
-        shared.config.limits.io_timeout,
-    )
-    .is_ok()
+/// Whether a step may go on with the next buffered request.
+enum Flow {
+    Continue,
+    Stop(Next),
 }
 
-/// Drives `conn` after epoll reported `events` for it.
-pub(crate) fn drive(shared: &Shared, s: &mut Scratch, conn: &mut Conn, events: u32) -> Next {
-    let hangup = events & (poller::HUP_OR_ERR | poller::RDHUP) != 0;
-    let mut must_read = true;
-    match std::mem::replace(&mut conn.phase, Phase::Idle(Instant::now())) {
-        Phase::Parked(p) if !hangup => {
-            conn.phase = Phase::Parked(p);
-            return Next::Rearm(PARK_EVENTS);
+impl Conn {
+    pub fn new(fd: OwnedFd, transport: Transport, now: Instant) -> Conn {
+        Conn {
+            fd,
+            transport,
+            inbuf: Vec::new(),
+            state: State::Idle,
+            since: now,
+            interest: 0,
+            reserved: 0,
+            needs: 0,
+            served: false,
+            half_closed: false,
+            prev: NONE,
+            next: NONE,
+            in_idle: false,
+            parked_at: NONE,
+            budget_queued: false,
         }
-        Phase::Parked(p) => {
-            // Keep the phase: releasing a parked connection gives back its park slot.
-            conn.phase = Phase::Parked(p);
-            return Next::Close;
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The epoll interest the state calls for. Waiting states listen only for the peer
+    /// going away (a half-close once, then only a full hang-up, which epoll always
+    /// reports); a connection waiting for budget is not read at all.
+    pub fn wanted_interest(&self) -> u32 {
+        if self.needs > 0 {
+            return 0;
         }
-        Phase::Respond(r) => {
-            let (resp, f) = *r;
-            if !respond(shared, &mut s.out, conn, &resp, f) || !f.keep_alive {
-                return Next::Close;
+        match self.state {
+            State::Idle | State::Head | State::Body(_) | State::Linger => IN,
+            State::Writing(_) => OUT,
+            State::Parked(_) | State::Waiting(_) if !self.half_closed => RDHUP,
+            State::Parked(_) | State::Waiting(_) | State::BudgetWait => 0,
+        }
+    }
+
+    /// When a parked or waiting request must be answered at the latest.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Parked(p) => Some(p.park.deadline),
+            State::Waiting(w) => Some(w.deadline),
+            _ => None,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ readiness
+
+/// The socket reported `events`.
+pub(crate) fn on_ready(cx: &mut Cx, conn: &mut Conn, events: u32) -> Next {
+    match conn.state {
+        State::Writing(_) => flush(cx, conn),
+        State::Parked(_) | State::Waiting(_) => {
+            if events & HUP_OR_ERR != 0 {
+                Next::Close
+            } else {
+                // A half-close: the client still reads the answer.
+                conn.half_closed |= events & RDHUP != 0;
+                Next::Keep
             }
-            must_read = false;
         }
-        Phase::Head(started) => conn.phase = Phase::Head(started),
-        Phase::Idle(since) => conn.phase = Phase::Idle(since),
+        State::BudgetWait => {
+            if events & HUP_OR_ERR != 0 {
+                Next::Close
+            } else {
+                Next::Keep
+            }
+        }
+        State::Linger => linger(cx, conn),
+        State::Body(_) => read_body(cx, conn),
+        State::Idle | State::Head => read_and_serve(cx, conn),
     }
-    s.buf.clear();
-    s.buf.extend_from_slice(&conn.leftover);
-    conn.leftover = Vec::new();
-    let next = serve_buffered(shared, s, conn, must_read);
-    if s.buf.capacity() > SCRATCH_KEEP {
-        s.buf = Vec::with_capacity(shared.config.limits.max_head_bytes + 1024);
-    }
-    next
 }
 
-fn serve_buffered(shared: &Shared, s: &mut Scratch, conn: &mut Conn, mut must_read: bool) -> Next {
-    let limits = &shared.config.limits;
-    let fd = conn.fd.as_raw_fd();
+/// Reads what the socket has behind any bytes kept from before, and serves every
+/// complete request in it.
+pub(crate) fn read_and_serve(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let limits = &cx.shared.config.limits;
+    cx.scratch.read.clear();
+    if !conn.inbuf.is_empty() {
+        cx.scratch.read.extend_from_slice(&conn.inbuf);
+        conn.inbuf = Vec::new();
+    }
+    // While bodies wait for budget, read no more than a head: a connection that then
+    // has to wait keeps at most that much.
+    let budget = cx.shared.budget();
+    let tight = budget.waiters() > 0 || budget.used() + READ_CHUNK > budget.limit();
+    let room = if tight {
+        limits.max_head_bytes + 1
+    } else {
+        READ_CHUNK.max(limits.max_head_bytes + 1)
+    };
     loop {
-        let mut filled = false;
-        if must_read {
-            let room = (limits.max_head_bytes + 1)
-                .saturating_sub(s.buf.len())
-                .max(1024);
-            match read_some(fd, &mut s.buf, room) {
-                Ok(0) => return Next::Close,
-                Ok(n) => {
-                    filled = n == room;
-                    if let Phase::Idle(_) = conn.phase {
-                        conn.phase = Phase::Head(Instant::now());
+        let filled = match read_some(conn.raw(), &mut cx.scratch.read, room) {
+            Ok(0) => return Next::Close,
+            Ok(n) => n == room,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(_) => return Next::Close,
+        };
+        match serve_buffered(cx, conn, filled) {
+            Some(next) => return next,
+            None => continue,
+        }
+    }
+}
+
+/// Serves the complete requests at the front of `scratch.read`. `None`: a head is
+/// incomplete and the read filled the buffer, so there may be more to read now.
+fn serve_buffered(cx: &mut Cx, conn: &mut Conn, filled: bool) -> Option<Next> {
+    let mut pos = 0;
+    loop {
+        let avail = cx.scratch.read.len() - pos;
+        if avail == 0 {
+            if !matches!(conn.state, State::Idle) {
+                conn.state = State::Idle;
+                conn.since = cx.now;
+            }
+            cx.scratch.read.clear();
+            return Some(Next::Keep);
+        }
+        if matches!(conn.state, State::Idle) {
+            conn.state = State::Head;
+            conn.since = cx.now;
+        }
+        match step(cx, conn, pos) {
+            Step::Served(used, Flow::Continue) => pos += used,
+            Step::Served(used, Flow::Stop(next)) => {
+                keep_rest(cx, conn, pos + used);
+                return Some(next);
+            }
+            Step::Incomplete => {
+                let limits = &cx.shared.config.limits;
+                if avail > limits.max_head_bytes {
+                    let head = cx.scratch.read[pos..].starts_with(b"HEAD ");
+                    return Some(refuse(cx, conn, too_large_head(), head));
+                }
+                if filled {
+                    cx.scratch.read.drain(..pos);
+                    return None;
+                }
+                keep_rest(cx, conn, pos);
+                return Some(Next::Keep);
+            }
+            Step::Stop(next) => {
+                keep_rest(cx, conn, pos);
+                return Some(next);
+            }
+            Step::Refused(next) => return Some(next),
+        }
+    }
+}
+
+/// Keeps the unserved bytes from `pos` on for later.
+fn keep_rest(cx: &mut Cx, conn: &mut Conn, pos: usize) {
+    if pos < cx.scratch.read.len() {
+        conn.inbuf = cx.scratch.read[pos..].to_vec();
+    }
+    cx.scratch.read.clear();
+}
+
+fn too_large_head() -> Reject {
+    Reject {
+        status: 431,
+        message: "request head too large",
+    }
+}
+
+enum Step {
+    /// A request of this many bytes was answered (or handed on).
+    Served(usize, Flow),
+    /// The head at `pos` is not complete.
+    Incomplete,
+    /// The request at `pos` cannot go on yet (body arriving, no budget): keep it.
+    Stop(Next),
+    /// Refused; the connection is done reading.
+    Refused(Next),
+}
+
+/// Looks at the request starting at `scratch.read[pos..]`.
+fn step(cx: &mut Cx, conn: &mut Conn, pos: usize) -> Step {
+    let shared = cx.shared;
+    let mailbox = cx.mailbox;
+    let limits = &shared.config.limits;
+    let Scratch { read, spans, .. } = &mut *cx.scratch;
+    let buf = &read[pos..];
+    let head = match parse_head(buf, limits, spans) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Step::Incomplete,
+        Err(rej) => {
+            let is_head = buf.starts_with(b"HEAD ");
+            return Step::Refused(refuse(cx, conn, rej, is_head));
+        }
+    };
+    let head_len = head.len;
+    let framing = Framing {
+        keep_alive: head.keep_alive,
+        http10: head.http10,
+        head: head.method == Method::Head,
+    };
+    let expect_continue = head.expect_continue;
+    let gen = shared.change_gen.load(Ordering::SeqCst);
+    match head.framing {
+        BodyFraming::Length(n) if buf.len() - head_len >= n => {
+            if !reserve(shared, conn, n) {
+                return Step::Stop(wait_for_budget(conn, n));
+            }
+            let request = Request {
+                method: head.method,
+                path: head.path,
+                query: head.query,
+                headers: Headers { head: buf, spans },
+                body: &buf[head_len..head_len + n],
+                transport: &conn.transport,
+            };
+            let reply = call(shared, mailbox, &request);
+            Step::Served(head_len + n, finish(cx, conn, reply, framing, gen))
+        }
+        BodyFraming::Length(n) => {
+            if !reserve(shared, conn, n) {
+                return Step::Stop(wait_for_budget(conn, n));
+            }
+            let mut body = Vec::with_capacity(n);
+            body.extend_from_slice(&buf[head_len..]);
+            conn.state = State::Body(Box::new(BodyRead {
+                head: buf[..head_len].to_vec(),
+                progress: BodyProgress::Length { body, len: n },
+            }));
+            conn.since = cx.now;
+            if expect_continue {
+                send_continue(conn);
+            }
+            cx.scratch.read.clear();
+            Step::Stop(Next::Keep)
+        }
+        BodyFraming::Chunked => {
+            // Decoded bytes never outnumber raw ones: reserve what is here, fix it after.
+            let raw = (buf.len() - head_len).min(limits.max_body_bytes);
+            if !reserve(shared, conn, raw) {
+                return Step::Stop(wait_for_budget(conn, raw));
+            }
+            let mut dec = ChunkedDecoder::new(limits.max_body_bytes);
+            let used = match dec.feed(&buf[head_len..]) {
+                Ok(used) => used,
+                Err(rej) => return Step::Refused(refuse(cx, conn, rej, framing.head)),
+            };
+            if dec.is_done() {
+                let body = std::mem::take(&mut dec.body);
+                trim_reservation(shared, conn, body.len());
+                let request = Request {
+                    method: head.method,
+                    path: head.path,
+                    query: head.query,
+                    headers: Headers { head: buf, spans },
+                    body: &body,
+                    transport: &conn.transport,
+                };
+                let reply = call(shared, mailbox, &request);
+                return Step::Served(head_len + used, finish(cx, conn, reply, framing, gen));
+            }
+            conn.state = State::Body(Box::new(BodyRead {
+                head: buf[..head_len].to_vec(),
+                progress: BodyProgress::Chunked(dec),
+            }));
+            conn.since = cx.now;
+            if expect_continue {
+                send_continue(conn);
+            }
+            cx.scratch.read.clear();
+            Step::Stop(Next::Keep)
+        }
+    }
+}
+
+/// Takes `n` bytes from the body budget for the current request.
+fn reserve(shared: &Shared, conn: &mut Conn, n: usize) -> bool {
+    if n == 0 || shared.budget().try_reserve(n) {
+        conn.reserved += n;
+        conn.needs = 0;
+        true
+    } else {
+        false
+    }
+}
+
+/// Keeps the reservation at what a completed body holds.
+fn trim_reservation(shared: &Shared, conn: &mut Conn, keep: usize) {
+    if conn.reserved > keep {
+        let extra = conn.reserved - keep;
+        conn.reserved = keep;
+        if shared.budget().release(extra) {
+            shared.budget_freed();
+        }
+    }
+}
+
+/// Gives the current request's reservation back.
+pub(crate) fn release_budget(shared: &Shared, conn: &mut Conn) {
+    let n = std::mem::take(&mut conn.reserved);
+    if shared.budget().release(n) {
+        shared.budget_freed();
+    }
+}
+
+fn wait_for_budget(conn: &mut Conn, n: usize) -> Next {
+    conn.state = State::BudgetWait;
+    conn.needs = n;
+    Next::Keep
+}
+
+/// Budget may have come free: try the waiting request again. `None` if it still does
+/// not fit (it stays first in line).
+pub(crate) fn retry_budget(cx: &mut Cx, conn: &mut Conn) -> Option<Next> {
+    let budget = cx.shared.budget();
+    if conn.needs == 0 {
+        return Some(Next::Keep);
+    }
+    if conn.needs > budget.limit() {
+        conn.needs = 0;
+        return Some(refuse(cx, conn, busy(), false));
+    }
+    match conn.state {
+        State::Body(_) => {
+            if !budget.try_reserve(conn.needs) {
+                return None;
+            }
+            conn.reserved += std::mem::take(&mut conn.needs);
+            Some(read_body(cx, conn))
+        }
+        State::BudgetWait => {
+            if budget.used() + conn.needs > budget.limit() {
+                return None;
+            }
+            conn.needs = 0;
+            conn.state = State::Head;
+            let next = read_and_serve(cx, conn);
+            if conn.needs > 0 {
+                return None;
+            }
+            Some(next)
+        }
+        _ => {
+            conn.needs = 0;
+            Some(Next::Keep)
+        }
+    }
+}
+
+fn busy() -> Reject {
+    Reject {
+        status: 503,
+        message: "server busy: too many request bodies in memory, retry shortly",
+    }
+}
+
+fn send_continue(conn: &Conn) {
+    // The socket's send buffer is empty at this point; a failure shows up later.
+    let _ = send_some(conn.raw(), b"HTTP/1.1 100 Continue\r\n\r\n", &[]);
+}
+
+// ------------------------------------------------------------------ bodies
+
+/// Reads more of a body; dispatches the request once it is complete.
+fn read_body(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let limits = &cx.shared.config.limits;
+    let fd = conn.raw();
+    loop {
+        let State::Body(b) = &mut conn.state else {
+            return Next::Keep;
+        };
+        let done = match &mut b.progress {
+            BodyProgress::Length { body, len } => {
+                let want = *len - body.len();
+                match read_some(fd, body, want) {
+                    Ok(0) => return Next::Close,
+                    Ok(_) => body.len() == *len,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Next::Keep,
+                    Err(_) => return Next::Close,
+                }
+            }
+            BodyProgress::Chunked(dec) => {
+                // Never read more raw bytes than the reservation can hold decoded.
+                let held = dec.body.len();
+                if conn.reserved < held + CHUNK_STEP {
+                    let step = CHUNK_STEP
+                        .min(limits.max_body_bytes.saturating_sub(held))
+                        .max(1);
+                    if cx.shared.budget().try_reserve(step) {
+                        conn.reserved += step;
+                    } else if conn.reserved <= held {
+                        // Not read until budget comes free (see `retry_budget`).
+                        conn.needs = step;
+                        return Next::Keep;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Next::Close,
-            }
-            must_read = false;
-        }
-        if s.buf.is_empty() {
-            if !matches!(conn.phase, Phase::Idle(_)) {
-                conn.phase = Phase::Idle(Instant::now());
-            }
-            return Next::Rearm(READ_EVENTS);
-        }
-        if let Phase::Idle(_) = conn.phase {
-            conn.phase = Phase::Head(Instant::now());
-        }
-        let head = match parse_head(&s.buf, limits) {
-            Ok(Some(head)) => head,
-            Ok(None) if s.buf.len() > limits.max_head_bytes => {
-                return refuse(
-                    shared,
-                    s,
-                    conn,
-                    Reject {
-                        status: 431,
-                        message: "request head too large",
-                    },
-                );
-            }
-            Ok(None) if filled => {
-                must_read = true;
-                continue;
-            }
-            Ok(None) => {
-                conn.leftover = s.buf.clone();
-                return Next::Rearm(READ_EVENTS);
-            }
-            Err(rej) => return refuse(shared, s, conn, rej),
-        };
-        let mut framing = Framing {
-            keep_alive: head.keep_alive,
-            http10: head.http10,
-            head: head.method == Method::Head,
-        };
-        let (body, consumed) = match read_body(shared, s, conn, &head) {
-            Ok(v) => v,
-            Err(Some(rej)) => return refuse(shared, s, conn, rej),
-            Err(None) => return Next::Close,
-        };
-        let request = Request {
-            method: head.method,
-            path: head.path,
-            query: head.query,
-            headers: head.headers,
-            body,
-            transport: conn.transport.clone(),
-        };
-        s.buf.drain(..consumed);
-        shared.stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        let wake_gen = shared.wake_gen.load(Ordering::Acquire);
-        // Before a call that may block, let other workers have the rest of this batch.
-        if !s.batch.is_empty() && shared.handler.may_block(&request) {
-            shared.hand_off(s.batch.drain(..));
-        }
-        let reply = catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&request)))
-            .unwrap_or_else(|_| {
-                log::error!(method:% = request.method.as_str(), path:% = request.path; "handler panicked");
-                Reply::Now(Response::error(500, "internal error"))
-            });
-        conn.phase = Phase::Idle(Instant::now());
-        // A shutdown that began while the handler ran ends the connection after this.
-        framing.keep_alive &= !shared.shutting.load(Ordering::SeqCst);
-        match reply {
-            Reply::Now(resp) => {
-                if !respond(shared, &mut s.out, conn, &resp, framing) || !framing.keep_alive {
-                    return Next::Close;
+                let room = conn.reserved.saturating_sub(held).clamp(1, READ_CHUNK);
+                cx.scratch.read.clear();
+                match read_some(fd, &mut cx.scratch.read, room) {
+                    Ok(0) => return Next::Close,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Next::Keep,
+                    Err(_) => return Next::Close,
+                }
+                match dec.feed(&cx.scratch.read) {
+                    Ok(used) => {
+                        if dec.is_done() {
+                            conn.inbuf = cx.scratch.read[used..].to_vec();
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    Err(rej) => return refuse(cx, conn, rej, false),
                 }
             }
-            Reply::Park(park) => {
-                conn.leftover = s.buf.clone();
-                conn.phase = Phase::Idle(Instant::now());
-                // A wake that raced with the handler must not be lost.
-                let missed = shared.wake_gen.load(Ordering::Acquire) != wake_gen;
-                if let Some(next) = park_or_answer(shared, s, conn, park, framing, missed) {
-                    return next;
-                }
-            }
-            Reply::Stream(stream) => return Next::Stream(stream),
+        };
+        if done {
+            break;
+        }
+    }
+    let State::Body(b) = std::mem::replace(&mut conn.state, State::Head) else {
+        return Next::Keep;
+    };
+    let BodyRead { head, progress } = *b;
+    let body = match progress {
+        BodyProgress::Length { body, .. } => body,
+        BodyProgress::Chunked(dec) => dec.body,
+    };
+    trim_reservation(cx.shared, conn, body.len());
+    let parsed = match parse_head(&head, limits, &mut cx.scratch.spans) {
+        Ok(Some(h)) => h,
+        _ => return Next::Close,
+    };
+    let framing = Framing {
+        keep_alive: parsed.keep_alive,
+        http10: parsed.http10,
+        head: parsed.method == Method::Head,
+    };
+    let request = Request {
+        method: parsed.method,
+        path: parsed.path,
+        query: parsed.query,
+        headers: Headers {
+            head: &head,
+            spans: &cx.scratch.spans,
+        },
+        body: &body,
+        transport: &conn.transport,
+    };
+    let gen = cx.shared.change_gen.load(Ordering::SeqCst);
+    let reply = call(cx.shared, cx.mailbox, &request);
+    drop(body);
+    match finish(cx, conn, reply, framing, gen) {
+        Flow::Continue => read_and_serve(cx, conn),
+        Flow::Stop(next) => next,
+    }
+}
+
+// ------------------------------------------------------------------ dispatch
+
+fn call(shared: &Shared, mailbox: &Mailbox, request: &Request<'_>) -> Reply {
+    mailbox.requests.fetch_add(1, Ordering::Relaxed);
+    shared.handler.handle(request)
+}
+
+/// Acts on a handler's reply. `gen` is the change generation seen before the handler
+/// ran (a parked request re-checks if it moved).
+fn finish(cx: &mut Cx, conn: &mut Conn, reply: Reply, framing: Framing, gen: u64) -> Flow {
+    conn.served = true;
+    match reply {
+        Reply::Now(resp) => {
+            release_budget(cx.shared, conn);
+            send(cx, conn, resp, framing)
+        }
+        Reply::Park(park) => park_request(cx, conn, park, framing, gen),
+        Reply::Later(later) => wait_later(cx, conn, later, framing),
+        Reply::Stream(stream) => {
+            release_budget(cx.shared, conn);
+            Flow::Stop(Next::Stream(stream))
         }
     }
 }
 
-/// Parks the request, or answers it at once (a missed wake said it is ready, or the
-/// parked set is full: 429). `None`: answered, carry on with buffered requests.
-fn park_or_answer(
-    shared: &Shared,
-    s: &mut Scratch,
-    conn: &mut Conn,
-    mut park: Park,
-    framing: Framing,
-    missed_wake: bool,
-) -> Option<Next> {
-    let mut answer = None;
-    if missed_wake {
-        if let Ok(Some(resp)) = catch_unwind(AssertUnwindSafe(|| (park.check)(Wake::Changed))) {
-            answer = Some(resp);
+/// Sends an answer; the connection goes on (keep-alive), waits to write, or closes.
+fn send(cx: &mut Cx, conn: &mut Conn, resp: Response, mut framing: Framing) -> Flow {
+    framing.keep_alive &= !cx.shared.shutting.load(Ordering::Relaxed);
+    match send_response(conn.raw(), &mut cx.scratch.out, resp, framing) {
+        Err(_) => Flow::Stop(Next::Close),
+        Ok(None) if framing.keep_alive => {
+            conn.state = State::Idle;
+            conn.since = cx.now;
+            Flow::Continue
         }
-    }
-    if answer.is_none() {
-        let parked = shared.stats.parked.fetch_add(1, Ordering::AcqRel);
-        if park.kind == ParkKind::Change && parked as usize >= shared.config.max_parked {
-            shared.stats.parked.fetch_sub(1, Ordering::AcqRel);
-            shared.stats.parked_rejected.fetch_add(1, Ordering::Relaxed);
-            answer =
-                Some(Response::error(429, "too many parked requests").header("Retry-After", "1"));
-        }
-    }
-    match answer {
-        None => Some(Next::Park(park, framing)),
-        Some(resp) => {
-            conn.leftover.clear();
-            if !respond(shared, &mut s.out, conn, &resp, framing) || !framing.keep_alive {
-                return Some(Next::Close);
-            }
-            None
+        Ok(None) => Flow::Stop(Next::Close),
+        Ok(Some(pending)) => {
+            conn.state = State::Writing(Box::new(Writing {
+                pending,
+                started: cx.now,
+            }));
+            conn.since = cx.now;
+            Flow::Stop(Next::Keep)
         }
     }
 }
 
-/// Answers a rejected request and closes. A `HEAD` request gets no body even here.
-fn refuse(shared: &Shared, s: &mut Scratch, conn: &Conn, rej: Reject) -> Next {
-    let resp = Response::error(rej.status, rej.message);
+fn park_request(cx: &mut Cx, conn: &mut Conn, mut park: Park, framing: Framing, gen: u64) -> Flow {
+    let stats = &cx.shared.stats;
+    if park.kind == ParkKind::Change {
+        let parked = stats.parked.fetch_add(1, Ordering::AcqRel);
+        if parked as usize >= cx.shared.config.max_parked {
+            stats.parked.fetch_sub(1, Ordering::AcqRel);
+            stats.reject(RejectReason::TooManyParked);
+            release_budget(cx.shared, conn);
+            let resp = Response::error(429, "too many parked requests").header("Retry-After", "1");
+            return send(cx, conn, resp, framing);
+        }
+    }
+    cx.mailbox.parked.fetch_add(1, Ordering::SeqCst);
+    // A change between the handler's look and the count above rang no doorbell here.
+    if cx.shared.change_gen.load(Ordering::SeqCst) != gen {
+        if let Some(resp) = (park.check)(Wake::Changed) {
+            leave_park_counts(cx.shared, cx.mailbox, park.kind);
+            release_budget(cx.shared, conn);
+            return send(cx, conn, resp, framing);
+        }
+    }
+    conn.state = State::Parked(Box::new(Parked { park, framing }));
+    conn.since = cx.now;
+    Flow::Stop(Next::Keep)
+}
+
+fn leave_park_counts(shared: &Shared, mailbox: &Mailbox, kind: ParkKind) {
+    mailbox.parked.fetch_sub(1, Ordering::SeqCst);
+    if kind == ParkKind::Change {
+        shared.stats.parked.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn wait_later(cx: &mut Cx, conn: &mut Conn, later: Later, framing: Framing) -> Flow {
+    *cx.seq += 1;
+    let seq = *cx.seq;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    conn.state = State::Waiting(Box::new(Waiting {
+        seq,
+        deadline: later.deadline,
+        cancelled: Arc::clone(&cancelled),
+        on_timeout: later.on_timeout,
+        framing,
+    }));
+    conn.since = cx.now;
+    let resume = Resume::new(Arc::clone(cx.mailbox), cx.token, seq, cancelled);
+    match (later.start)(resume) {
+        Ok(()) => Flow::Stop(Next::Keep),
+        Err(resp) => {
+            if let State::Waiting(w) = std::mem::replace(&mut conn.state, State::Head) {
+                w.cancelled.store(true, Ordering::Release);
+            }
+            release_budget(cx.shared, conn);
+            send(cx, conn, resp, framing)
+        }
+    }
+}
+
+// ------------------------------------------------------------------ answers
+
+/// Answers a parked or waiting request with `resp` and goes on with what the client
+/// sent behind it.
+fn answer(cx: &mut Cx, conn: &mut Conn, resp: Response, framing: Framing) -> Next {
+    release_budget(cx.shared, conn);
+    conn.state = State::Head;
+    match send(cx, conn, resp, framing) {
+        Flow::Continue if conn.inbuf.is_empty() => Next::Keep,
+        Flow::Continue => read_and_serve(cx, conn),
+        Flow::Stop(next) => next,
+    }
+}
+
+/// Re-checks a parked request; `None` if it stays parked.
+pub(crate) fn recheck(cx: &mut Cx, conn: &mut Conn, wake: Wake) -> Option<Next> {
+    let State::Parked(p) = &mut conn.state else {
+        return None;
+    };
+    let resp = match (p.park.check)(wake) {
+        Some(resp) => resp,
+        None if wake == Wake::TimedOut => Response::error(503, "request could not be completed"),
+        None => return None,
+    };
+    let State::Parked(p) = std::mem::replace(&mut conn.state, State::Head) else {
+        return None;
+    };
+    leave_park_counts(cx.shared, cx.mailbox, p.park.kind);
+    Some(answer(cx, conn, resp, p.framing))
+}
+
+/// Work elsewhere answered request `seq`; `None` if the connection no longer waits for it.
+pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, resp: Response) -> Option<Next> {
+    if !matches!(&conn.state, State::Waiting(w) if w.seq == seq) {
+        return None;
+    }
+    let State::Waiting(w) = std::mem::replace(&mut conn.state, State::Head) else {
+        return None;
+    };
+    w.cancelled.store(true, Ordering::Release);
+    Some(answer(cx, conn, resp, w.framing))
+}
+
+/// A parked or waiting request's deadline passed (or the server stops now).
+pub(crate) fn expire(cx: &mut Cx, conn: &mut Conn) -> Option<Next> {
+    match &conn.state {
+        State::Parked(_) => recheck(cx, conn, Wake::TimedOut),
+        State::Waiting(_) => {
+            let State::Waiting(w) = std::mem::replace(&mut conn.state, State::Head) else {
+                return None;
+            };
+            w.cancelled.store(true, Ordering::Release);
+            let resp = (w.on_timeout)();
+            Some(answer(cx, conn, resp, w.framing))
+        }
+        _ => None,
+    }
+}
+
+/// Undoes what a connection holds when it closes: budget, park counts, a pending
+/// `Later` (cancelled so its work can skip the call).
+pub(crate) fn on_close(shared: &Shared, mailbox: &Mailbox, conn: &mut Conn) {
+    release_budget(shared, conn);
+    match std::mem::replace(&mut conn.state, State::Linger) {
+        State::Parked(p) => leave_park_counts(shared, mailbox, p.park.kind),
+        State::Waiting(w) => w.cancelled.store(true, Ordering::Release),
+        _ => {}
+    }
+}
+
+// ------------------------------------------------------------------ writing
+
+fn flush(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let State::Writing(w) = &mut conn.state else {
+        return Next::Keep;
+    };
+    match w.pending.flush(conn.fd.as_raw_fd()) {
+        Err(_) => Next::Close,
+        Ok(false) => {
+            conn.since = cx.now;
+            Next::Keep
+        }
+        Ok(true) if w.pending.close || cx.shared.shutting.load(Ordering::Relaxed) => {
+            if w.pending.linger {
+                start_linger(cx, conn)
+            } else {
+                Next::Close
+            }
+        }
+        Ok(true) => {
+            conn.state = State::Head;
+            conn.since = cx.now;
+            read_and_serve(cx, conn)
+        }
+    }
+}
+
+/// Whether a writing connection has stalled past its limits.
+pub(crate) fn write_stalled(conn: &Conn, now: Instant, io_timeout: Duration) -> bool {
+    match &conn.state {
+        State::Writing(w) => {
+            now.duration_since(conn.since) >= io_timeout
+                || now.duration_since(w.started) >= io_timeout * WRITE_STALLS
+        }
+        _ => false,
+    }
+}
+
+// ------------------------------------------------------------------ refusals
+
+/// Answers a request the core refuses, then half-closes and drops what the client
+/// still sends for a moment, so it reads the answer rather than a reset.
+pub(crate) fn refuse(cx: &mut Cx, conn: &mut Conn, rej: Reject, head: bool) -> Next {
+    cx.shared.stats.reject(reason_for(rej.status));
+    release_budget(cx.shared, conn);
+    conn.inbuf = Vec::new();
+    let mut resp = Response::error(rej.status, rej.message);
+    if rej.status == 503 {
+        resp = resp.header("Retry-After", "1");
+    }
     let framing = Framing {
         keep_alive: false,
         http10: false,
-        head: s.buf.starts_with(b"HEAD "),
+        head,
     };
-    respond(shared, &mut s.out, conn, &resp, framing);
-    Next::Close
-}
-
-/// Reads the body of `head`; returns it and the bytes of `s.buf` the request used.
-/// `Err(None)`: the peer stalled or went away (no answer possible).
-fn read_body(
-    shared: &Shared,
-    s: &mut Scratch,
-    conn: &Conn,
-    head: &Head,
-) -> Result<(Vec<u8>, usize), Option<Reject>> {
-    let limits = &shared.config.limits;
-    let fd = conn.fd.as_raw_fd();
-    let timeout = limits.io_timeout;
-    let deadline = Instant::now() + timeout * WHOLE_TRANSFER_STALLS;
-    let mut continued = false;
-    let mut send_continue = || -> Result<(), Option<Reject>> {
-        if head.expect_continue && !continued {
-            continued = true;
-            send_all(fd, &[b"HTTP/1.1 100 Continue\r\n\r\n"], timeout).map_err(|_| None)?;
-        }
-        Ok(())
-    };
-    match head.framing {
-        BodyFraming::Length(0) => Ok((Vec::new(), head.len)),
-        BodyFraming::Length(n) => {
-            let end = head.len + n;
-            if s.buf.len() < end {
-                send_continue()?;
-                s.buf.reserve(end - s.buf.len());
-            }
-            while s.buf.len() < end {
-                let want = end - s.buf.len();
-                read_timeout(fd, &mut s.buf, want.max(4096), timeout, deadline)
-                    .map_err(|_| None)?;
-            }
-            Ok((s.buf[head.len..end].to_vec(), end))
-        }
-        BodyFraming::Chunked => {
-            let mut dec = ChunkedDecoder::new(limits.max_body_bytes);
-            let mut pos = head.len;
-            loop {
-                pos += dec.feed(&s.buf[pos..]).map_err(Some)?;
-                if dec.is_done() {
-                    return Ok((dec.body, pos));
-                }
-                send_continue()?;
-                // Keep the scratch buffer small: drop what the decoder already took.
-                if pos > 0 && s.buf.len() == pos {
-                    s.buf.truncate(0);
-                    pos = 0;
-                }
-                read_timeout(fd, &mut s.buf, 16 * 1024, timeout, deadline).map_err(|_| None)?;
-            }
+    match send_response(conn.raw(), &mut cx.scratch.out, resp, framing) {
+        Err(_) => Next::Close,
+        Ok(None) => start_linger(cx, conn),
+        Ok(Some(mut pending)) => {
+            pending.linger = true;
+            conn.state = State::Writing(Box::new(Writing {
+                pending,
+                started: cx.now,
+            }));
+            conn.since = cx.now;
+            Next::Keep
         }
     }
+}
+
+fn reason_for(status: u16) -> RejectReason {
+    match status {
+        408 => RejectReason::Timeout,
+        413 => RejectReason::BodyTooLarge,
+        431 => RejectReason::HeadTooLarge,
+        503 => RejectReason::BodyMemory,
+        _ => RejectReason::Malformed,
+    }
+}
+
+/// A request's head or body did not arrive in time.
+pub(crate) fn timed_out(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let message = match conn.state {
+        State::Body(_) => "request body timeout",
+        _ => "request head timeout",
+    };
+    refuse(
+        cx,
+        conn,
+        Reject {
+            status: 408,
+            message,
+        },
+        false,
+    )
+}
+
+/// A request waited too long for body budget.
+pub(crate) fn budget_timed_out(cx: &mut Cx, conn: &mut Conn) -> Next {
+    refuse(cx, conn, busy(), false)
+}
+
+fn start_linger(cx: &mut Cx, conn: &mut Conn) -> Next {
+    // SAFETY: shutdown on a socket we own.
+    unsafe { libc::shutdown(conn.raw(), libc::SHUT_WR) };
+    conn.state = State::Linger;
+    conn.since = cx.now;
+    Next::Keep
+}
+
+fn linger(cx: &mut Cx, conn: &mut Conn) -> Next {
+    for _ in 0..16 {
+        cx.scratch.read.clear();
+        match read_some(conn.raw(), &mut cx.scratch.read, READ_CHUNK) {
+            Ok(0) => return Next::Close,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Next::Keep,
+            Err(_) => return Next::Close,
+        }
+    }
+    Next::Keep
 }

@@ -5,7 +5,9 @@
 //! writing answers is the connection's job (`conn.rs`). Every rejection carries the
 //! status the core answers with, and the connection is closed after it.
 
-use super::{Limits, Method};
+use std::mem::MaybeUninit;
+
+use super::{Limits, Method, Span};
 
 /// A request the core refuses; answered with `Response::error(status, message)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +27,13 @@ pub(crate) enum Framing {
     Chunked,
 }
 
-/// A parsed request head.
+/// A parsed request head, borrowing the bytes it was parsed from. Its headers' places
+/// were written to the `spans` given to `parse_head`.
 #[derive(Debug)]
-pub(crate) struct Head {
+pub(crate) struct Head<'a> {
     pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: Vec<(String, String)>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
     pub http10: bool,
     pub keep_alive: bool,
     pub framing: Framing,
@@ -44,12 +46,18 @@ pub(crate) struct Head {
 const HEADER_SLOTS: usize = 128;
 
 /// Parses a head at the start of `buf`. `Ok(None)`: incomplete, read more (the caller
-/// enforces `max_head_bytes` on incomplete heads).
-pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Reject> {
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+/// enforces `max_head_bytes` on incomplete heads). `spans` is cleared, then holds where
+/// each header sits in `buf`.
+pub(crate) fn parse_head<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+    spans: &mut Vec<Span>,
+) -> Result<Option<Head<'a>>, Reject> {
+    let mut slots: [MaybeUninit<httparse::Header<'a>>; HEADER_SLOTS] =
+        [const { MaybeUninit::uninit() }; HEADER_SLOTS];
     let n = limits.max_headers.clamp(1, HEADER_SLOTS);
-    let mut req = httparse::Request::new(&mut slots[..n]);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots[..n]) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -68,64 +76,62 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Re
         "POST" => Method::Post,
         "PUT" => Method::Put,
         "DELETE" => Method::Delete,
-        other => Method::Other(other.to_string()),
+        _ => Method::Other,
     };
     let (path, query) = split_target(req.path.unwrap_or(""))?;
 
-    let mut headers = Vec::with_capacity(req.headers.len());
-    let mut content_length: Option<usize> = None;
-    let mut transfer_encoding: Option<String> = None;
+    spans.clear();
+    let base = buf.as_ptr() as usize;
+    let place = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
     for h in req.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        let value = String::from_utf8_lossy(h.value).trim().to_string();
-        match name.as_str() {
-            "content-length" => {
-                let n = parse_content_length(&value)?;
-                if content_length.is_some_and(|old| old != n) {
-                    return Err(reject(400, "conflicting Content-Length headers"));
-                }
-                content_length = Some(n);
+        spans.push(Span {
+            name: place(h.name.as_bytes()),
+            value: place(h.value),
+        });
+        let value = h.value.trim_ascii();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(value)?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(reject(400, "conflicting Content-Length headers"));
             }
-            "transfer-encoding" => {
-                if transfer_encoding.is_some() {
-                    return Err(reject(501, "unsupported Transfer-Encoding"));
-                }
-                transfer_encoding = Some(value.to_ascii_lowercase());
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if transfer_encoding.is_some() {
+                return Err(reject(501, "unsupported Transfer-Encoding"));
             }
-            "connection" => {
-                for token in value.split(',') {
-                    let token = token.trim();
-                    conn_close |= token.eq_ignore_ascii_case("close");
-                    conn_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-                }
+            transfer_encoding = Some(value);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                conn_close |= token.eq_ignore_ascii_case(b"close");
+                conn_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
-            _ => {}
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
-        headers.push((name, value));
     }
 
     let framing = match (transfer_encoding, content_length) {
         (Some(_), Some(_)) => return Err(reject(400, "both Content-Length and Transfer-Encoding")),
-        (Some(te), None) if te == "chunked" => Framing::Chunked,
+        (Some(te), None) if te.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
         (Some(_), None) => return Err(reject(501, "unsupported Transfer-Encoding")),
-        (None, Some(n)) => Framing::Length(n),
+        (None, Some(n)) if n > limits.max_body_bytes as u64 => {
+            return Err(reject(413, "request body too large"))
+        }
+        // Within `max_body_bytes`, so it fits a `usize`.
+        (None, Some(n)) => Framing::Length(n as usize),
         (None, None) => Framing::Length(0),
     };
-    if let Framing::Length(n) = framing {
-        if n > limits.max_body_bytes {
-            return Err(reject(413, "request body too large"));
-        }
-    }
     let keep_alive = !conn_close && (!http10 || conn_keep_alive);
     Ok(Some(Head {
         method,
         path,
         query,
-        headers,
         http10,
         keep_alive,
         framing,
@@ -156,17 +162,21 @@ fn version_error(buf: &[u8]) -> Reject {
     }
 }
 
-fn parse_content_length(value: &str) -> Result<usize, Reject> {
-    if value.is_empty() || value.len() > 19 || !value.bytes().all(|b| b.is_ascii_digit()) {
+/// A `Content-Length` value as a `u64` on every CPU, so a length past a 32-bit `usize`
+/// is still "too large" (413), not "invalid" (400).
+fn parse_content_length(value: &[u8]) -> Result<u64, Reject> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(reject(400, "invalid Content-Length"));
     }
-    value
-        .parse::<usize>()
-        .map_err(|_| reject(400, "invalid Content-Length"))
+    value.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(reject(400, "invalid Content-Length"))
+    })
 }
 
 /// Splits an origin-form (or absolute-form) target into path and query.
-fn split_target(target: &str) -> Result<(String, Option<String>), Reject> {
+fn split_target(target: &str) -> Result<(&str, Option<&str>), Reject> {
     let target = if target.starts_with('/') || target == "*" {
         target
     } else if let Some(rest) = target
@@ -181,8 +191,8 @@ fn split_target(target: &str) -> Result<(String, Option<String>), Reject> {
         return Err(reject(400, "malformed request target"));
     };
     Ok(match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
     })
 }
 
@@ -316,19 +326,27 @@ impl ChunkedDecoder {
 mod tests {
     use super::*;
 
-    fn head(raw: &str) -> Result<Option<Head>, Reject> {
-        parse_head(raw.as_bytes(), &Limits::default())
+    fn head(raw: &str) -> Result<Option<Head<'_>>, Reject> {
+        parse_head(raw.as_bytes(), &Limits::default(), &mut Vec::new())
     }
 
     #[test]
     fn parses_target_headers_and_keep_alive() {
-        let h = head("GET /v1/x?a=1&b=2 HTTP/1.1\r\nHost: h\r\nX-Y:  v  \r\n\r\nrest")
+        let raw = "GET /v1/x?a=1&b=2 HTTP/1.1\r\nHost: h\r\nX-Y:  v  \r\n\r\nrest";
+        let mut spans = Vec::new();
+        let h = parse_head(raw.as_bytes(), &Limits::default(), &mut spans)
             .unwrap()
             .unwrap();
         assert_eq!(h.method, Method::Get);
         assert_eq!(h.path, "/v1/x");
-        assert_eq!(h.query.as_deref(), Some("a=1&b=2"));
-        assert_eq!(h.headers[1], ("x-y".to_string(), "v".to_string()));
+        assert_eq!(h.query, Some("a=1&b=2"));
+        let headers = crate::http::Headers {
+            head: raw.as_bytes(),
+            spans: &spans,
+        };
+        assert_eq!(headers.get("x-y"), Some("v"));
+        assert_eq!(headers.get("HOST"), Some("h"));
+        assert_eq!(headers.len(), 2);
         assert!(h.keep_alive && !h.http10);
         assert_eq!(h.framing, Framing::Length(0));
         assert_eq!(
@@ -369,6 +387,11 @@ mod tests {
             400
         );
         assert_eq!(e("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n"), 413);
+        // Past a 32-bit usize: still too large, not malformed, on every CPU.
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nContent-Length: 5000000000\r\n\r\n"),
+            413
+        );
         assert_eq!(
             e("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             501
@@ -386,7 +409,7 @@ mod tests {
         let h = head("GET http://host:8080/a/b?c HTTP/1.1\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!((h.path.as_str(), h.query.as_deref()), ("/a/b", Some("c")));
+        assert_eq!((h.path, h.query), ("/a/b", Some("c")));
     }
 
     #[test]
@@ -396,7 +419,12 @@ mod tests {
             ..Limits::default()
         };
         let raw = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
-        assert_eq!(parse_head(raw, &limits).unwrap_err().status, 431);
+        assert_eq!(
+            parse_head(raw, &limits, &mut Vec::new())
+                .unwrap_err()
+                .status,
+            431
+        );
     }
 
     #[test]

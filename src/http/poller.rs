@@ -1,7 +1,9 @@
 //! A thin safe wrapper over one epoll instance and one eventfd (raw `libc`).
 //!
-//! Every registration is `EPOLLONESHOT`: an event disarms its fd until the thread that
-//! took it re-arms it, so exactly one worker owns a ready connection. No policy here.
+//! Registrations are level-triggered: an fd with unread bytes is reported again at the
+//! next wait, so a loop never has to re-arm after serving a request. Listeners shared
+//! by several loops are added with `EPOLLEXCLUSIVE`, so one new connection wakes one
+//! loop, not all. No policy here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -10,7 +12,7 @@ pub(crate) const IN: u32 = libc::EPOLLIN as u32;
 pub(crate) const OUT: u32 = libc::EPOLLOUT as u32;
 pub(crate) const RDHUP: u32 = libc::EPOLLRDHUP as u32;
 pub(crate) const HUP_OR_ERR: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
-const ONESHOT: u32 = libc::EPOLLONESHOT as u32;
+const EXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -20,25 +22,31 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// One ready fd: the token it was registered with and what is ready.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ready {
+    pub token: u64,
+    pub events: u32,
+}
+
 pub(crate) struct Poller {
     epfd: OwnedFd,
+    buf: Vec<libc::epoll_event>,
 }
 
 impl Poller {
-    pub fn new() -> io::Result<Poller> {
+    pub fn new(capacity: usize) -> io::Result<Poller> {
         // SAFETY: plain syscall; the fd is owned from here on.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: fd is a fresh, valid descriptor.
         Ok(Poller {
+            // SAFETY: fd is a fresh, valid descriptor.
             epfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)],
         })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: events | ONESHOT,
-            u64: token,
-        };
+        let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: ev is a valid epoll_event for the duration of the call.
         cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
     }
@@ -47,8 +55,12 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
     }
 
-    /// Re-arms `fd` (it is level-checked again, so data already waiting fires at once).
-    pub fn rearm(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    /// Adds a listener shared with other loops: one event wakes one loop.
+    pub fn add_exclusive(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, IN | EXCLUSIVE, token)
+    }
+
+    pub fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
     }
 
@@ -56,43 +68,35 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Waits for up to `max` events (at least one unless the timeout passes) and appends
-    /// them to `out` as (token, events).
-    pub fn wait_batch(
-        &self,
-        out: &mut Vec<(u64, u32)>,
-        max: usize,
-        timeout_ms: i32,
-    ) -> io::Result<()> {
-        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
-        let max = max.clamp(1, evs.len());
-        loop {
-            // SAFETY: `evs` has room for `max` events.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epfd.as_raw_fd(),
-                    evs.as_mut_ptr(),
-                    max as i32,
-                    timeout_ms,
-                )
+    /// Waits up to `timeout_ms` (-1: forever) and appends what is ready to `out`.
+    pub fn wait(&mut self, out: &mut Vec<Ready>, timeout_ms: i32) -> io::Result<()> {
+        // SAFETY: `buf` has room for `buf.len()` events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                self.buf.as_mut_ptr(),
+                self.buf.len() as libc::c_int,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(err)
             };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            for ev in &evs[..n as usize] {
-                let (token, events) = (ev.u64, ev.events);
-                out.push((token, events));
-            }
-            return Ok(());
         }
+        for ev in &self.buf[..n as usize] {
+            // Copies out of a (possibly packed) struct.
+            let (token, events) = (ev.u64, ev.events);
+            out.push(Ready { token, events });
+        }
+        Ok(())
     }
 }
 
-/// A nonblocking eventfd used as the server's doorbell.
+/// A nonblocking eventfd: a loop's doorbell.
 pub(crate) struct EventFd {
     fd: OwnedFd,
 }
@@ -101,8 +105,8 @@ impl EventFd {
     pub fn new() -> io::Result<EventFd> {
         // SAFETY: plain syscall.
         let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        // SAFETY: fresh valid descriptor.
         Ok(EventFd {
+            // SAFETY: fresh valid descriptor.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

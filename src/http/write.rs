@@ -1,23 +1,25 @@
-//! Socket I/O for the core: nonblocking reads, writes bounded by a stall timeout, the
-//! response head serializer and the per-second `Date` cache.
+//! Socket output for the core: the response head serializer, the per-second `Date`
+//! cache, and nonblocking sends that remember what is left.
 //!
-//! Sockets stay nonblocking for their whole life; "blocking with a timeout" is a
-//! `poll(2)` on the one fd followed by a retry. Writes use `sendmsg` with
-//! `MSG_NOSIGNAL`, so a vanished peer is an error, never a SIGPIPE. Nothing here knows
-//! about connections or parking.
+//! Sockets stay nonblocking for their whole life; a send that would block hands back a
+//! [`Pending`] with the unsent rest, and the event loop finishes it when the socket is
+//! writable again. Writes use `sendmsg` with `MSG_NOSIGNAL`, so a vanished peer is an
+//! error, never a SIGPIPE. A sensitive body (a decrypted secret) is never copied into
+//! the head buffer: it is sent from its own wiped-on-drop buffer. Nothing here knows
+//! about connections, epoll or parking.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::Response;
+use super::{Body, HeaderValue, Response};
 
 /// Bodies up to this size are copied behind the head and sent with one `send`.
-const COPY_BODY_MAX: usize = 4096;
+const COPY_BODY_MAX: usize = 16 * 1024;
 
 /// Reads once into the spare capacity of `buf` (at most `max` bytes). `WouldBlock` when
-/// nothing is there.
+/// nothing is there; `Ok(0)` when the peer closed.
 pub(crate) fn read_some(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     if buf.capacity() - buf.len() < max {
         buf.reserve(max);
@@ -40,108 +42,102 @@ pub(crate) fn read_some(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<
     }
 }
 
-/// A whole request body, or a whole response, must move within this many
-/// `io_timeout`s, so a peer trickling one byte per timeout cannot hold a worker for long.
-pub(crate) const WHOLE_TRANSFER_STALLS: u32 = 6;
-
-/// Reads at least one byte, waiting up to `stall` for it but never past `deadline`.
-pub(crate) fn read_timeout(
-    fd: RawFd,
-    buf: &mut Vec<u8>,
-    max: usize,
-    stall: Duration,
-    deadline: Instant,
-) -> io::Result<usize> {
-    let until = deadline.min(Instant::now() + stall);
+/// One `sendmsg` of up to two slices; `Ok(0)` when the socket would block.
+pub(crate) fn send_some(fd: RawFd, a: &[u8], b: &[u8]) -> io::Result<usize> {
+    let mut iov = [IoSlice::new(a), IoSlice::new(b)];
+    let cnt = if b.is_empty() { 1 } else { 2 };
+    // SAFETY: zeroed msghdr is valid; the iovecs outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr().cast();
+    msg.msg_iovlen = cnt;
     loop {
-        match read_some(fd, buf, max) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(fd, libc::POLLIN, until)?,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Waits until `fd` is ready for `events` or the deadline passes (`TimedOut`).
-fn wait_fd(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r > 0 {
-            return Ok(());
-        }
-        if r < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
-    }
-}
-
-/// Sends all of `parts`; a peer that takes no bytes for `timeout`, or has not taken
-/// everything within `WHOLE_TRANSFER_STALLS` of them, gets `TimedOut`.
-pub(crate) fn send_all(fd: RawFd, parts: &[&[u8]], timeout: Duration) -> io::Result<()> {
-    let mut idx = 0;
-    let mut off = 0;
-    let start = Instant::now();
-    let whole = start + timeout * WHOLE_TRANSFER_STALLS;
-    let mut deadline = start + timeout;
-    while idx < parts.len() {
-        if off == parts[idx].len() {
-            idx += 1;
-            off = 0;
-            continue;
-        }
-        let mut iov: [IoSlice; 2] = [IoSlice::new(&parts[idx][off..]), IoSlice::new(&[])];
-        let mut cnt = 1;
-        if let Some(next) = parts.get(idx + 1) {
-            iov[1] = IoSlice::new(next);
-            cnt = 2;
-        }
-        // SAFETY: zeroed msghdr is valid; the iovecs outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr().cast();
-        msg.msg_iovlen = cnt;
         // SAFETY: msg points to live iovecs.
         let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    wait_fd(fd, libc::POLLOUT, deadline)?;
-                    continue;
-                }
-                _ => return Err(err),
-            }
+        if n >= 0 {
+            return Ok(n as usize);
         }
-        deadline = whole.min(Instant::now() + timeout);
-        let mut n = n as usize;
-        while n > 0 && idx < parts.len() {
-            let left = parts[idx].len() - off;
-            if n >= left {
-                n -= left;
-                idx += 1;
-                off = 0;
-            } else {
-                off += n;
-                n = 0;
-            }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(err),
         }
     }
-    Ok(())
+}
+
+/// What is left of a response the socket did not take at once.
+pub(crate) struct Pending {
+    head: Vec<u8>,
+    head_off: usize,
+    body: Body,
+    body_off: usize,
+    /// Close the connection once it is sent.
+    pub close: bool,
+    /// Half-close and drain the client's bytes for a moment before closing (a refusal).
+    pub linger: bool,
+}
+
+impl Pending {
+    /// Sends as much as the socket takes; `true` once everything is sent.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
+        loop {
+            let a = &self.head[self.head_off..];
+            let b = &self.body.as_bytes()[self.body_off..];
+            if a.is_empty() && b.is_empty() {
+                self.body = Body::Empty;
+                return Ok(true);
+            }
+            let n = send_some(fd, a, b)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let from_head = n.min(a.len());
+            self.head_off += from_head;
+            self.body_off += n - from_head;
+        }
+    }
+}
+
+/// Sends `resp` on `fd` without waiting. `Ok(None)`: all of it went out. `Ok(Some)`:
+/// the rest to send when the socket is writable. `out` is scratch space for the head.
+pub(crate) fn send_response(
+    fd: RawFd,
+    out: &mut Vec<u8>,
+    resp: Response,
+    f: Framing,
+) -> io::Result<Option<Pending>> {
+    let apart = render(out, &resp, f);
+    let body: &[u8] = if apart { resp.body.as_bytes() } else { &[] };
+    let mut sent = 0;
+    let total = out.len() + body.len();
+    while sent < total {
+        let (a, b) = if sent < out.len() {
+            (&out[sent..], body)
+        } else {
+            (&body[sent - out.len()..], &[][..])
+        };
+        let n = send_some(fd, a, b)?;
+        if n == 0 {
+            break;
+        }
+        sent += n;
+    }
+    if sent == total {
+        return Ok(None);
+    }
+    let (head, body_off) = if sent < out.len() {
+        (out[sent..].to_vec(), 0)
+    } else {
+        (Vec::new(), sent - out.len())
+    };
+    Ok(Some(Pending {
+        head,
+        head_off: 0,
+        body: if apart { resp.body } else { Body::Empty },
+        body_off,
+        close: !f.keep_alive,
+        linger: false,
+    }))
 }
 
 /// What the core must say about the connection after a response.
@@ -165,15 +161,7 @@ pub(crate) fn render(out: &mut Vec<u8>, resp: &Response, f: Framing) -> bool {
     out.extend_from_slice(b"\r\nDate: ");
     with_date(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &resp.headers {
-        if is_core_header(name) {
-            continue;
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_headers(out, &resp.headers);
     let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
     if !bodyless {
         out.extend_from_slice(b"Content-Length: ");
@@ -189,18 +177,40 @@ pub(crate) fn render(out: &mut Vec<u8>, resp: &Response, f: Framing) -> bool {
     if bodyless || f.head || resp.body.is_empty() {
         return false;
     }
-    if resp.body.len() <= COPY_BODY_MAX {
+    if resp.body.len() <= COPY_BODY_MAX && !resp.body.is_sensitive() {
         out.extend_from_slice(resp.body.as_bytes());
         return false;
     }
     true
 }
 
+fn push_headers(out: &mut Vec<u8>, headers: &[(super::HeaderName, HeaderValue)]) {
+    for (name, value) in headers {
+        if is_core_header(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        match value {
+            HeaderValue::Static(s) => out.extend_from_slice(s.as_bytes()),
+            HeaderValue::Text(s) => out.extend_from_slice(s.as_bytes()),
+            HeaderValue::Int(n) => push_num(out, *n),
+            HeaderValue::QuotedInt(n) => {
+                out.push(b'"');
+                push_num(out, *n);
+                out.push(b'"');
+            }
+            HeaderValue::Date(t) => with_http_date(*t, |d| out.extend_from_slice(d)),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Serializes a streamed response's head: no `Content-Length`, `Connection: close`.
 pub(crate) fn render_stream_head(
     out: &mut Vec<u8>,
     status: u16,
-    headers: &[(super::HeaderName, String)],
+    headers: &[(super::HeaderName, HeaderValue)],
 ) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -210,15 +220,7 @@ pub(crate) fn render_stream_head(
     out.extend_from_slice(b"\r\nDate: ");
     with_date(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if is_core_header(name) {
-            continue;
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_headers(out, headers);
     out.extend_from_slice(b"Connection: close\r\n\r\n");
 }
 
@@ -245,19 +247,39 @@ fn push_num(out: &mut Vec<u8>, mut n: u64) {
 
 thread_local! {
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    static OTHER_DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn whole_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Runs `f` with `t` as an HTTP date from `cell`, formatted only when the second changes.
+fn cached_date(
+    cell: &'static std::thread::LocalKey<RefCell<(u64, String)>>,
+    t: SystemTime,
+    f: impl FnOnce(&[u8]),
+) {
+    let secs = whole_seconds(t);
+    cell.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let whole = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            *cached = (secs, httpdate::fmt_http_date(whole));
+        }
+        f(cached.1.as_bytes());
+    });
 }
 
 /// Runs `f` with the current `Date` value, formatted at most once per second per thread.
 fn with_date(f: impl FnOnce(&[u8])) {
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if cached.0 != secs {
-            *cached = (secs, httpdate::fmt_http_date(now));
-        }
-        f(cached.1.as_bytes());
-    });
+    cached_date(&DATE, SystemTime::now(), f);
+}
+
+/// Runs `f` with `t` as an HTTP date; responses mostly repeat a few timestamps, so each
+/// thread keeps the last one it formatted.
+fn with_http_date(t: SystemTime, f: impl FnOnce(&[u8])) {
+    cached_date(&OTHER_DATE, t, f);
 }
 
 /// The reason phrase for the statuses this service uses; others get a generic one.

@@ -114,7 +114,7 @@ impl SecretMirror {
                     continue;
                 }
             }
-            let fetched = match cp.fetch_secret(&r.key) {
+            let fetched = match cp.fetch_secret(&r.key, crate::cp::client::REQUEST_TIMEOUT) {
                 Ok(f) => f,
                 Err(e) => {
                     if !matches!(e, CpError::Status { status: 404, .. }) {

@@ -3,19 +3,25 @@
 //! over in zeroizing storage. Every fetch is counted by outcome in the link's health
 //! record.
 //!
-//! `Secrets::fetch` is a plain blocking call that any thread may make; it keeps nothing
-//! between calls and never caches, logs or writes a value. What a failure means to an
-//! HTTP client is the API's business (`api::error`, one mapping from `SecretError`).
+//! `Secrets::fetch` is a plain blocking call that any thread may make (the API runs it
+//! on its upstream pool, never on an HTTP worker); it keeps nothing between calls and
+//! never caches, logs or writes a value. Each fetch is bounded by the caller's deadline,
+//! and a circuit breaker (`breaker`) refuses fetches at once while the control plane is
+//! known to be unreachable (`Secrets::admit`). What a failure means to an HTTP client is
+//! the API's business (`api::error`, one mapping from `SecretError`).
 
+pub mod breaker;
 pub mod cipher;
 pub mod nsk;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
 use crate::cp::client::{CpClient, CpError};
 use crate::telemetry::health::{LinkHealth, SecretOutcome};
+use breaker::{Admit, Breaker, CircuitState};
 use cipher::decrypt_secret;
 use nsk::Nsk;
 
@@ -49,6 +55,12 @@ pub enum SecretError {
     /// The value does not open with the NSK (or is not UTF-8 text).
     #[error("secret could not be decrypted")]
     Decrypt,
+    /// The control plane did not answer before the request's deadline.
+    #[error("the control plane did not answer in time")]
+    Timeout,
+    /// The control plane is known to be unreachable; asked again in this many seconds.
+    #[error("control plane unreachable (circuit open)")]
+    CircuitOpen { retry_after_secs: u64 },
 }
 
 impl SecretError {
@@ -57,35 +69,81 @@ impl SecretError {
         match self {
             SecretError::NotFound => SecretOutcome::NotFound,
             SecretError::Decrypt => SecretOutcome::DecryptError,
-            SecretError::NotConfigured | SecretError::Unavailable(_) => SecretOutcome::Unavailable,
+            SecretError::NotConfigured
+            | SecretError::Unavailable(_)
+            | SecretError::Timeout
+            | SecretError::CircuitOpen { .. } => SecretOutcome::Unavailable,
         }
     }
 }
+
+/// How much earlier than the request's deadline the call upstream gives up, so the
+/// client hears what happened (and the breaker learns of it) rather than the bare
+/// deadline answer.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// How long the breaker stays open after a failed fetch.
+const COOLDOWN: Duration = Duration::from_secs(3);
 
 /// Where secret values come from: the control plane, and the key that opens them.
 pub struct Secrets {
     client: Option<Arc<CpClient>>,
     nsk: Option<Nsk>,
     health: Arc<LinkHealth>,
+    timeout: Duration,
+    breaker: Breaker,
 }
 
 impl Secrets {
     /// Without a client or an NSK every fetch is `SecretError::NotConfigured`.
+    /// `timeout` is how long one secret request may take (`--secret-timeout`).
     pub fn new(
         client: Option<Arc<CpClient>>,
         nsk: Option<Nsk>,
         health: Arc<LinkHealth>,
+        timeout: Duration,
     ) -> Secrets {
         Secrets {
             client,
             nsk,
             health,
+            timeout,
+            // A probe may take one timeout before another request may probe.
+            breaker: Breaker::new(COOLDOWN, timeout + Duration::from_secs(1)),
         }
     }
 
-    /// Fetches `key` from the control plane now and decrypts it; counts the outcome.
-    pub fn fetch(&self, key: &str) -> Result<Secret, SecretError> {
-        let result = self.fetch_uncounted(key);
+    /// How long one secret request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether a fetch may start now: refused at once while the breaker is open.
+    pub fn admit(&self, now: Instant) -> Result<(), SecretError> {
+        if self.client.is_none() {
+            return Ok(());
+        }
+        match self.breaker.admit(now) {
+            Admit::Go | Admit::Probe => Ok(()),
+            Admit::Refuse { retry_after } => {
+                let err = SecretError::CircuitOpen {
+                    retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                };
+                self.health.record_secret_fetch(err.outcome());
+                Err(err)
+            }
+        }
+    }
+
+    /// The breaker's state, for health and metrics.
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker.state(Instant::now())
+    }
+
+    /// Fetches `key` from the control plane now and decrypts it, giving up just before
+    /// `deadline`; counts the outcome.
+    pub fn fetch(&self, key: &str, deadline: Instant) -> Result<Secret, SecretError> {
+        let result = self.fetch_uncounted(key, deadline);
         let outcome = result
             .as_ref()
             .map_or_else(SecretError::outcome, |_| SecretOutcome::Ok);
@@ -93,12 +151,30 @@ impl Secrets {
         result
     }
 
-    fn fetch_uncounted(&self, key: &str) -> Result<Secret, SecretError> {
+    fn fetch_uncounted(&self, key: &str, deadline: Instant) -> Result<Secret, SecretError> {
         let (Some(client), Some(nsk)) = (&self.client, &self.nsk) else {
             return Err(SecretError::NotConfigured);
         };
-        let response = client.fetch_secret(key).map_err(|e| match e {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(DEADLINE_MARGIN);
+        if left.is_zero() {
+            return Err(SecretError::Timeout);
+        }
+        let result = client.fetch_secret(key, left);
+        let reached = match &result {
+            Ok(_) => true,
+            Err(CpError::Status { status, .. }) => *status < 500 && *status != 429,
+            Err(CpError::Decode(_) | CpError::TooLarge) => true,
+            Err(CpError::Transport(_) | CpError::Config(_)) => false,
+        };
+        self.breaker.record(reached, Instant::now());
+        let response = result.map_err(|e| match e {
             CpError::Status { status: 404, .. } => SecretError::NotFound,
+            CpError::Transport(_) if Instant::now() + DEADLINE_MARGIN >= deadline => {
+                log::warn!(key = key; "secret fetch timed out");
+                SecretError::Timeout
+            }
             other => {
                 log::warn!(key = key, error:% = other; "secret fetch failed");
                 SecretError::Unavailable(other)

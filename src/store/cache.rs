@@ -45,15 +45,70 @@ pub type DataItem = Item<DataEntry>;
 /// A report entry written by a local workload, as the cache holds it.
 pub type ReportItem = Item<ReportEntry>;
 
-/// Renders `value` as JSON bytes. Our types (string maps, entries with a RawValue
-/// payload) always serialize; the fallback keeps a bug from becoming a panic.
+/// Renders `value` as JSON bytes straight into a shared buffer of the exact size: one
+/// pass counts the bytes, the second writes them, so a large entry is never held twice
+/// (a growing `Vec` plus the `Arc` it would be copied into). Our types (string maps,
+/// entries with a RawValue payload) always serialize; the fallback keeps a bug from
+/// becoming a panic.
 pub fn render<T: serde::Serialize + ?Sized>(value: &T) -> Json {
-    match serde_json::to_vec(value) {
-        Ok(v) => Arc::from(v),
-        Err(e) => {
-            log::error!("cannot render JSON: {e}");
-            Arc::from(&b"null"[..])
+    let rendered = (|| {
+        let mut count = Counter(0);
+        serde_json::to_writer(&mut count, value)?;
+        let mut buf: Arc<[std::mem::MaybeUninit<u8>]> = Arc::new_uninit_slice(count.0);
+        let slots = Arc::get_mut(&mut buf).ok_or_else(|| {
+            serde_json::Error::io(std::io::Error::other("fresh buffer is shared"))
+        })?;
+        let mut fill = Fill { slots, at: 0 };
+        serde_json::to_writer(&mut fill, value)?;
+        if fill.at != count.0 {
+            return Err(serde_json::Error::io(std::io::Error::other(
+                "rendering changed size between passes",
+            )));
         }
+        // SAFETY: the second pass wrote every one of the `count.0` bytes (checked above).
+        Ok(unsafe { buf.assume_init() })
+    })();
+    rendered.unwrap_or_else(|e: serde_json::Error| {
+        log::error!("cannot render JSON: {e}");
+        Arc::from(&b"null"[..])
+    })
+}
+
+/// Counts bytes written.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes into uninitialised bytes, refusing to overflow them.
+struct Fill<'a> {
+    slots: &'a mut [std::mem::MaybeUninit<u8>],
+    at: usize,
+}
+
+impl std::io::Write for Fill<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let end = self.at + b.len();
+        let Some(dst) = self.slots.get_mut(self.at..end) else {
+            return Err(std::io::Error::other("rendering grew between passes"));
+        };
+        for (d, s) in dst.iter_mut().zip(b) {
+            d.write(*s);
+        }
+        self.at = end;
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -86,6 +141,8 @@ pub struct Cache {
     pub reports: BTreeMap<String, ReportItem>,
     pub reports_stamp: Stamp,
     reports_body: OnceLock<Json>,
+    /// Bytes of report payloads stored (the report quota counts these).
+    pub report_bytes: u64,
 
     summary_body: OnceLock<Json>,
 
@@ -112,6 +169,7 @@ impl Cache {
             reports: BTreeMap::new(),
             reports_stamp: base,
             reports_body: OnceLock::new(),
+            report_bytes: 0,
             summary_body: OnceLock::new(),
             marks: HashMap::new(),
             pending: BTreeSet::new(),
@@ -249,12 +307,18 @@ impl Cache {
         let key = item.entry.key.clone();
         self.reports_stamp = item.stamp;
         self.reports_body = OnceLock::new();
-        self.reports.insert(key.clone(), item);
+        self.report_bytes += item.entry.payload_len();
+        if let Some(old) = self.reports.insert(key.clone(), item) {
+            self.report_bytes -= old.entry.payload_len();
+        }
         self.refresh_pending(&key);
     }
 
     pub fn remove_report(&mut self, key: &str, stamp: Stamp) -> Option<ReportItem> {
         let old = self.reports.remove(key);
+        if let Some(o) = &old {
+            self.report_bytes -= o.entry.payload_len();
+        }
         self.reports_stamp = stamp;
         self.reports_body = OnceLock::new();
         self.refresh_pending(key);

@@ -111,7 +111,30 @@ pub(super) struct Op {
     pub key: String,
     pub kind: OpKind,
     pub at: SystemTime,
-    pub record: Vec<u8>,
+    pub record: super::journal::Frame,
+    /// What the write changes in the report quota's use, counted while it is in flight.
+    pub usage: UsageDelta,
+}
+
+/// A change in report keys and payload bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct UsageDelta {
+    pub keys: i64,
+    pub bytes: i64,
+}
+
+impl std::ops::AddAssign for UsageDelta {
+    fn add_assign(&mut self, o: UsageDelta) {
+        self.keys += o.keys;
+        self.bytes += o.bytes;
+    }
+}
+
+impl std::ops::SubAssign for UsageDelta {
+    fn sub_assign(&mut self, o: UsageDelta) {
+        self.keys -= o.keys;
+        self.bytes -= o.bytes;
+    }
 }
 
 pub(super) enum OpKind {
@@ -129,15 +152,35 @@ pub(super) enum OpKind {
     },
 }
 
-/// The state of one key after its queued writes: `Some((version, file))` or deleted.
-pub(super) type Latest = Option<(i64, String)>;
+/// The state of one key after its queued writes: `Some((version, file, payload
+/// bytes))` or deleted.
+pub(super) type Latest = Option<(i64, String, u64)>;
 
 #[derive(Default)]
 pub(super) struct Queue {
     pub ops: Vec<Op>,
     /// Keys with writes in flight: their state after those writes, and how many.
     pub latest: HashMap<String, (Latest, usize)>,
+    /// What writes in flight add to the published quota use.
+    pub in_flight: UsageDelta,
+    pub quota: Quota,
     pub closed: bool,
+}
+
+/// Limits on what local writers may store as reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub max_keys: usize,
+    pub max_bytes: u64,
+}
+
+impl Default for Quota {
+    fn default() -> Quota {
+        Quota {
+            max_keys: 10_000,
+            max_bytes: 64 << 20,
+        }
+    }
 }
 
 /// The journal and what the checkpointer still has to write to report files: per key,
@@ -184,6 +227,7 @@ impl Writes {
 
     /// Queues a decided write (the caller holds the queue lock and updated `latest`).
     pub(super) fn push(&self, q: &mut Queue, op: Op) {
+        q.in_flight += op.usage;
         q.ops.push(op);
         self.queued.notify_one();
     }
@@ -217,16 +261,14 @@ pub(super) fn run(inner: Arc<Inner>) {
 }
 
 fn commit(inner: &Inner, group: Vec<Op>) {
-    let size: usize = group.iter().map(|op| op.record.len()).sum();
-    let mut bytes = Vec::with_capacity(size);
-    for op in &group {
-        bytes.extend_from_slice(&op.record);
-    }
+    let frames: Vec<&super::journal::Frame> = group.iter().map(|op| &op.record).collect();
     let mut js = lock(&inner.writes.journal);
     inner.writes.syncs.fetch_add(1, Ordering::Relaxed);
     #[cfg(test)]
     std::thread::sleep(*lock(&inner.writes.delay));
-    if let Err(e) = js.journal.append(&bytes) {
+    let appended = js.journal.append(&frames);
+    drop(frames);
+    if let Err(e) = appended {
         drop(js);
         fail(inner, group, &e);
         return;
@@ -270,6 +312,7 @@ fn commit(inner: &Inner, group: Vec<Op>) {
                     done.push(Box::new(move || ticket.complete(Ok(stamp.rev))));
                 }
             }
+            q.in_flight -= op.usage;
             settle(&mut q, &op.key);
         }
     }
@@ -305,6 +348,9 @@ fn fail(inner: &Inner, group: Vec<Op>, e: &io::Error) {
         q.ops = keep;
         for k in &keys {
             q.latest.remove(k);
+        }
+        for op in group.iter().chain(&behind) {
+            q.in_flight -= op.usage;
         }
         behind
     };

@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::model::ReportEntry;
 
@@ -33,26 +34,93 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
-fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 1 + data.len());
-    let len = (1 + data.len()) as u32;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(kind);
-    out.extend_from_slice(data);
-    let crc = crc32(&out[HEADER..]);
-    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
-    out
+/// A record ready to append: its header (length, CRC, kind) and its data, kept apart so
+/// that a large entry is written from the buffer it is already rendered in.
+pub struct Frame {
+    head: [u8; HEADER + 1],
+    data: FrameData,
 }
 
-/// A record for a stored entry; `body` is its rendered JSON (the report file's content).
-pub fn encode_put(body: &[u8]) -> Vec<u8> {
-    frame(PUT, body)
+enum FrameData {
+    Shared(Arc<[u8]>),
+    Owned(Vec<u8>),
+}
+
+impl Frame {
+    fn new(kind: u8, data: FrameData) -> Frame {
+        let bytes: &[u8] = match &data {
+            FrameData::Shared(b) => b,
+            FrameData::Owned(b) => b,
+        };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[kind]);
+        crc.update(bytes);
+        let mut head = [0u8; HEADER + 1];
+        head[..4].copy_from_slice(&((1 + bytes.len()) as u32).to_le_bytes());
+        head[4..HEADER].copy_from_slice(&crc.finalize().to_le_bytes());
+        head[HEADER] = kind;
+        Frame { head, data }
+    }
+
+    /// The record's bytes, in two pieces.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        let data: &[u8] = match &self.data {
+            FrameData::Shared(b) => b,
+            FrameData::Owned(b) => b,
+        };
+        [&self.head, data]
+    }
+
+    /// The record as one buffer.
+    #[cfg(test)]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.parts().concat()
+    }
+}
+
+/// A record for a stored entry; `body` is its rendered JSON (the report file's content),
+/// shared, not copied.
+pub fn encode_put(body: &Arc<[u8]>) -> Frame {
+    Frame::new(PUT, FrameData::Shared(Arc::clone(body)))
 }
 
 /// A record for a deleted key.
-pub fn encode_delete(key: &str) -> Vec<u8> {
-    frame(DELETE, key.as_bytes())
+pub fn encode_delete(key: &str) -> Frame {
+    Frame::new(DELETE, FrameData::Owned(key.as_bytes().to_vec()))
+}
+
+/// Writes every byte of `parts` with as few `writev` calls as the file takes.
+fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < parts.len() {
+        if off == parts[idx].len() {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len() - idx);
+        slices.push(io::IoSlice::new(&parts[idx][off..]));
+        slices.extend(parts[idx + 1..].iter().map(|p| io::IoSlice::new(p)));
+        let mut n = match file.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 && idx < parts.len() {
+            let left = parts[idx].len() - off;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A replayed record.
@@ -142,21 +210,22 @@ impl Journal {
         self.broken
     }
 
-    /// Appends `bytes` (whole records) and makes them durable. On error the file is cut
-    /// back to its previous length; if that fails too, the journal is marked broken.
-    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Appends `frames` (written with vectored writes, no copy into one buffer) and
+    /// makes them durable. On error the file is cut back to its previous length; if that
+    /// fails too, the journal is marked broken.
+    pub fn append(&mut self, frames: &[&Frame]) -> io::Result<()> {
         if self.broken {
             return Err(io::Error::other(
                 "the report journal is unusable until restart",
             ));
         }
-        let result = self
-            .file
-            .write_all(bytes)
-            .and_then(|()| self.file.sync_data());
+        let parts: Vec<&[u8]> = frames.iter().flat_map(|f| f.parts()).collect();
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let result =
+            write_all_vectored(&mut self.file, &parts).and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
-                self.len += bytes.len() as u64;
+                self.len += total as u64;
                 Ok(())
             }
             Err(e) => {
@@ -171,6 +240,12 @@ impl Journal {
                 Err(e)
             }
         }
+    }
+
+    /// Appends one frame.
+    #[cfg(test)]
+    pub fn append_one(&mut self, frame: &Frame) -> io::Result<()> {
+        self.append(&[frame])
     }
 
     /// Empties the journal durably (every record is reflected in the report files).
@@ -204,6 +279,14 @@ mod tests {
         assert_eq!(crc32(b""), 0);
     }
 
+    fn put_rec(body: Vec<u8>) -> Vec<u8> {
+        encode_put(&Arc::from(body)).to_bytes()
+    }
+
+    fn del_rec(key: &str) -> Vec<u8> {
+        encode_delete(key).to_bytes()
+    }
+
     fn put_body(key: &str, v: i64) -> Vec<u8> {
         format!(
             r#"{{"key":"{key}","content_type":"application/json","payload":{{"v":{v}}},"version":{v},"updated_at":"2026-03-01T12:00:00Z"}}"#
@@ -213,10 +296,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_torn_tails() {
-        let mut bytes = encode_put(&put_body("a", 1));
-        bytes.extend(encode_delete("a"));
+        let mut bytes = put_rec(put_body("a", 1));
+        bytes.extend(del_rec("a"));
         let good = bytes.len();
-        let last = encode_put(&put_body("b", 7));
+        let last = put_rec(put_body("b", 7));
         bytes.extend(&last);
         let (recs, len) = decode(&bytes);
         assert_eq!(len, bytes.len());
@@ -231,10 +314,10 @@ mod tests {
         // A flipped bit stops replay at that record, even with valid records after it.
         let mut flipped = bytes.clone();
         flipped[good - 2] ^= 0x01;
-        flipped.extend(encode_delete("z"));
+        flipped.extend(del_rec("z"));
         let (recs, len) = decode(&flipped);
         assert_eq!(recs.len(), 1);
-        assert_eq!(len, encode_put(&put_body("a", 1)).len());
+        assert_eq!(len, put_rec(put_body("a", 1)).len());
         // Zeros (a preallocated tail) are not records.
         let mut zeros = bytes.clone();
         zeros.extend([0u8; 64]);
@@ -247,17 +330,18 @@ mod tests {
         let path = dir.path().join(JOURNAL_FILE);
         let (mut j, recs, dropped, created) = Journal::open(&path).unwrap();
         assert!(recs.is_empty() && dropped == 0 && created);
-        j.append(&encode_put(&put_body("a", 1))).unwrap();
-        j.append(&encode_delete("a")).unwrap();
+        j.append_one(&encode_put(&Arc::from(put_body("a", 1))))
+            .unwrap();
+        j.append_one(&encode_delete("a")).unwrap();
         let len = j.len();
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&encode_put(&put_body("b", 1))[..10]).unwrap();
+        f.write_all(&put_rec(put_body("b", 1))[..10]).unwrap();
         drop(f);
         let (mut j, recs, dropped, created) = Journal::open(&path).unwrap();
         assert_eq!((recs.len(), dropped, created), (2, 10, false));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
-        j.append(&encode_delete("c")).unwrap();
+        j.append_one(&encode_delete("c")).unwrap();
         j.reset().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         use std::os::unix::fs::PermissionsExt;

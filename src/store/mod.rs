@@ -54,7 +54,7 @@ use files::Folder;
 use keys::ReportKey;
 use revision::Epochs;
 
-pub use commit::Ticket;
+pub use commit::{Quota, Ticket};
 pub use outbox::SyncBatch;
 pub use snapshot::Snapshot;
 
@@ -143,6 +143,13 @@ pub enum StoreError {
     /// A valid report key whose encoded file name would exceed the file-name limit.
     #[error("key cannot be stored: its file name would be too long")]
     KeyNotStorable,
+    /// The write would grow report use beyond the quota.
+    #[error("report quota exceeded: {used} {unit} stored, limit {max}", unit = limit.unit())]
+    QuotaExceeded {
+        limit: QuotaLimit,
+        max: u64,
+        used: u64,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -155,6 +162,30 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Which report quota a write ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaLimit {
+    Keys,
+    Bytes,
+}
+
+impl QuotaLimit {
+    /// The flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            QuotaLimit::Keys => "--max-report-keys",
+            QuotaLimit::Bytes => "--max-report-bytes",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            QuotaLimit::Keys => "report keys",
+            QuotaLimit::Bytes => "payload bytes",
+        }
+    }
 }
 
 impl From<io::Error> for StoreError {

@@ -18,9 +18,9 @@ use crate::model::ReportEntry;
 use crate::timefmt;
 
 use super::cache::render;
-use super::commit::{pair, Latest, Op, OpKind, Queue, Ticket};
+use super::commit::{pair, Latest, Op, OpKind, Queue, Quota, Ticket, UsageDelta};
 use super::journal;
-use super::{lock, Inner, Json, Store, StoreError, Versioned};
+use super::{lock, Inner, Json, QuotaLimit, Store, StoreError, Versioned};
 
 /// Whether `if_match` allows writing over `current`: no `If-Match` always does, `N`
 /// only over version `N`, and `0` only where the key does not exist.
@@ -48,8 +48,41 @@ impl Inner {
         self.read()
             .reports
             .get(key)
-            .map(|r| (r.entry.version, r.file.clone()))
+            .map(|r| (r.entry.version, r.file.clone(), r.entry.payload_len()))
     }
+
+    /// Report keys and payload bytes once every queued write is committed.
+    fn pending_usage(&self, q: &Queue) -> (u64, u64) {
+        let c = self.read();
+        let keys = (c.reports.len() as i64 + q.in_flight.keys).max(0) as u64;
+        let bytes = (c.report_bytes as i64 + q.in_flight.bytes).max(0) as u64;
+        (keys, bytes)
+    }
+}
+
+/// Whether a write that changes the use by `delta` may go ahead: growth must stay
+/// within the quota; a write that does not grow a dimension is always allowed there, so
+/// a store loaded over its limits keeps working for updates and deletions.
+fn quota_refusal(
+    quota: &Quota,
+    (keys, bytes): (u64, u64),
+    delta: UsageDelta,
+) -> Option<StoreError> {
+    if delta.keys > 0 && keys + delta.keys as u64 > quota.max_keys as u64 {
+        return Some(StoreError::QuotaExceeded {
+            limit: QuotaLimit::Keys,
+            max: quota.max_keys as u64,
+            used: keys,
+        });
+    }
+    if delta.bytes > 0 && bytes + delta.bytes as u64 > quota.max_bytes {
+        return Some(StoreError::QuotaExceeded {
+            limit: QuotaLimit::Bytes,
+            max: quota.max_bytes,
+            used: bytes,
+        });
+    }
+    None
 }
 
 impl Store {
@@ -69,15 +102,23 @@ impl Store {
             return Ticket::ready(Err(closed()));
         }
         let current = self.pending_latest(&q, key.as_str());
-        let old_file = current.as_ref().map(|(_, f)| f.clone());
+        let old_file = current.as_ref().map(|(_, f, _)| f.clone());
         // A key whose encoded name is too long can still be updated in the file the Go
         // agent wrote it to (plain name); a new one cannot be stored.
         let Some(file) = keys::file_name_for(key.as_str()).or_else(|| old_file.clone()) else {
             return Ticket::ready(Err(StoreError::KeyNotStorable));
         };
-        let version = current.as_ref().map(|(v, _)| *v);
+        let version = current.as_ref().map(|(v, _, _)| *v);
         if !precondition_holds(if_match, version) {
             return Ticket::ready(Err(StoreError::Conflict { current: version }));
+        }
+        let new_len = payload.get().len() as u64;
+        let usage = UsageDelta {
+            keys: i64::from(current.is_none()),
+            bytes: new_len as i64 - current.as_ref().map_or(0, |(_, _, l)| *l as i64),
+        };
+        if let Some(refused) = quota_refusal(&q.quota, self.pending_usage(&q), usage) {
+            return Ticket::ready(Err(refused));
         }
         let at = SystemTime::now();
         let entry = ReportEntry {
@@ -90,7 +131,7 @@ impl Store {
         let body = render(&entry);
         let record = journal::encode_put(&body);
         let slot = q.latest.entry(key.as_str().to_owned()).or_insert((None, 0));
-        slot.0 = Some((entry.version, file.clone()));
+        slot.0 = Some((entry.version, file.clone(), new_len));
         slot.1 += 1;
         let (ticket, handle) = pair();
         let op = Op {
@@ -104,6 +145,7 @@ impl Store {
             },
             at,
             record,
+            usage,
         };
         self.writes.push(&mut q, op);
         ticket
@@ -116,7 +158,7 @@ impl Store {
         if q.closed {
             return Ticket::ready(Err(closed()));
         }
-        let Some((_, file)) = self.pending_latest(&q, key.as_str()) else {
+        let Some((_, file, len)) = self.pending_latest(&q, key.as_str()) else {
             return Ticket::ready(Err(StoreError::NotFound));
         };
         let slot = q.latest.entry(key.as_str().to_owned()).or_insert((None, 0));
@@ -131,9 +173,25 @@ impl Store {
             },
             at: SystemTime::now(),
             record: journal::encode_delete(key.as_str()),
+            usage: UsageDelta {
+                keys: -1,
+                bytes: -(len as i64),
+            },
         };
         self.writes.push(&mut q, op);
         ticket
+    }
+
+    /// Sets the report quota (new growth beyond it is refused; see `quota_refusal`).
+    pub fn set_report_quota(&self, quota: Quota) {
+        lock(&self.writes.queue).quota = quota;
+    }
+
+    /// Report keys and payload bytes stored (published), and the quota.
+    pub fn report_usage(&self) -> (u64, u64, Quota) {
+        let quota = lock(&self.writes.queue).quota;
+        let c = self.read();
+        (c.reports.len() as u64, c.report_bytes, quota)
     }
 
     /// Creates or replaces a report and waits until it is durable (see `submit_put`).
@@ -156,6 +214,36 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_refuses_only_growth() {
+        let q = Quota {
+            max_keys: 2,
+            max_bytes: 100,
+        };
+        let d = |keys, bytes| UsageDelta { keys, bytes };
+        assert!(quota_refusal(&q, (1, 50), d(1, 10)).is_none());
+        assert!(matches!(
+            quota_refusal(&q, (2, 50), d(1, 10)),
+            Some(StoreError::QuotaExceeded {
+                limit: QuotaLimit::Keys,
+                max: 2,
+                used: 2
+            })
+        ));
+        assert!(matches!(
+            quota_refusal(&q, (1, 95), d(0, 10)),
+            Some(StoreError::QuotaExceeded {
+                limit: QuotaLimit::Bytes,
+                max: 100,
+                used: 95
+            })
+        ));
+        // Over the limits already (a loaded cache): shrinking and same-size writes pass.
+        assert!(quota_refusal(&q, (5, 500), d(0, -10)).is_none());
+        assert!(quota_refusal(&q, (5, 500), d(0, 0)).is_none());
+        assert!(quota_refusal(&q, (5, 500), d(-1, -100)).is_none());
+    }
 
     #[test]
     fn if_match_rules() {

@@ -1350,12 +1350,12 @@ fn entry_body(key: &str, v: i64) -> Vec<u8> {
 
 /// `a` put then deleted, `b` put, then `c` put as the last record.
 fn sample_journal() -> (Vec<u8>, usize) {
-    let mut bytes = journal::encode_put(&entry_body("a", 1));
-    bytes.extend(journal::encode_put(&entry_body("b", 1)));
-    bytes.extend(journal::encode_delete("a"));
-    bytes.extend(journal::encode_put(&entry_body("b", 2)));
+    let mut bytes = journal::encode_put(&std::sync::Arc::from(entry_body("a", 1))).to_bytes();
+    bytes.extend(journal::encode_put(&std::sync::Arc::from(entry_body("b", 1))).to_bytes());
+    bytes.extend(journal::encode_delete("a").to_bytes());
+    bytes.extend(journal::encode_put(&std::sync::Arc::from(entry_body("b", 2))).to_bytes());
     let before_last = bytes.len();
-    bytes.extend(journal::encode_put(&entry_body("c", 1)));
+    bytes.extend(journal::encode_put(&std::sync::Arc::from(entry_body("c", 1))).to_bytes());
     (bytes, before_last)
 }
 
@@ -1417,8 +1417,12 @@ fn torn_journal_tail_is_ignored_at_every_offset() {
 fn journal_crc_mismatch_stops_replay_at_that_record() {
     let f = fixture();
     let (mut bytes, _) = sample_journal();
-    let first = journal::encode_put(&entry_body("a", 1)).len();
-    let second = journal::encode_put(&entry_body("b", 1)).len();
+    let first = journal::encode_put(&std::sync::Arc::from(entry_body("a", 1)))
+        .to_bytes()
+        .len();
+    let second = journal::encode_put(&std::sync::Arc::from(entry_body("b", 1)))
+        .to_bytes()
+        .len();
     // Flip a payload byte of the second record: it and everything after are ignored.
     bytes[first + second - 3] ^= 0x20;
     fs::create_dir_all(&f.state).unwrap();

@@ -17,5 +17,6 @@ mod hostile;
 mod kube;
 mod notify;
 mod observability;
+mod overload;
 mod reconcile;
 mod watch;

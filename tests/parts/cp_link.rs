@@ -94,18 +94,24 @@ fn client_fetches_state_and_secrets() {
     assert_eq!(refs.len(), 2);
     assert_eq!(state.signing_keys.unwrap().current, "Y3VycmVudA==");
 
-    let secret = client.fetch_secret("db-password").unwrap();
+    let secret = client
+        .fetch_secret("db-password", std::time::Duration::from_secs(5))
+        .unwrap();
     assert_eq!(secret.key, "db-password");
     assert_eq!(secret.version, 1);
     let plain = decrypt_secret(&nsk(), &secret.ciphertext, &secret.nonce).unwrap();
     assert_eq!(plain.as_str(), "dev-only-password");
     // A fresh nonce on every read.
-    let again = client.fetch_secret("db-password").unwrap();
+    let again = client
+        .fetch_secret("db-password", std::time::Duration::from_secs(5))
+        .unwrap();
     assert_ne!(again.nonce, secret.nonce);
 
     // Keys are percent-encoded into one path segment.
     assert_eq!(cp.set_secret("tls/server key", "pem"), 1);
-    let s = client.fetch_secret("tls/server key").unwrap();
+    let s = client
+        .fetch_secret("tls/server key", std::time::Duration::from_secs(5))
+        .unwrap();
     assert_eq!(
         decrypt_secret(&nsk(), &s.ciphertext, &s.nonce)
             .unwrap()
@@ -117,7 +123,9 @@ fn client_fetches_state_and_secrets() {
     assert!(decrypt_secret(&wrong, &s.ciphertext, &s.nonce).is_err());
 
     assert_eq!(
-        client.fetch_secret("nope").unwrap_err(),
+        client
+            .fetch_secret("nope", std::time::Duration::from_secs(5))
+            .unwrap_err(),
         CpError::Status {
             status: 404,
             retry_after: None

@@ -64,7 +64,9 @@ fn no_credentials_or_secrets_in_logs_alone() {
     let client = Arc::new(CpClient::new(CpConfig::new(&cp.url(), "node-1", token)).unwrap());
 
     // Secrets: success and failure.
-    let s = client.fetch_secret("pw").unwrap();
+    let s = client
+        .fetch_secret("pw", std::time::Duration::from_secs(5))
+        .unwrap();
     let nsk = Nsk::parse(NSK).unwrap();
     assert_eq!(
         decrypt_secret(&nsk, &s.ciphertext, &s.nonce)
@@ -78,7 +80,9 @@ fn no_credentials_or_secrets_in_logs_alone() {
         Zeroizing::new("wrong".into()),
     ))
     .unwrap();
-    assert!(bad.fetch_secret("pw").is_err());
+    assert!(bad
+        .fetch_secret("pw", std::time::Duration::from_secs(5))
+        .is_err());
 
     // Syncer and link through failures and recovery.
     let dir = tempfile::tempdir().unwrap();

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexd_nodeapi::http::{
-    Handler, Limits, Listener, Park, ParkKind, Reply, Request, Response, Server, ServerConfig,
-    ServerHandle, Stream, Transport, Wake,
+    Handler, Later, Limits, Listener, Park, ParkKind, Reply, Request, Response, Server,
+    ServerConfig, ServerHandle, Stream, Transport, Wake,
 };
 
 #[derive(Default)]
@@ -22,35 +22,41 @@ pub struct TestHandler {
 }
 
 impl Handler for TestHandler {
-    fn may_block(&self, req: &Request) -> bool {
-        req.path == "/slow"
-    }
-
-    fn handle(&self, req: &Request) -> Reply {
-        match req.path.as_str() {
+    fn handle(&self, req: &Request<'_>) -> Reply {
+        match req.path {
             "/echo" => {
                 let mut body = format!("{} {}\n", req.method.as_str(), req.path).into_bytes();
-                body.extend_from_slice(&req.body);
+                body.extend_from_slice(req.body);
                 Reply::Now(
                     Response::new(200)
                         .header("Content-Type", "text/plain")
                         .body(body),
                 )
             }
+            // Slow work answers from another thread, as the upstream pool does.
             "/slow" => {
                 let ms = req
                     .query_param("ms")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(300);
-                std::thread::sleep(Duration::from_millis(ms));
-                Reply::Now(Response::json(200, b"{\"slow\":true}".to_vec()))
+                Reply::Later(Later {
+                    deadline: Instant::now() + Duration::from_secs(10),
+                    start: Box::new(move |resume| {
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            resume.answer(Response::json(200, b"{\"slow\":true}".to_vec()));
+                        });
+                        Ok(())
+                    }),
+                    on_timeout: Box::new(|| Response::error(503, "slow work timed out")),
+                })
             }
             "/json" => Reply::Now(Response::json(200, b"{\"ok\":true}".to_vec())),
             "/big" => Reply::Now(Response::new(200).body(vec![b'x'; 8 << 20])),
             "/nocontent" => Reply::Now(Response::new(204)),
             "/panic" => panic!("test handler panics on purpose"),
             "/creds" => {
-                let body = match &*req.transport {
+                let body = match req.transport {
                     Transport::Unix(Some(c)) => format!(
                         "pid={} uid={} gid={} groups={:?}",
                         c.pid, c.uid, c.gid, c.groups
@@ -101,6 +107,7 @@ pub fn test_limits() -> Limits {
         max_headers: 64,
         max_body_bytes: 1024 * 1024,
         head_timeout: Duration::from_millis(400),
+        body_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_millis(800),
         io_timeout: Duration::from_millis(500),
     }
@@ -126,6 +133,7 @@ impl TestServer {
             workers: 4,
             max_connections: 4096,
             max_parked: 16,
+            max_body_memory: 64 << 20,
             limits: test_limits(),
         };
         tweak(&mut config);

@@ -1,4 +1,5 @@
-//! The library's parts in process, over real sockets and files: the HTTP core
+//! The library's parts in process, over real sockets and files: the router and handlers
+//! byte for byte over `UnixStream::pair()` (`api_wire`), the HTTP core
 //! (`http_core`, `http_idle`, with `http_common`), the control-plane link against the
 //! development control plane (`cp_link`, `cp_logs`, `cp_tls`, `devcp`), event framing
 //! and verification (`events_sse`, `events_verify`), the shipped contrib files
@@ -13,6 +14,7 @@ mod http_common;
 #[path = "../kube_common/mod.rs"]
 mod kube_common;
 
+mod api_wire;
 mod contrib;
 mod cp_link;
 mod cp_logs;
