@@ -35,6 +35,7 @@ use crate::events::{KeySet, Verifier};
 use crate::http::activation;
 use crate::http::listen;
 use crate::http::{Handler, Limits, Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::kube::authn::{Authenticator, AuthnOptions};
 use crate::kube::client::KubeClient;
 use crate::kube::config::KubeConfig;
 use crate::kube::mirror::{KubeDeps, KubeMirror, MirrorOptions};
@@ -83,6 +84,7 @@ impl Daemon {
         };
 
         apply_report_quota(&config, &store);
+        let kube = kube.map(|(k, kube_client)| KubeParts::new(k, kube_client, &store));
         let upstream = match upstream_pool(&config) {
             Ok(p) => p,
             Err(e) => {
@@ -106,6 +108,7 @@ impl Daemon {
             &stream_metrics,
             client.clone(),
             &upstream,
+            kube.as_ref().and_then(|k| k.authn.clone()),
         ));
         let server = serve(&config, listeners, &api).inspect_err(|_| {
             remove_socket(own_socket.as_ref());
@@ -113,9 +116,9 @@ impl Daemon {
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
-        let kube = kube.map(|(k, kube_client)| {
+        let kube = kube.map(|k| {
             let options = MirrorOptions::from_env(config.reconcile_interval);
-            start_kubernetes(k, kube_client, client.clone(), &store, &api.status, options)
+            k.start(client.clone(), &store, &api.status, options)
         });
         let (link, events) = match client {
             Some(client) => {
@@ -208,28 +211,63 @@ fn kubernetes_client(config: &Config) -> Result<Option<(KubeConfig, Arc<KubeClie
     Ok(Some((k.clone(), Arc::new(client))))
 }
 
-/// Starts the Kubernetes mirror (and its watch); shows its health on the status pages.
-/// Secrets' ciphertext comes from the control plane, when there is one.
-fn start_kubernetes(
-    k: KubeConfig,
+/// The Kubernetes mode's parts, made before the API (which takes the authenticator)
+/// and started after the server.
+struct KubeParts {
+    config: KubeConfig,
     client: Arc<KubeClient>,
-    cp: Option<Arc<CpClient>>,
-    store: &Arc<Store>,
-    status: &Status,
-    options: MirrorOptions,
-) -> KubeMirror {
-    let resource = ResourceName::for_node(&k.node_id);
-    let health = Arc::new(KubeHealth::new(&k.namespace, &resource.get()));
-    let _ = status.kube.set(Arc::clone(&health));
-    let deps = KubeDeps {
-        store: Arc::clone(store),
-        client,
-        cp,
-        health,
-        config: k,
-        resource,
-    };
-    KubeMirror::start(deps, options)
+    health: Arc<KubeHealth>,
+    /// The resource's name, shared by the mirror and the authenticator.
+    resource: ResourceName,
+    /// `None` when `--k8s-token-audience` is empty (TokenReview off).
+    authn: Option<Arc<Authenticator>>,
+}
+
+impl KubeParts {
+    fn new(config: KubeConfig, client: Arc<KubeClient>, store: &Arc<Store>) -> KubeParts {
+        let resource = ResourceName::for_node(&config.node_id);
+        let health = Arc::new(KubeHealth::new(&config.namespace, &resource.get()));
+        let authn = config.token_audience.as_ref().map(|audience| {
+            Arc::new(Authenticator::new(
+                Arc::clone(&client),
+                Arc::clone(&health),
+                Arc::clone(store),
+                audience,
+                &config.namespace,
+                &config.node_name,
+                resource.clone(),
+                AuthnOptions::default(),
+            ))
+        });
+        KubeParts {
+            config,
+            client,
+            health,
+            resource,
+            authn,
+        }
+    }
+
+    /// Starts the mirror (and its watch); shows its health on the status pages. The
+    /// secrets' ciphertext comes from the control plane, when there is one.
+    fn start(
+        self,
+        cp: Option<Arc<CpClient>>,
+        store: &Arc<Store>,
+        status: &Status,
+        options: MirrorOptions,
+    ) -> KubeMirror {
+        let _ = status.kube.set(Arc::clone(&self.health));
+        let deps = KubeDeps {
+            store: Arc::clone(store),
+            client: self.client,
+            cp,
+            health: self.health,
+            config: self.config,
+            resource: self.resource,
+        };
+        KubeMirror::start(deps, options)
+    }
 }
 
 /// The daemon's listeners: passed by systemd (socket activation) or bound here.
@@ -329,6 +367,7 @@ fn local_api(
     stream_metrics: &Arc<StreamMetrics>,
     client: Option<Arc<CpClient>>,
     upstream: &Arc<Pool>,
+    kube: Option<Arc<Authenticator>>,
 ) -> Api {
     let secrets_gid = Access::lookup_secrets_gid();
     if config.secret_auth && secrets_gid.is_none() {
@@ -351,7 +390,8 @@ fn local_api(
     let _ = status.secrets.set(Arc::clone(&secrets));
     Api {
         store: Arc::clone(store),
-        access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid),
+        access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid)
+            .with_kubernetes(kube),
         secrets,
         upstream: Arc::clone(upstream),
         status,

@@ -323,7 +323,7 @@ impl KubeClient {
     /// A file that cannot be read keeps the last good token (logged).
     fn bearer(&self, force: bool) -> Result<Zeroizing<String>, KubeError> {
         let mut state = lock(&self.token);
-        let stale = state.read_at.map_or(true, |t| t.elapsed() >= TOKEN_REREAD);
+        let stale = state.read_at.is_none_or(|t| t.elapsed() >= TOKEN_REREAD);
         if force || stale {
             match read_token(&self.token_file) {
                 Ok(token) => {

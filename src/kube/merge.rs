@@ -184,8 +184,8 @@ pub fn plan(status: &[Value], store: &[ReportEntry], base: &Base) -> Plan {
         let s_digest = digest(&s.content_type, &s.payload);
         let b = base.get(key);
         let import = match local.get(key.as_str()) {
-            Some(l) => s_digest != entry_digest(l) && b.map_or(true, |b| b.digest != s_digest),
-            None => b.map_or(true, |b| b.digest != s_digest),
+            Some(l) => s_digest != entry_digest(l) && b.is_none_or(|b| b.digest != s_digest),
+            None => b.is_none_or(|b| b.digest != s_digest),
         };
         if import {
             if let Ok(payload) = serde_json::value::to_raw_value(&s.payload) {

@@ -1170,3 +1170,141 @@ fn kubectl_reads_and_reports_as_a_workload() {
         "the spec is plexd's: {out}"
     );
 }
+
+// ---- the node-local endpoint with workload tokens ---------------------------------------
+
+/// A Role granting `apps/web` the ciphertext Secret of `db-password` on this node only.
+const WEB_SECRET_RBAC: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: web-n-test, namespace: plexd-system}
+rules:
+  - apiGroups: [\"\"]
+    resources: [\"secrets\"]
+    resourceNames: [\"plexd-secret-n-test-db-password\"]
+    verbs: [\"get\"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: web-n-test, namespace: plexd-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: web-n-test}
+subjects: [{kind: ServiceAccount, name: web, namespace: apps}]
+";
+
+fn tcp(d: &TestDaemon, method: &str, path: &str, token: &str, body: Option<&str>) -> common::Resp {
+    let auth = format!("Bearer {token}");
+    common::tcp_request(
+        d.tcp.expect("tcp listener"),
+        method,
+        path,
+        &[("Authorization", auth.as_str())],
+        body.map(str::as_bytes),
+    )
+}
+
+#[test]
+fn workload_tokens_are_reviewed_on_the_tcp_listener() {
+    let env = Env::new();
+    env.fake.control("rbac", json!({"yaml": WEB_SECRET_RBAC}));
+    let d = env
+        .daemon()
+        .http_with_token("static-operator-token")
+        .start();
+    env.wait_cr(&d, "created", |c| c["spec"]["secretRefs"].is_array());
+    let plexd_token = |sa: &str, node: &str| {
+        env.fake
+            .token(json!({"sa": sa, "audiences": ["plexd"], "node": node, "pod": "web-1"}))
+    };
+    let web = plexd_token("apps/web", NODE_NAME);
+
+    // The plaintext, for the key whose Secret the workload may get.
+    let r = tcp(&d, "GET", "/v1/state/secrets/db-password", &web, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["value"], "dev-only-password");
+    assert!(d
+        .log_text()
+        .contains("system:serviceaccount:apps:web pod=web-1"));
+    // ... but not for another key.
+    let r = tcp(&d, "GET", "/v1/state/secrets/api-token", &web, None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Reads need the reader Role, report writes the reporter Role (both bound to web).
+    assert_eq!(tcp(&d, "GET", "/v1/state", &web, None).status, 200);
+    let r = tcp(
+        &d,
+        "PUT",
+        "/v1/state/report/from-tcp",
+        &web,
+        Some(r#"{"content_type":"text/plain","payload":"x"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(d.get("/v1/state/report/from-tcp").status, 200);
+    assert_eq!(
+        tcp(&d, "DELETE", "/v1/state/report/from-tcp", &web, None).status,
+        204
+    );
+    // The status pages need the static token.
+    assert_eq!(tcp(&d, "GET", "/metrics", &web, None).status, 403);
+    assert_eq!(
+        tcp(&d, "GET", "/metrics", "static-operator-token", None).status,
+        200
+    );
+
+    // Refusals: another audience (an API-server token) 401; no bindings 403; a pod on
+    // another node 403; garbage 401.
+    let api_token = env.fake.token(json!({"sa": "apps/web"}));
+    let r = tcp(&d, "GET", "/v1/state", &api_token, None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let nobody = plexd_token("apps/nobody", NODE_NAME);
+    assert_eq!(tcp(&d, "GET", "/v1/state", &nobody, None).status, 403);
+    let elsewhere = plexd_token("apps/web", "node-2");
+    assert_eq!(tcp(&d, "GET", "/v1/state", &elsewhere, None).status, 403);
+    assert_eq!(tcp(&d, "GET", "/v1/state", "garbage", None).status, 401);
+
+    // Answers are cached by token: no new review for a repeated request.
+    let reviews = |env: &Env| env.fake.stats()["tokenreviews"].as_u64().unwrap();
+    let before = reviews(&env);
+    for _ in 0..5 {
+        assert_eq!(tcp(&d, "GET", "/v1/state/metadata", &web, None).status, 200);
+    }
+    assert_eq!(reviews(&env), before);
+
+    // The API server cannot be asked: 503 with Retry-After, not 401.
+    env.fake.control(
+        "faults",
+        json!({"rules": [{"path": "/apis/authentication.k8s.io", "code": 503, "count": 1}]}),
+    );
+    let fresh = plexd_token("apps/web", NODE_NAME);
+    let r = tcp(&d, "GET", "/v1/state", &fresh, None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        tcp(&d, "GET", "/v1/state", &fresh, None).status,
+        200,
+        "not cached"
+    );
+
+    // The Unix socket keeps its own rules.
+    assert_eq!(d.get("/v1/state/secrets/api-token").status, 200);
+    // The reviews were made as the shipped RBAC allows (system:auth-delegator).
+    let reviews: Vec<Value> = env
+        .daemon_requests()
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r["resource"].as_str(),
+                Some("tokenreviews" | "subjectaccessreviews")
+            )
+        })
+        .collect();
+    assert!(reviews
+        .iter()
+        .any(|r| r["resource"] == "tokenreviews" && r["code"] == 201));
+    assert!(reviews
+        .iter()
+        .any(|r| r["resource"] == "subjectaccessreviews" && r["code"] == 201));
+    assert!(reviews.iter().all(|r| r["code"] != 403));
+    assert!(reviews
+        .iter()
+        .filter(|r| r["resource"] == "tokenreviews")
+        .all(|r| r["body"]["spec"]["audiences"] == json!(["plexd"])));
+}
