@@ -221,7 +221,9 @@ mod tests {
         let mut buf = [0u8; 4096];
         let mut got = Vec::new();
         while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).unwrap();
+            let n = s
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("reading an answer: {e}"));
             assert!(n > 0, "connection closed");
             got.extend_from_slice(&buf[..n]);
         }

@@ -471,7 +471,9 @@ fn tune_allocator() {
 /// Raises the soft open-file limit (up to the hard limit) so `max_connections` fits.
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let want = max_connections as u64 + 128;
+    // `rlim_t` is 32 bits wide on 32-bit glibc (armv7 gnueabihf) and 64 bits elsewhere.
+    let want =
+        libc::rlim_t::try_from(max_connections.saturating_add(128)).unwrap_or(libc::rlim_t::MAX);
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let target = want.min(hard);
         if soft < target {

@@ -324,6 +324,64 @@ mod tests {
         assert_eq!(decode(&zeros).1, bytes.len());
     }
 
+    /// `tests/fixtures/report.journal`: five records in the x86-64 build's bytes, then
+    /// half of a sixth (a write cut short by SIGKILL). The format has no native-endian
+    /// or pointer-sized field, so every target must encode these records to exactly
+    /// these bytes and replay them, 32-bit ARM included (CI runs this test there).
+    #[test]
+    fn fixture_from_a_64_bit_build_is_byte_identical_and_replays() {
+        let fixture: &[u8] = include_bytes!("../../tests/fixtures/report.journal");
+        let entry = |key: &str, payload: &str, version: i64, at: &str| {
+            format!(
+                r#"{{"key":"{key}","content_type":"application/json","payload":{payload},"version":{version},"updated_at":"{at}"}}"#
+            )
+            .into_bytes()
+        };
+        let mut expected = put_rec(entry(
+            "app-health",
+            r#"{"status":"healthy","uptime_s":4294967296}"#,
+            1,
+            "2026-11-28T15:01:12.5Z",
+        ));
+        expected.extend(put_rec(entry(
+            "app-health",
+            r#"{"status":"degraded","max_u64":18446744073709551615,"neg":-9007199254740993}"#,
+            2,
+            "2026-11-28T15:01:13.000000001Z",
+        )));
+        expected.extend(put_rec(entry(
+            "zürich sensor #1",
+            r#"[1.5e300,"\u00fc",null]"#,
+            4_294_967_297,
+            "2038-01-19T03:14:08Z",
+        )));
+        expected.extend(put_rec(entry("gone", "{}", 1, "2026-11-28T15:01:14Z")));
+        expected.extend(del_rec("gone"));
+        assert_eq!(&fixture[..expected.len()], &expected[..], "encoder bytes");
+        assert_eq!(fixture.len() - expected.len(), 70, "the torn tail");
+
+        let (records, valid) = decode(fixture);
+        assert_eq!(valid, expected.len(), "replay stops before the torn record");
+        assert_eq!(records.len(), 5);
+        let Record::Put(second) = &records[1] else {
+            panic!("record 2 is a put: {records:?}");
+        };
+        assert_eq!(second.version, 2);
+        assert_eq!(
+            second.payload.get(),
+            r#"{"status":"degraded","max_u64":18446744073709551615,"neg":-9007199254740993}"#,
+            "payload kept byte for byte"
+        );
+        let Record::Put(third) = &records[2] else {
+            panic!("record 3 is a put: {records:?}");
+        };
+        assert_eq!(
+            (third.key.as_str(), third.version),
+            ("zürich sensor #1", 4_294_967_297)
+        );
+        assert!(matches!(&records[4], Record::Delete(k) if k == "gone"));
+    }
+
     #[test]
     fn append_reset_and_reopen() {
         let dir = tempfile::tempdir().unwrap();

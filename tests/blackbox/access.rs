@@ -113,17 +113,21 @@ fn secret_auth_uses_the_kernels_peer_credentials() {
             0,
             "primary gid"
         );
-        assert_eq!(
-            status_as(
-                &d.socket,
-                4242,
-                4242,
-                &[77, gid],
-                "/v1/state/secrets/db-password"
-            ),
-            0,
-            "supplementary group"
-        );
+        // qemu-user passes SO_PEERGROUPS an int-sized buffer, so the kernel answers
+        // ERANGE and the daemon sees no supplementary groups: not checkable there.
+        if !skip_if_emulated("SO_PEERGROUPS (supplementary groups) is not emulated") {
+            assert_eq!(
+                status_as(
+                    &d.socket,
+                    4242,
+                    4242,
+                    &[77, gid],
+                    "/v1/state/secrets/db-password"
+                ),
+                0,
+                "supplementary group"
+            );
+        }
         assert_eq!(
             status_as(
                 &d.socket,

@@ -3,11 +3,11 @@
 //! client end to end against a running daemon.
 
 use crate::common::*;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run binary")
+    command().args(args).output().expect("run binary")
 }
 
 fn stderr(o: &Output) -> String {

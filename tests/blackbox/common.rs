@@ -20,8 +20,62 @@ use plexd_nodeapi::secrets::nsk::Nsk;
 pub const NSK_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 pub const NODE_ID: &str = "n_test";
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_plexd-nodeapi")
+/// Names the daemon binary under test instead of the one cargo built (for example a
+/// cross-built ARM binary).
+pub const BIN_ENV: &str = "PLEXD_NODEAPI_BIN";
+/// A command that runs the binary, split on whitespace and put before it (for example
+/// `qemu-arm-static` or `qemu-arm-static -L /usr/arm-linux-gnueabihf`).
+pub const RUNNER_ENV: &str = "PLEXD_NODEAPI_RUNNER";
+
+/// The binary under test: `$PLEXD_NODEAPI_BIN`, or the one cargo built.
+pub fn bin() -> PathBuf {
+    std::env::var_os(BIN_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_plexd-nodeapi")),
+            PathBuf::from,
+        )
+}
+
+/// The runner words from `$PLEXD_NODEAPI_RUNNER` (empty: the binary runs natively).
+pub fn runner() -> Vec<String> {
+    std::env::var(RUNNER_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A `Command` that starts the binary under test, through the runner if one is set.
+/// Every test starts the daemon or the `state` client through this.
+pub fn command() -> Command {
+    let mut words = runner().into_iter();
+    match words.next() {
+        Some(emulator) => {
+            let mut cmd = Command::new(emulator);
+            cmd.args(words).arg(bin());
+            cmd
+        }
+        None => Command::new(bin()),
+    }
+}
+
+/// True when the binary runs under a runner (an emulator such as qemu-user): the
+/// process's threads and timing are then the emulator's, not the daemon's.
+pub fn emulated() -> bool {
+    !runner().is_empty()
+}
+
+/// For tests that measure threads or timing: under an emulator, prints why the test is
+/// skipped and returns true.
+pub fn skip_if_emulated(what: &str) -> bool {
+    if emulated() {
+        eprintln!(
+            "skipped under {}: {what}",
+            std::env::var(RUNNER_ENV).unwrap_or_default()
+        );
+    }
+    emulated()
 }
 
 /// A node's data folder: identity.json and node_secret_key, like plexd writes them.
@@ -147,7 +201,7 @@ impl DaemonBuilder<'_> {
                 .as_nanos()
         ));
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = command();
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.node.path())

@@ -339,3 +339,78 @@ fn shutdown_makes_a_final_flush() {
     assert_eq!(d.stop().code(), Some(0));
     assert!(cp.reports().contains_key("late"), "final flush on SIGTERM");
 }
+
+/// A data folder moves between machines: `fixtures/report.journal` holds a journal in
+/// the bytes the x86-64 build writes (five records, then a record cut short by a
+/// crash; see `store::journal`), beside an epoch-7 revision file. Whatever binary runs
+/// this suite replays it the same way — under CI's emulator, the ARM builds, 32-bit
+/// included: versions and revisions past 2^32, payloads byte for byte, the torn tail
+/// dropped, and after a clean stop the journal empty and the files in its place.
+#[test]
+fn a_journal_written_by_a_64_bit_build_replays_on_this_build() {
+    let node = Node::new();
+    let state = node.state();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("report.journal"),
+        include_bytes!("../fixtures/report.journal"),
+    )
+    .unwrap();
+    std::fs::write(state.join("revision"), "7\n").unwrap();
+    let d = node.daemon().start();
+
+    let list = d.get("/v1/state/report");
+    assert_eq!(
+        list.json(),
+        serde_json::json!([
+            {"key": "app-health", "version": 2},
+            {"key": "zürich sensor #1", "version": 4_294_967_297u64}
+        ])
+    );
+    let index: u64 = list.header("x-plexd-index").unwrap().parse().unwrap();
+    assert_eq!(
+        index >> 32,
+        8,
+        "revision {index} is in epoch 8, past 32 bits"
+    );
+    let health = d.get("/v1/state/report/app-health");
+    assert!(
+        health.text().contains(
+            r#""payload":{"status":"degraded","max_u64":18446744073709551615,"neg":-9007199254740993}"#
+        ),
+        "payload byte for byte: {}",
+        health.text()
+    );
+    assert_eq!(
+        health.json()["updated_at"],
+        "2026-11-28T15:01:13.000000001Z"
+    );
+    assert_eq!(d.get("/v1/state/report/gone").status, 404);
+    assert_eq!(d.get("/v1/state/report/torn").status, 404);
+    assert!(d.log_text().contains("torn"), "{}", d.log_text());
+
+    // Writing goes on from the replayed versions.
+    let put = d.put("/v1/state/report/z%C3%BCrich%20sensor%20%231", &body(1));
+    assert_eq!(put.status, 200);
+    assert_eq!(put.json()["version"], 4_294_967_298u64);
+    assert_eq!(d.stop().code(), Some(0));
+
+    assert_eq!(
+        std::fs::metadata(state.join("report.journal"))
+            .unwrap()
+            .len(),
+        0,
+        "a clean stop empties the journal"
+    );
+    let file = std::fs::read_to_string(state.join("report/z%C3%BCrich%20sensor%20%231.json"))
+        .expect("report file for the non-ASCII key");
+    assert!(file.contains("4294967298"), "{file}");
+    assert!(state.join("report/app-health.json").exists());
+    assert!(!state.join("report/gone.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(state.join("revision"))
+            .unwrap()
+            .trim(),
+        "8"
+    );
+}

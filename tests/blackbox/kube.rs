@@ -903,12 +903,15 @@ fn missing_rbac_or_crd_shows_in_health() {
 #[test]
 fn missing_in_cluster_values_exit_2_before_binding() {
     let node = Node::new();
-    let out = Command::new(common::bin())
+    let out = common::command()
         .args(["serve", "--kubernetes", "--data-dir"])
         .arg(node.path())
         .arg("--socket")
         .arg(node.socket())
-        .env_clear()
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("MY_NODE_NAME")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -919,7 +922,7 @@ fn missing_in_cluster_values_exit_2_before_binding() {
     assert!(!node.socket().exists(), "nothing was bound");
     // With the server but no node name: that field is named.
     let token = token_file(node.path(), "t", "x");
-    let out = Command::new(common::bin())
+    let out = common::command()
         .args([
             "serve",
             "--kubernetes",
@@ -935,7 +938,10 @@ fn missing_in_cluster_values_exit_2_before_binding() {
         .arg(node.path())
         .arg("--socket")
         .arg(node.socket())
-        .env_clear()
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("MY_NODE_NAME")
         .stderr(Stdio::piped())
         .output()
         .unwrap();

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ impl Watch {
     fn start(socket: &Path, dir: &Path, args: &[&str]) -> Watch {
         let stderr = dir.join(format!("watch-{}.err", std::process::id()));
         // `--socket` before the subcommand: after `--` it would belong to COMMAND.
-        let mut child = Command::new(bin())
+        let mut child = command()
             .arg("state")
             .arg("--socket")
             .arg(socket)
@@ -221,7 +221,7 @@ fn survives_an_unreachable_daemon_and_a_store_that_went_backwards() {
 fn usage_errors() {
     let node = Node::new();
     let run = |args: &[&str]| {
-        Command::new(bin())
+        command()
             .arg("state")
             .arg("--socket")
             .arg(node.socket())
