@@ -148,6 +148,29 @@ pub fn delete(store: &Store, key: &str) -> Result<Reply, ApiError> {
     Ok(park_on(store.submit_delete(&key), delete_response))
 }
 
+/// A parsed write, made and waited for on the calling thread (at most `PARK_LIMIT`).
+/// Only for the upstream pool, where a workload's write runs once its token was
+/// reviewed — never on an HTTP worker.
+pub fn put_blocking(store: &Store, put: PutReport) -> Response {
+    let ticket = store.submit_put(&put.key, put.content_type, put.payload, put.if_match);
+    wait_blocking(ticket, put_response)
+}
+
+/// `put_blocking` for a deletion.
+pub fn delete_blocking(store: &Store, key: &ReportKey) -> Response {
+    wait_blocking(store.submit_delete(key), delete_response)
+}
+
+fn wait_blocking<T>(ticket: Ticket<T>, respond: fn(Result<T, StoreError>) -> Response) -> Response {
+    match ticket.wait_timeout(PARK_LIMIT) {
+        Some(result) => respond(result),
+        None => {
+            ApiError::Unavailable("write still in progress; read the entry back before retrying")
+                .into()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};

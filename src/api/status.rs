@@ -16,6 +16,7 @@ use crate::secrets::breaker::CircuitState;
 use crate::secrets::Secrets;
 use crate::store::Store;
 use crate::telemetry::health::LinkHealth;
+use crate::telemetry::kubernetes::KubeHealth;
 use crate::telemetry::metrics::{
     family, label, single, unix_seconds, ApiReject, Rejections, RequestMetrics,
 };
@@ -28,6 +29,8 @@ pub struct Status {
     pub health: Arc<LinkHealth>,
     pub stream: Arc<StreamMetrics>,
     pub server: OnceLock<Arc<ServerStats>>,
+    /// With `--kubernetes`: the mirror's health and counters.
+    pub kube: OnceLock<Arc<KubeHealth>>,
     pub secret_auth: bool,
     /// Refusals the API decides, by reason.
     pub rejections: Arc<Rejections>,
@@ -56,6 +59,7 @@ impl Status {
             health,
             stream,
             server: OnceLock::new(),
+            kube: OnceLock::new(),
             secret_auth,
             rejections: Arc::new(Rejections::default()),
             upstream: OnceLock::new(),
@@ -95,8 +99,9 @@ impl Status {
         if let Some(obj) = control_plane.as_object_mut() {
             obj.extend(self.stream.health_fields());
         }
-        let doc = json!({
-            "status": if link.degraded() { "degraded" } else { "ok" },
+        let kube_degraded = self.kube.get().is_some_and(|k| k.degraded());
+        let mut doc = json!({
+            "status": if link.degraded() || kube_degraded { "degraded" } else { "ok" },
             "ready": ready,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -114,6 +119,9 @@ impl Status {
             "secret_auth": self.secret_auth,
             "limits": self.limits_health(),
         });
+        if let (Some(k), Some(obj)) = (self.kube.get(), doc.as_object_mut()) {
+            obj.insert("kubernetes".into(), k.health_json());
+        }
         let body = doc.to_string().into_bytes();
         if req.query_param("ready").is_some() && !ready {
             return Err(ApiError::NotReady { health: body });
@@ -132,6 +140,9 @@ impl Status {
         self.render_cache(&mut out);
         self.health.snapshot().render(&mut out);
         self.stream.render(&mut out);
+        if let Some(k) = self.kube.get() {
+            k.render_metrics(&mut out);
+        }
         self.render_limits(&mut out);
         render_build_info(&mut out);
         Response::new(200)

@@ -3,9 +3,12 @@
 //! the wiring and nothing else (no request handling, no file formats).
 //!
 //! Start: listeners (socket activation or bind) → store (load the disk cache) →
-//! syncer → HTTP server → control-plane link (background) → event stream → `READY=1`.
+//! syncer → HTTP server → control-plane link (background) → event stream → with
+//! `--kubernetes`, the Kubernetes mirror (background; nothing waits for the API
+//! server) → `READY=1`.
 //! Stop: `STOPPING=1` → HTTP server (in-flight and parked requests answered) →
-//! event stream (signalled, not waited for while a read blocks) → store close (report
+//! event stream (signalled, not waited for while a read blocks) → Kubernetes mirror
+//! (it writes to the store; the resource and its Secrets stay) → store close (report
 //! journal checkpointed into the files) → link → syncer (final flush) → remove the
 //! socket we created — all within `--shutdown-timeout`.
 //!
@@ -32,10 +35,16 @@ use crate::events::{KeySet, Verifier};
 use crate::http::activation;
 use crate::http::listen;
 use crate::http::{Handler, Limits, Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::kube::authn::{Authenticator, AuthnOptions};
+use crate::kube::client::KubeClient;
+use crate::kube::config::KubeConfig;
+use crate::kube::mirror::{KubeDeps, KubeMirror, MirrorOptions};
+use crate::kube::names::ResourceName;
 use crate::pool::Pool;
 use crate::secrets::Secrets;
 use crate::store::{ChangeKind, Quota, Store};
 use crate::telemetry::health::LinkHealth;
+use crate::telemetry::kubernetes::KubeHealth;
 use crate::telemetry::stream::StreamMetrics;
 
 /// A running daemon.
@@ -46,6 +55,7 @@ pub struct Daemon {
     syncer: SyncerHandle,
     link: Option<Link>,
     events: Option<EventStreamHandle>,
+    kube: Option<KubeMirror>,
     /// The socket file we bound ourselves (removed at shutdown); `None` if inherited.
     own_socket: Option<PathBuf>,
     shutdown_timeout: Duration,
@@ -58,6 +68,7 @@ impl Daemon {
     /// bound removes it again; nothing is written before the listeners are bound.
     pub fn start(config: Config) -> Result<Daemon, CliError> {
         let client = control_plane_client(&config)?;
+        let kube = kubernetes_client(&config)?;
         raise_fd_limit(config.max_connections);
         tune_allocator();
         // Listeners first: a bind failure must leave the disk untouched.
@@ -73,6 +84,7 @@ impl Daemon {
         };
 
         apply_report_quota(&config, &store);
+        let kube = kube.map(|(k, kube_client)| KubeParts::new(k, kube_client, &store));
         let upstream = match upstream_pool(&config) {
             Ok(p) => p,
             Err(e) => {
@@ -96,6 +108,7 @@ impl Daemon {
             &stream_metrics,
             client.clone(),
             &upstream,
+            kube.as_ref().and_then(|k| k.authn.clone()),
         ));
         let server = serve(&config, listeners, &api).inspect_err(|_| {
             remove_socket(own_socket.as_ref());
@@ -103,6 +116,10 @@ impl Daemon {
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
+        let kube = kube.map(|k| {
+            let options = MirrorOptions::from_env(config.reconcile_interval);
+            k.start(client.clone(), &store, &api.status, options)
+        });
         let (link, events) = match client {
             Some(client) => {
                 let (link, events) =
@@ -133,6 +150,7 @@ impl Daemon {
             syncer,
             link,
             events,
+            kube,
             own_socket,
             shutdown_timeout: config.shutdown_timeout,
             socket: config.socket.clone(),
@@ -151,6 +169,9 @@ impl Daemon {
         self.upstream.shutdown(remaining(deadline));
         if let Some(events) = self.events {
             events.shutdown(remaining(deadline));
+        }
+        if let Some(kube) = self.kube {
+            kube.shutdown(remaining(deadline));
         }
         // No request can write any more: checkpoint the report journal into the files.
         self.store.close();
@@ -178,6 +199,75 @@ fn control_plane_client(config: &Config) -> Result<Option<Arc<CpClient>>, CliErr
     let client =
         CpClient::new(cp).map_err(|e| ConfigError::new("--control-plane", e.to_string()))?;
     Ok(Some(Arc::new(client)))
+}
+
+/// With `--kubernetes`, the Kubernetes API client. It reads its token and CA now, so
+/// an unusable file is a configuration error (exit 2) before anything is bound.
+fn kubernetes_client(config: &Config) -> Result<Option<(KubeConfig, Arc<KubeClient>)>, CliError> {
+    let Some(k) = &config.kubernetes else {
+        return Ok(None);
+    };
+    let client = KubeClient::new(k).map_err(|e| ConfigError::new("--kubernetes", e.to_string()))?;
+    Ok(Some((k.clone(), Arc::new(client))))
+}
+
+/// The Kubernetes mode's parts, made before the API (which takes the authenticator)
+/// and started after the server.
+struct KubeParts {
+    config: KubeConfig,
+    client: Arc<KubeClient>,
+    health: Arc<KubeHealth>,
+    /// The resource's name, shared by the mirror and the authenticator.
+    resource: ResourceName,
+    /// `None` when `--k8s-token-audience` is empty (TokenReview off).
+    authn: Option<Arc<Authenticator>>,
+}
+
+impl KubeParts {
+    fn new(config: KubeConfig, client: Arc<KubeClient>, store: &Arc<Store>) -> KubeParts {
+        let resource = ResourceName::for_node(&config.node_id);
+        let health = Arc::new(KubeHealth::new(&config.namespace, &resource.get()));
+        let authn = config.token_audience.as_ref().map(|audience| {
+            Arc::new(Authenticator::new(
+                Arc::clone(&client),
+                Arc::clone(&health),
+                Arc::clone(store),
+                audience,
+                &config.namespace,
+                &config.node_name,
+                resource.clone(),
+                AuthnOptions::default(),
+            ))
+        });
+        KubeParts {
+            config,
+            client,
+            health,
+            resource,
+            authn,
+        }
+    }
+
+    /// Starts the mirror (and its watch); shows its health on the status pages. The
+    /// secrets' ciphertext comes from the control plane, when there is one.
+    fn start(
+        self,
+        cp: Option<Arc<CpClient>>,
+        store: &Arc<Store>,
+        status: &Status,
+        options: MirrorOptions,
+    ) -> KubeMirror {
+        let _ = status.kube.set(Arc::clone(&self.health));
+        let deps = KubeDeps {
+            store: Arc::clone(store),
+            client: self.client,
+            cp,
+            health: self.health,
+            config: self.config,
+            resource: self.resource,
+        };
+        KubeMirror::start(deps, options)
+    }
 }
 
 /// The daemon's listeners: passed by systemd (socket activation) or bound here.
@@ -277,6 +367,7 @@ fn local_api(
     stream_metrics: &Arc<StreamMetrics>,
     client: Option<Arc<CpClient>>,
     upstream: &Arc<Pool>,
+    kube: Option<Arc<Authenticator>>,
 ) -> Api {
     let secrets_gid = Access::lookup_secrets_gid();
     if config.secret_auth && secrets_gid.is_none() {
@@ -299,7 +390,8 @@ fn local_api(
     let _ = status.secrets.set(Arc::clone(&secrets));
     Api {
         store: Arc::clone(store),
-        access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid),
+        access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid)
+            .with_kubernetes(kube),
         secrets,
         upstream: Arc::clone(upstream),
         status,

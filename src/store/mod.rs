@@ -36,6 +36,7 @@ mod marks;
 mod outbox;
 mod reports;
 mod revision;
+mod snapshot;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ use revision::Epochs;
 
 pub use commit::{Quota, Ticket};
 pub use outbox::SyncBatch;
+pub use snapshot::Snapshot;
 
 /// A JSON body rendered once and served many times.
 pub type Json = Arc<[u8]>;

@@ -5,6 +5,8 @@
 //! One test binary for all of them: each file is a module named after what it covers.
 
 mod common;
+#[path = "../kube_common/mod.rs"]
+mod kube_common;
 
 mod access;
 mod api_routes;
@@ -12,6 +14,7 @@ mod cli;
 mod durability;
 mod events_stream;
 mod hostile;
+mod kube;
 mod notify;
 mod observability;
 mod overload;
