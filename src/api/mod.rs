@@ -16,12 +16,12 @@ pub mod status;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::{Handler, Later, Method, Park, Reply, Request, Response, Wake};
+use crate::http::{Handler, Later, Method, Park, Reply, Request, Response};
 use crate::kube::authn::{Action, Authenticator, Decision};
 use crate::pool::Pool;
 use crate::secrets::Secrets;
 use crate::store::Store;
-use crate::telemetry::metrics::ApiReject;
+use crate::telemetry::metrics::{ApiReject, RequestMetrics};
 
 use access::{Access, Caller};
 use error::ApiError;
@@ -106,7 +106,12 @@ impl Handler for Api {
             );
         }
         match reply {
-            Reply::Park(park) => Reply::Park(self.count_when_answered(park, route, started)),
+            Reply::Park(park) => Reply::Park(count_when_answered(
+                park,
+                Arc::clone(&self.status.metrics),
+                route,
+                started,
+            )),
             // A later answer is counted by the work that produces it (`secret_later`).
             Reply::Later(later) => Reply::Later(later),
             reply => {
@@ -254,14 +259,22 @@ impl Api {
                     if resume.is_cancelled() {
                         return;
                     }
-                    let response = match authn.decide(&token, &action) {
+                    let outcome = match authn.decide(&token, &action) {
                         Decision::Allowed { caller } => {
                             prepared.run(&store, &source, &caller, deadline)
                         }
-                        refused => Response::from(access::refusal(refused)),
+                        refused => Outcome::Answer(Response::from(access::refusal(refused))),
                     };
-                    metrics.record_request(route, response.status, started.elapsed());
-                    resume.answer(response);
+                    match outcome {
+                        Outcome::Answer(response) => {
+                            metrics.record_request(route, response.status, started.elapsed());
+                            resume.answer(response);
+                        }
+                        // A blocking query waits for its change like any other.
+                        Outcome::Park(park) => {
+                            resume.park(count_when_answered(park, metrics, route, started))
+                        }
+                    }
                 });
                 pool.try_submit(job).map_err(|_| {
                     rejections.count(ApiReject::UpstreamBusy);
@@ -278,24 +291,28 @@ impl Api {
             }),
         })
     }
+}
 
-    /// A parked request is counted (status and whole latency) when its check produces
-    /// the answer — on a change, at its deadline or at shutdown — not when it parks.
-    /// One whose client goes away first is never counted.
-    fn count_when_answered(&self, park: Park, route: &'static str, started: Instant) -> Park {
-        let metrics = Arc::clone(&self.status.metrics);
-        let mut check = park.check;
-        Park {
-            deadline: park.deadline,
-            kind: park.kind,
-            check: Box::new(move |wake| {
-                let answer = check(wake);
-                if let Some(resp) = &answer {
-                    metrics.record_request(route, resp.status, started.elapsed());
-                }
-                answer
-            }),
-        }
+/// A parked request is counted (status and whole latency) when its check produces the
+/// answer — on a change, at its deadline or at shutdown — not when it parks. One whose
+/// client goes away first is never counted.
+fn count_when_answered(
+    park: Park,
+    metrics: Arc<RequestMetrics>,
+    route: &'static str,
+    started: Instant,
+) -> Park {
+    let mut check = park.check;
+    Park {
+        deadline: park.deadline,
+        kind: park.kind,
+        check: Box::new(move |wake| {
+            let answer = check(wake);
+            if let Some(resp) = &answer {
+                metrics.record_request(route, resp.status, started.elapsed());
+            }
+            answer
+        }),
     }
 }
 
@@ -305,8 +322,8 @@ const REVIEW_LIMIT: Duration = Duration::from_secs(10);
 
 /// What a workload's request does once its review allows it, prepared on the loop.
 enum Prepared {
-    /// A read, already rendered (a blocking query is answered with the current state:
-    /// the first one of a token not yet reviewed does not wait).
+    /// A read, already rendered, or a blocking query's park (it waits for its change
+    /// once the review allowed it: `Resume::park`).
     Read(Reply),
     Put(reports::PutReport),
     Delete(crate::store::keys::ReportKey),
@@ -316,13 +333,18 @@ enum Prepared {
     },
 }
 
+/// What an allowed workload request comes to: an answer, or a blocking query's park.
+enum Outcome {
+    Answer(Response),
+    Park(Park),
+}
+
 impl Prepared {
     /// Runs on the upstream pool: may wait for the journal or the control plane.
-    fn run(self, store: &Store, secrets: &Secrets, caller: &str, deadline: Instant) -> Response {
-        match self {
+    fn run(self, store: &Store, secrets: &Secrets, caller: &str, deadline: Instant) -> Outcome {
+        Outcome::Answer(match self {
             Prepared::Read(Reply::Now(response)) => response,
-            Prepared::Read(Reply::Park(mut park)) => (park.check)(Wake::TimedOut)
-                .unwrap_or_else(|| ApiError::Unavailable("try again").into()),
+            Prepared::Read(Reply::Park(park)) => return Outcome::Park(park),
             Prepared::Read(_) => ApiError::Internal("unexpected reply").into(),
             Prepared::Put(put) => reports::put_blocking(store, put),
             Prepared::Delete(key) => reports::delete_blocking(store, &key),
@@ -335,6 +357,6 @@ impl Prepared {
                     Err(e) => ApiError::from(e).into(),
                 }
             }
-        }
+        })
     }
 }

@@ -19,7 +19,7 @@ use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Reject};
 use super::poller::{HUP_OR_ERR, IN, OUT, RDHUP};
 use super::resume::Resume;
 use super::server::RejectReason;
-use super::shared::{Mailbox, Shared};
+use super::shared::{Delivered, Mailbox, Shared};
 use super::write::{read_some, send_response, send_some, Framing, Pending};
 use super::{
     Headers, Later, Method, Park, ParkKind, Reply, Request, Response, Span, Stream, Transport, Wake,
@@ -115,6 +115,8 @@ pub(crate) struct Conn {
     pub in_idle: bool,
     pub parked_at: u32,
     pub budget_queued: bool,
+    /// The deadline the loop's timer heap holds for this connection.
+    pub timer: Option<Instant>,
 }
 
 /// What the loop does with a connection after a step.
@@ -179,6 +181,7 @@ impl Conn {
             in_idle: false,
             parked_at: NONE,
             budget_queued: false,
+            timer: None,
         }
     }
 
@@ -759,7 +762,7 @@ pub(crate) fn recheck(cx: &mut Cx, conn: &mut Conn, wake: Wake) -> Option<Next> 
 }
 
 /// Work elsewhere answered request `seq`; `None` if the connection no longer waits for it.
-pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, resp: Response) -> Option<Next> {
+pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, reply: Delivered) -> Option<Next> {
     if !matches!(&conn.state, State::Waiting(w) if w.seq == seq) {
         return None;
     }
@@ -767,7 +770,18 @@ pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, resp: Response) -> 
         return None;
     };
     w.cancelled.store(true, Ordering::Release);
-    Some(answer(cx, conn, resp, w.framing))
+    match reply {
+        Delivered::Response(resp) => Some(answer(cx, conn, resp, w.framing)),
+        Delivered::Park(park) => {
+            // Nobody knows what changed while the work ran: check once at once.
+            let missed = cx.shared.change_gen.load(Ordering::SeqCst).wrapping_sub(1);
+            match park_request(cx, conn, park, w.framing, missed) {
+                Flow::Stop(next) => Some(next),
+                Flow::Continue if conn.inbuf.is_empty() => Some(Next::Keep),
+                Flow::Continue => Some(read_and_serve(cx, conn)),
+            }
+        }
+    }
 }
 
 /// A parked or waiting request's deadline passed (or the server stops now).

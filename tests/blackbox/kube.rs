@@ -1289,6 +1289,30 @@ fn workload_tokens_are_reviewed_on_the_tcp_listener() {
         "not cached"
     );
 
+    // A fresh token's first blocking query waits for its change after the review, like
+    // any other (it is parked once the review allowed it).
+    let waiter = plexd_token("apps/web", NODE_NAME);
+    let index = d
+        .get("/v1/state/metadata")
+        .header("x-plexd-index")
+        .unwrap()
+        .to_owned();
+    let t = std::time::Instant::now();
+    let r = tcp(
+        &d,
+        "GET",
+        &format!("/v1/state/metadata?index={index}&wait=1500ms"),
+        &waiter,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-plexd-index"), Some(index.as_str()));
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(1400),
+        "the first blocking query of a new token waited {:?}",
+        t.elapsed()
+    );
+
     // The Unix socket keeps its own rules.
     assert_eq!(d.get("/v1/state/secrets/api-token").status, 200);
     // The reviews were made as the shipped RBAC allows (system:auth-delegator).
