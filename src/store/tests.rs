@@ -854,13 +854,7 @@ fn fsize_limit_child() {
 #[test]
 fn failed_writes_over_the_file_size_limit_leave_memory_and_disk_unchanged() {
     let f = fixture();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "store::tests::fsize_limit_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = crate::test_child::child_command("store::tests::fsize_limit_child")
         .env("PLEXD_STORE_FSIZE_CHILD", &f.state)
         .output()
         .unwrap();
@@ -1044,13 +1038,7 @@ fn sigkill_loses_nothing_acknowledged() {
     use std::io::{BufRead, BufReader};
     let f = fixture();
     for round in 0..3 {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::tests::kill_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = crate::test_child::child_command("store::tests::kill_child")
             .env("PLEXD_STORE_KILL_CHILD", &f.state)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -1558,13 +1546,7 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
     let f = fixture();
     let mut last: HashMap<String, Option<i64>> = HashMap::new();
     for round in 0..8 {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::tests::group_kill_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = crate::test_child::child_command("store::tests::group_kill_child")
             .env("PLEXD_STORE_GROUP_KILL_CHILD", &f.state)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
