@@ -20,10 +20,12 @@ use crate::http::{Handler, Later, Method, Park, Reply, Request, Response};
 use crate::pool::Pool;
 use crate::secrets::Secrets;
 use crate::store::Store;
+use crate::telemetry::health::SecretOutcome;
 use crate::telemetry::metrics::ApiReject;
 
 use access::Access;
 use error::ApiError;
+use reads::View;
 use route::{Resource, RouteError};
 use status::Status;
 
@@ -52,8 +54,21 @@ impl Api {
             });
         }
         if resource.is_secret() {
-            self.access.check_secret(req)?;
+            if let Err(refused) = self.access.check_secret(req) {
+                if matches!(resource, Resource::SecretKey(_)) {
+                    self.status
+                        .health
+                        .record_secret_fetch(SecretOutcome::Forbidden);
+                }
+                return Err(refused);
+            }
         }
+        let secrets_visible = self.access.may_read_secrets(req);
+        let view = if secrets_visible {
+            View::Everything
+        } else {
+            View::WithoutSecrets
+        };
         let reply = match (&req.method, resource) {
             (Method::Put, Resource::ReportKey(key)) => reports::put(&self.store, &key, req)?,
             (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
@@ -61,9 +76,9 @@ impl Api {
                 reads::refuse_blocking_on_secret_value(req)?;
                 self.secret_later(key, req)?
             }
-            (_, Resource::Health) => self.status.health(req)?.into(),
-            (_, Resource::Metrics) => self.status.metrics().into(),
-            (_, resource) => reads::read(&self.store, resource, req)?,
+            (_, Resource::Health) => self.status.health(req, secrets_visible)?.into(),
+            (_, Resource::Metrics) => self.status.metrics(secrets_visible).into(),
+            (_, resource) => reads::read(&self.store, resource, view, req)?,
         };
         Ok(reply)
     }
@@ -77,7 +92,8 @@ impl Handler for Api {
         let reply = self
             .dispatch(req, resolved)
             .unwrap_or_else(|e| Reply::Now(Response::from(e)));
-        if matches!(&reply, Reply::Now(r) if r.status == 507) {
+        // A 507 is the report quota's, unless the disk itself is full (see `store::disk`).
+        if matches!(&reply, Reply::Now(r) if r.status == 507) && self.store.disk_fault().is_none() {
             self.status.rejections.count(ApiReject::ReportQuota);
         }
         let status = match &reply {

@@ -267,12 +267,8 @@ impl Config {
             .clone()
             .filter(|d| !d.as_os_str().is_empty())
             .ok_or_else(|| ConfigError::new("--data-dir", "is required"))?;
-        if !data_dir.is_dir() {
-            return Err(ConfigError::new(
-                "--data-dir",
-                format!("{} is not a directory", data_dir.display()),
-            ));
-        }
+        // A missing folder is created at start (0700, as plexd does); only a missing
+        // flag is a configuration error.
         let socket = s.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
         if socket.as_os_str().is_empty() {
             return Err(ConfigError::new("--socket", "must not be empty"));

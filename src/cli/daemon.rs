@@ -13,6 +13,7 @@
 //! and updated by the link from every state response that carries `signing_keys`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -30,11 +31,11 @@ use crate::cp::stream::{self, EventStreamHandle, StreamDeps, StreamOptions};
 use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, Verifier};
 use crate::http::activation;
-use crate::http::listen;
+use crate::http::listen::{self, SocketClaim};
 use crate::http::{Handler, Limits, Listener, Server, ServerConfig, ServerHandle, Waker};
 use crate::pool::Pool;
 use crate::secrets::Secrets;
-use crate::store::{ChangeKind, Quota, Store};
+use crate::store::{ChangeKind, Quota, StateLock, Store};
 use crate::telemetry::health::LinkHealth;
 use crate::telemetry::stream::StreamMetrics;
 
@@ -46,8 +47,11 @@ pub struct Daemon {
     syncer: SyncerHandle,
     link: Option<Link>,
     events: Option<EventStreamHandle>,
-    /// The socket file we bound ourselves (removed at shutdown); `None` if inherited.
-    own_socket: Option<PathBuf>,
+    /// The socket file we bound ourselves (removed at shutdown if it is still ours);
+    /// `None` if systemd passed the socket.
+    socket_claim: Option<SocketClaim>,
+    /// One daemon per state folder, for as long as this one runs.
+    _state_lock: StateLock,
     shutdown_timeout: Duration,
     pub socket: PathBuf,
     pub http_listen: Option<SocketAddr>,
@@ -55,31 +59,24 @@ pub struct Daemon {
 
 impl Daemon {
     /// The start sequence (see the module comment). A failure after the socket was
-    /// bound removes it again; nothing is written before the listeners are bound.
+    /// bound removes it again (the claim's `Drop`); no state file is written before the
+    /// state folder is locked and the listeners are bound.
     pub fn start(config: Config) -> Result<Daemon, CliError> {
         let client = control_plane_client(&config)?;
         raise_fd_limit(config.max_connections);
         tune_allocator();
-        // Listeners first: a bind failure must leave the disk untouched.
-        let listeners = Listeners::take_or_bind(&config)?;
-        let own_socket = listeners.own_socket.clone();
+        // The state folder's lock first: a second daemon on it stops here, untouched.
+        let state_lock = lock_state_folder(&config)?;
+        // Listeners next: a bind failure must leave the state files untouched.
+        let mut listeners = Listeners::take_or_bind(&config)?;
+        let socket_claim = listeners.claim.take();
         let http_listen = listeners.http_listen();
-        let store = match Store::open(&config.state_dir()) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                remove_socket(own_socket.as_ref());
-                return Err(CliError::Store(e.to_string()));
-            }
-        };
+        let store = Store::open(&config.state_dir())
+            .map(Arc::new)
+            .map_err(|e| CliError::Store(e.to_string()))?;
 
         apply_report_quota(&config, &store);
-        let upstream = match upstream_pool(&config) {
-            Ok(p) => p,
-            Err(e) => {
-                remove_socket(own_socket.as_ref());
-                return Err(e);
-            }
-        };
+        let upstream = upstream_pool(&config)?;
         let health = Arc::new(LinkHealth::new(client.is_some()));
         let syncer = Syncer::spawn(
             Arc::clone(&store),
@@ -97,9 +94,7 @@ impl Daemon {
             client.clone(),
             &upstream,
         ));
-        let server = serve(&config, listeners, &api).inspect_err(|_| {
-            remove_socket(own_socket.as_ref());
-        })?;
+        let server = serve(&config, listeners, &api)?;
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
@@ -133,7 +128,8 @@ impl Daemon {
             syncer,
             link,
             events,
-            own_socket,
+            socket_claim,
+            _state_lock: state_lock,
             shutdown_timeout: config.shutdown_timeout,
             socket: config.socket.clone(),
             http_listen,
@@ -158,7 +154,8 @@ impl Daemon {
             link.shutdown(remaining(deadline));
         }
         self.syncer.shutdown(remaining(deadline));
-        remove_socket(self.own_socket.as_ref());
+        // Removes the socket only if the path still names the one bound here.
+        drop(self.socket_claim);
         log::info!("stopped");
     }
 }
@@ -185,7 +182,7 @@ struct Listeners {
     unix: UnixListener,
     tcp: Option<TcpListener>,
     /// The socket file bound here (removed at shutdown); `None` if it was passed.
-    own_socket: Option<PathBuf>,
+    claim: Option<SocketClaim>,
 }
 
 impl Listeners {
@@ -201,24 +198,23 @@ impl Listeners {
                 _ => log::warn!("ignoring an extra socket-activated listener"),
             }
         }
-        let own_socket = unix.is_none().then(|| config.socket.clone());
-        let unix = match unix {
-            Some(u) => u,
-            None => listen::bind_unix(&config.socket).map_err(|e| CliError::Bind(e.to_string()))?,
+        let (unix, claim) = match unix {
+            Some(u) => (u, None),
+            None => {
+                let (u, claim) =
+                    listen::bind_unix(&config.socket).map_err(|e| CliError::Bind(e.to_string()))?;
+                (u, Some(claim))
+            }
         };
+        // A TCP bind failure drops `claim`, which removes the socket bound just now.
         let tcp = match (tcp, config.http_listen) {
             (Some(t), _) => Some(t),
-            (None, Some(addr)) => Some(listen::bind_tcp(&addr.to_string()).map_err(|e| {
-                remove_socket(own_socket.as_ref());
-                CliError::Bind(e.to_string())
-            })?),
+            (None, Some(addr)) => Some(
+                listen::bind_tcp(&addr.to_string()).map_err(|e| CliError::Bind(e.to_string()))?,
+            ),
             (None, None) => None,
         };
-        Ok(Listeners {
-            unix,
-            tcp,
-            own_socket,
-        })
+        Ok(Listeners { unix, tcp, claim })
     }
 
     /// The TCP listener's address, if there is one.
@@ -399,10 +395,33 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-fn remove_socket(path: Option<&PathBuf>) {
-    if let Some(p) = path {
-        let _ = std::fs::remove_file(p);
+/// Creates a missing `--data-dir` (and its parents, 0700, as plexd does) and locks its
+/// state folder: one daemon per state folder, checked before anything in it is written.
+fn lock_state_folder(config: &Config) -> Result<StateLock, CliError> {
+    let dir = &config.data_dir;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(CliError::Start(format!(
+                "--data-dir {} exists and is not a folder",
+                dir.display()
+            )))
+        }
+        Err(_) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    CliError::Start(format!(
+                        "cannot create the data folder {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            log::info!(data_dir:% = dir.display(); "created the data folder (0700)");
+        }
     }
+    StateLock::acquire(&config.state_dir()).map_err(|e| CliError::Start(e.to_string()))
 }
 
 /// SIGTERM/SIGINT delivered through a self-pipe, installed before start so an early

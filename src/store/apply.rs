@@ -114,6 +114,7 @@ impl Store {
         if plan.is_empty() {
             return Ok(outcome);
         }
+        self.ready_to_write()?;
         let jump = self.epoch_jump()?;
         let written = self.persist(plan)?;
         outcome.metadata_changed = written.metadata.is_some();
@@ -229,14 +230,16 @@ impl Store {
             .iter()
             .map(|w| (w.file.as_str(), &*w.body))
             .collect();
-        let data_prepared = self.data.prepare(&data_files).map_err(io_err(format!(
-            "writing {} data entries failed",
-            data_files.len()
-        )))?;
+        let data_prepared = self.data.prepare(&data_files).map_err(|e| {
+            self.write_failed(
+                &format!("writing {} data entries failed", data_files.len()),
+                e,
+            )
+        })?;
         let state_prepared = self
             .state
             .prepare(&state_files)
-            .map_err(io_err("writing metadata or the secret index failed"))?;
+            .map_err(|e| self.write_failed("writing metadata or the secret index failed", e))?;
         let data_removals: Vec<&str> = data
             .writes
             .iter()
@@ -245,10 +248,10 @@ impl Store {
             .collect();
         data_prepared
             .commit(&data_removals)
-            .map_err(io_err("replacing data entry files failed"))?;
+            .map_err(|e| self.write_failed("replacing data entry files failed", e))?;
         state_prepared
             .commit(&[])
-            .map_err(io_err("replacing metadata or the secret index failed"))?;
+            .map_err(|e| self.write_failed("replacing metadata or the secret index failed", e))?;
         Ok(Written {
             metadata,
             secrets,

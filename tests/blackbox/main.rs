@@ -9,6 +9,7 @@ mod common;
 mod access;
 mod api_routes;
 mod cli;
+mod damaged;
 mod durability;
 mod events_stream;
 mod hostile;
