@@ -254,6 +254,15 @@ impl DevControlPlane {
         self.state.events.stall_streams(stalled)
     }
 
+    /// While `true`, the node's state endpoint sends every data payload re-formatted
+    /// (pretty-printed, keys sorted, numbers re-spelled) — the same values as the
+    /// events carry, in other bytes, as a control plane with two encoders would.
+    pub fn reformat_state(&self, on: bool) {
+        self.state
+            .reformat_state
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
     /// Accepts secret requests without answering them while `true` (a stalled control
     /// plane); they are answered normally once the stall ends.
     pub fn stall_secrets(&self, stalled: bool) {

@@ -140,7 +140,7 @@ impl DevHandler {
 
     fn node_response(&self, req: &Request, rest: &[&str]) -> Response {
         match (rest, &req.method) {
-            (["state"], Method::Get | Method::Head) => json(200, &self.state.state()),
+            (["state"], Method::Get | Method::Head) => json(200, &self.state.node_state()),
             (["state"], _) => method_not_allowed("GET, HEAD"),
             (["secrets", key], Method::Get | Method::Head) => self.secret(key),
             (["secrets", _], _) => method_not_allowed("GET, HEAD"),
@@ -298,6 +298,13 @@ impl DevHandler {
                 }
                 Err(_) => Response::error(400, "body must be true or false"),
             },
+            (["reformat-state"], Method::Post) => match serde_json::from_slice::<bool>(req.body) {
+                Ok(on) => {
+                    s.reformat_state.store(on, Ordering::Release);
+                    Response::new(204)
+                }
+                Err(_) => Response::error(400, "body must be true or false"),
+            },
             (["stall-secrets"], Method::Post) => match serde_json::from_slice::<bool>(req.body) {
                 Ok(stalled) => {
                     s.secrets_stalled.store(stalled, Ordering::Release);
@@ -309,9 +316,10 @@ impl DevHandler {
                 Err(_) => Response::error(400, "body must be true or false"),
             },
             (["events"], Method::Post) => self.publish_raw(req),
-            (["drop-streams" | "stall-streams" | "stall-secrets" | "events"], _) => {
-                method_not_allowed("POST")
-            }
+            (
+                ["drop-streams" | "stall-streams" | "stall-secrets" | "reformat-state" | "events"],
+                _,
+            ) => method_not_allowed("POST"),
             (["state" | "reports" | "report-posts"], _) => method_not_allowed("GET, HEAD"),
             (["metadata"], _) => method_not_allowed("PUT"),
             (["metadata" | "data" | "secrets", _], _) => method_not_allowed("PUT, DELETE"),

@@ -87,6 +87,8 @@ pub struct DevState {
     pub(crate) events: Arc<EventHub>,
     /// Secret requests are accepted but not answered while set (a stalled upstream).
     pub(crate) secrets_stalled: std::sync::atomic::AtomicBool,
+    /// The state endpoint re-formats data payloads while set (see `node_state`).
+    pub(crate) reformat_state: std::sync::atomic::AtomicBool,
     world: Mutex<World>,
     subscribers: Mutex<Vec<Subscriber>>,
 }
@@ -120,6 +122,7 @@ impl DevState {
             token,
             events: Arc::clone(&events),
             secrets_stalled: std::sync::atomic::AtomicBool::new(false),
+            reformat_state: std::sync::atomic::AtomicBool::new(false),
             world: Mutex::new(world),
             subscribers: Mutex::new(Vec::new()),
         };
@@ -174,6 +177,27 @@ impl DevState {
             ),
             signing_keys: w.signing_keys.clone(),
         }
+    }
+
+    /// What the node's `GET /v1/nodes/{id}/state` returns: `state()`, with each data
+    /// payload pretty-printed, its object keys sorted and its numbers re-spelled by
+    /// serde while `reformat_state` is set (the same values in other bytes).
+    pub fn node_state(&self) -> NodeState {
+        let mut state = self.state();
+        if !self
+            .reformat_state
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return state;
+        }
+        for entry in state.data.iter_mut().flatten() {
+            let value: Result<serde_json::Value, _> = serde_json::from_str(entry.payload.get());
+            let pretty = value.and_then(|v| serde_json::to_string_pretty(&v));
+            if let Ok(raw) = pretty.and_then(RawValue::from_string) {
+                entry.payload = raw;
+            }
+        }
+        state
     }
 
     pub fn set_metadata(&self, key: &str, value: &str) {

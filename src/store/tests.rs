@@ -526,10 +526,27 @@ fn apply_rewrites_only_what_changed() {
         names(&f.state.join("data")),
         BTreeSet::from(["change.json".into(), "keep.json".into(), "new.json".into()])
     );
-    // Each payload text difference counts, even if the JSON value is equal.
+    // The same payload value in other bytes is no change: the entry keeps its file,
+    // its bytes as first received and its revision.
+    let keep_body = st.data_entry("keep").unwrap().value;
     let out = st
         .apply_control_plane(CpUpdate {
-            data: Some(vec![entry("keep", "{\"x\": 1}", 1)]),
+            data: Some(vec![
+                entry("keep", "{ \"x\" : 1.0 }", 1),
+                entry("change", "1e0", 1),
+                entry("new", "2", 1),
+            ]),
+            ..CpUpdate::default()
+        })
+        .unwrap();
+    assert_eq!((out.data_written, out.data_removed), (1, 0), "{out:?}");
+    assert_eq!(ident("data/keep.json"), keep);
+    assert_eq!(st.data_entry("keep").unwrap().mod_rev, keep_rev);
+    assert_eq!(st.data_entry("keep").unwrap().value, keep_body);
+    // Another value is a change.
+    let out = st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry("keep", "{\"x\": 2}", 1)]),
             ..CpUpdate::default()
         })
         .unwrap();
