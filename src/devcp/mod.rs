@@ -338,6 +338,12 @@ impl DevControlPlane {
         self.state.fail_next(count, status, retry_after, route)
     }
 
+    /// The next `count` requests to `route` get `status` with `body` verbatim (garbage,
+    /// a wrong shape, an oversized answer).
+    pub fn answer_next(&self, count: usize, status: u16, route: FailRoute, body: Vec<u8>) {
+        self.state.answer_next(count, status, route, body)
+    }
+
     pub fn reject_report_keys(&self, keys: &[&str]) {
         self.state.reject_report_keys(keys)
     }

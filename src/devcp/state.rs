@@ -52,12 +52,15 @@ pub type Subscriber = Box<dyn Fn(DevChange, &NodeState) + Send + Sync>;
 #[error("payload is not valid JSON: {0}")]
 pub struct PayloadError(#[from] serde_json::Error);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct FailPlan {
     pub remaining: usize,
     pub status: u16,
     pub retry_after: Option<u64>,
     pub route: FailRoute,
+    /// Sent as the body instead of an error document (garbage, a wrong shape, an
+    /// oversized answer), with `status`, which may then be 2xx.
+    pub body: Option<std::sync::Arc<[u8]>>,
 }
 
 struct Secret {
@@ -323,6 +326,20 @@ impl DevState {
             status,
             retry_after,
             route,
+            body: None,
+        });
+    }
+
+    /// The next `count` requests to `route` are answered with `status` and `body` as
+    /// sent (`Content-Type: application/json` whatever it holds). Replaces any earlier
+    /// plan.
+    pub fn answer_next(&self, count: usize, status: u16, route: FailRoute, body: Vec<u8>) {
+        self.world().fail = (count > 0).then_some(FailPlan {
+            remaining: count,
+            status,
+            retry_after: None,
+            route,
+            body: Some(body.into()),
         });
     }
 
@@ -343,7 +360,7 @@ impl DevState {
         if plan.route != FailRoute::Any && plan.route != route {
             return None;
         }
-        let taken = *plan;
+        let taken = plan.clone();
         plan.remaining -= 1;
         if plan.remaining == 0 {
             w.fail = None;

@@ -225,3 +225,37 @@ fn a_payload_the_control_plane_reformats_keeps_its_revision_and_file() {
     }));
     assert!(index(&d.get("/v1/state/data")) > list);
 }
+
+#[test]
+fn an_unusable_state_answer_is_degraded_until_the_next_good_fetch() {
+    use plexd_nodeapi::devcp::FailRoute;
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    let d = start(&node, &cp, "1s");
+    let health = || d.get("/v1/health").json();
+    assert!(eventually(Duration::from_secs(10), || health()["status"] == "ok"));
+    let cases: [(u16, Vec<u8>, &str); 4] = [
+        (200, b"<html>garbage</html>".to_vec(), "not understood"),
+        (200, br#"{"metadata":[1,2,3]}"#.to_vec(), "not understood"),
+        (500, br#"{"error":"boom"}"#.to_vec(), "answered 500"),
+        (200, vec![b' '; 10 * 1024 * 1024 + 1], "larger than 10 MiB"),
+    ];
+    for (status, body, reason) in cases {
+        // Many in a row: the backoff grows past the reconcile interval meanwhile.
+        cp.answer_next(6, status, FailRoute::State, body);
+        let degraded = eventually(Duration::from_secs(10), || {
+            let h = health();
+            h["status"] == "degraded"
+                && h["control_plane"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(reason))
+        });
+        assert!(degraded, "{reason}: {}\nlog:\n{}", health(), d.log_text());
+        // The cache is served meanwhile, unchanged.
+        assert_eq!(region(&d).as_deref(), Some("eu-central-1"));
+        // Recovery comes within about one reconcile interval once the answers are good
+        // (6 bad answers, 1 s apart at most, then one good one).
+        let recovered = eventually(Duration::from_secs(12), || health()["status"] == "ok");
+        assert!(recovered, "{reason}: {}\nlog:\n{}", health(), d.log_text());
+    }
+}
