@@ -59,6 +59,7 @@ pub struct Settings {
     pub shutdown_timeout: Option<String>,
     pub reconcile_interval: Option<String>,
     pub secret_auth: Option<bool>,
+    pub allow_core_dumps: Option<bool>,
     pub log_level: Option<String>,
     pub max_connections: Option<u64>,
     pub workers: Option<u64>,
@@ -146,6 +147,7 @@ impl Settings {
             shutdown_timeout,
             reconcile_interval,
             secret_auth,
+            allow_core_dumps,
             log_level,
             max_connections,
             workers,
@@ -193,6 +195,7 @@ impl Settings {
             "max-report-bytes" => self.max_report_bytes = Some(SizeSetting::Text(need(value)?)),
             "http" => self.http = Some(true),
             "secret-auth" => self.secret_auth = Some(true),
+            "allow-core-dumps" => self.allow_core_dumps = Some(true),
             _ => return Err(ConfigError::new(&flag, "unknown flag")),
         }
         Ok(())
@@ -200,7 +203,7 @@ impl Settings {
 }
 
 /// Flags of `serve` that take no value.
-pub const BOOLEAN_FLAGS: &[&str] = &["http", "secret-auth"];
+pub const BOOLEAN_FLAGS: &[&str] = &["http", "secret-auth", "allow-core-dumps"];
 
 fn parse_count(field: &str, text: &str) -> Result<u64, ConfigError> {
     text.trim()
@@ -227,6 +230,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub reconcile_interval: Duration,
     pub secret_auth: bool,
+    /// Leave the process dumpable (core files, ptrace by the same user): for
+    /// debugging only, a core file may hold secrets.
+    pub allow_core_dumps: bool,
     pub log_level: LevelFilter,
     pub max_connections: usize,
     pub workers: usize,
@@ -421,6 +427,7 @@ impl Config {
             shutdown_timeout,
             reconcile_interval,
             secret_auth: s.secret_auth.unwrap_or(false),
+            allow_core_dumps: s.allow_core_dumps.unwrap_or(false),
             log_level,
             max_connections,
             workers,

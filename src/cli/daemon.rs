@@ -2,12 +2,14 @@
 //! shut down in order. This is the only module that knows every other one; it owns
 //! the wiring and nothing else (no request handling, no file formats).
 //!
-//! Start: listeners (socket activation or bind) → store (load the disk cache) →
-//! syncer → HTTP server → control-plane link (background) → event stream → `READY=1`.
+//! Start: memory protection (not dumpable) → the state folder's lock (creating a
+//! missing data folder) → listeners (socket activation, or bind under `<socket>.lock`)
+//! → store (load the disk cache) → syncer → HTTP server → control-plane link
+//! (background) → event stream → `READY=1`.
 //! Stop: `STOPPING=1` → HTTP server (in-flight and parked requests answered) →
 //! event stream (signalled, not waited for while a read blocks) → store close (report
 //! journal checkpointed into the files) → link → syncer (final flush) → remove the
-//! socket we created — all within `--shutdown-timeout`.
+//! socket we created if it is still ours — all within `--shutdown-timeout`.
 //!
 //! Event signing keys: one shared `events::Verifier`, seeded from `--signing-key-file`
 //! and updated by the link from every state response that carries `signing_keys`.
@@ -62,6 +64,7 @@ impl Daemon {
     /// bound removes it again (the claim's `Drop`); no state file is written before the
     /// state folder is locked and the listeners are bound.
     pub fn start(config: Config) -> Result<Daemon, CliError> {
+        protect_memory(config.allow_core_dumps);
         let client = control_plane_client(&config)?;
         raise_fd_limit(config.max_connections);
         tune_allocator();
@@ -372,6 +375,24 @@ fn tune_allocator() {
     }
 }
 
+/// Keeps secrets out of core files and away from debuggers of the same user: the
+/// process is made non-dumpable (`PR_SET_DUMPABLE` 0: no core file, and no ptrace or
+/// `/proc/PID/mem` for anyone but root) and its core size limit is 0 — unless
+/// `--allow-core-dumps` asks to keep it debuggable.
+pub fn protect_memory(allow_core_dumps: bool) {
+    use nix::sys::resource::{setrlimit, Resource};
+    if allow_core_dumps {
+        log::warn!("--allow-core-dumps: the process stays dumpable; a core file or a debugger may see secret values, tokens and the node secret key");
+        return;
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log::warn!(error:% = e; "cannot make the process non-dumpable");
+    }
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        log::warn!(error:% = e; "cannot set the core size limit to 0");
+    }
+}
+
 /// Raises the soft open-file limit (up to the hard limit) so `max_connections` fits.
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -457,9 +478,41 @@ pub fn run(config: Config) -> Result<(), CliError> {
     let signals =
         SignalWait::install().map_err(|e| CliError::Start(format!("signal handling: {e}")))?;
     let daemon = Daemon::start(config)?;
+    // Reading the key files and starting moved the NSK and the tokens through frames
+    // that are dead now: wipe them.
+    crate::secrets::scrub_stack();
     signals
         .wait()
         .map_err(|e| CliError::Start(format!("signal handling: {e}")))?;
     daemon.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_child::{is_child, run_child};
+
+    /// Runs alone in a child process: it changes the process's own attributes.
+    #[test]
+    fn child_protect_memory() {
+        if !is_child() {
+            return;
+        }
+        use nix::sys::resource::{getrlimit, Resource};
+        let allow = std::env::var_os("ALLOW").is_some();
+        super::protect_memory(allow);
+        let dumpable = nix::sys::prctl::get_dumpable().unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_CORE).unwrap();
+        println!("dumpable={dumpable} core={soft}/{hard}");
+    }
+
+    #[test]
+    fn the_process_is_not_dumpable_unless_core_dumps_are_allowed() {
+        let out = run_child("cli::daemon::tests::child_protect_memory", |_| {});
+        assert!(out.contains("dumpable=false core=0/0"), "{out}");
+        let out = run_child("cli::daemon::tests::child_protect_memory", |c| {
+            c.env("ALLOW", "1");
+        });
+        assert!(out.contains("dumpable=true"), "{out}");
+    }
 }

@@ -13,6 +13,7 @@ mod damaged;
 mod durability;
 mod events_stream;
 mod hostile;
+mod memory;
 mod notify;
 mod observability;
 mod overload;
