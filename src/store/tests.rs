@@ -1619,6 +1619,7 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, acked) = std::sync::mpsc::channel();
         let reader = thread::spawn(move || {
             let mut acks = 0;
             let mut seen: Vec<(String, Option<i64>)> = Vec::new();
@@ -1629,6 +1630,9 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
                         if let Ok(v) = v.parse() {
                             seen.push((k.to_string(), Some(v)));
                             acks += 1;
+                            if acks == 1 {
+                                let _ = first_ack.send(());
+                            }
                         }
                     }
                     ["DEL", k] => seen.push((k.to_string(), None)),
@@ -1637,8 +1641,10 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
             }
             (acks, seen)
         });
-        // Wait for the first acknowledgements, then kill at a varying moment.
-        thread::sleep(Duration::from_millis(250 + 37 * round));
+        // Wait for the first acknowledgement (a loaded machine may take a while to
+        // start the child), then kill at a varying moment.
+        let _ = acked.recv_timeout(Duration::from_secs(20));
+        thread::sleep(Duration::from_millis(50 + 37 * round));
         child.kill().unwrap();
         child.wait().unwrap();
         let (acks, seen) = reader.join().unwrap();
