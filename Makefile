@@ -3,7 +3,7 @@ CARGO ?= cargo
 # The target of `make static` / `make cross`; see README "Supported CPUs".
 TARGET ?= x86_64-unknown-linux-musl
 
-.PHONY: run test test-emulated bench static cross dist lint fmt clean
+.PHONY: run test test-emulated bench fuzz static cross dist lint fmt clean
 
 ## run: the daemon against its embedded development control plane (./.plexd-dev)
 run:
@@ -18,6 +18,12 @@ test:
 bench:
 	$(CARGO) build --release --bin plexd-nodeapi
 	$(CARGO) bench --bench nodeapi
+
+## fuzz: every coverage-guided fuzz target (fuzz/, libFuzzer + AddressSanitizer) for
+## FUZZ_SECONDS each; findings land in fuzz/artifacts/ and fail the run
+FUZZ_SECONDS ?= 60
+fuzz:
+	CARGO=$(CARGO) scripts/fuzz $(FUZZ_SECONDS)
 
 ## static: a static binary in target/$(TARGET)/release/plexd-nodeapi; TARGET is
 ## x86_64-unknown-linux-musl (default), aarch64-unknown-linux-musl or
@@ -49,4 +55,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf .plexd-dev dist
+	rm -rf .plexd-dev dist fuzz/target

@@ -99,15 +99,29 @@ impl Access {
         self.secret_auth
     }
 
-    /// With `--secret-auth`, secret routes on the Unix socket need uid 0 or membership
-    /// (effective or supplementary gid) in `plexd-secrets`.
-    pub fn check_secret(&self, req: &Request) -> Result<(), ApiError> {
+    /// Whether this request's peer may see secrets — their values, names, versions
+    /// and how many there are: always without `--secret-auth` and on TCP (the token
+    /// holder may); on the Unix socket uid 0 or membership (effective or supplementary
+    /// gid) in `plexd-secrets`, as the kernel recorded it.
+    pub fn may_read_secrets(&self, req: &Request) -> bool {
         if !self.secret_auth {
+            return true;
+        }
+        match req.transport {
+            Transport::Tcp(_) => true,
+            Transport::Unix(Some(peer)) => self.peer_may_read_secrets(peer),
+            Transport::Unix(None) => false,
+        }
+    }
+
+    /// With `--secret-auth`, secret routes on the Unix socket need `may_read_secrets`;
+    /// a refusal is logged with the peer's uid and pid.
+    pub fn check_secret(&self, req: &Request) -> Result<(), ApiError> {
+        if self.may_read_secrets(req) {
             return Ok(());
         }
         match req.transport {
             Transport::Tcp(_) => Ok(()),
-            Transport::Unix(Some(peer)) if self.peer_may_read_secrets(peer) => Ok(()),
             Transport::Unix(peer) => {
                 let (uid, pid) = peer
                     .as_ref()

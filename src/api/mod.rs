@@ -21,10 +21,12 @@ use crate::kube::authn::{Action, Authenticator, Decision};
 use crate::pool::Pool;
 use crate::secrets::Secrets;
 use crate::store::Store;
+use crate::telemetry::health::SecretOutcome;
 use crate::telemetry::metrics::{ApiReject, RequestMetrics};
 
 use access::{Access, Caller};
 use error::ApiError;
+use reads::View;
 use route::{Resource, RouteError};
 use status::Status;
 
@@ -56,13 +58,31 @@ impl Api {
             return self.workload(token, req, resource);
         }
         if resource.is_secret() {
-            self.access.check_secret(req)?;
+            if let Err(refused) = self.access.check_secret(req) {
+                if matches!(resource, Resource::SecretKey(_)) {
+                    self.status
+                        .health
+                        .record_secret_fetch(SecretOutcome::Forbidden);
+                }
+                return Err(refused);
+            }
         }
         self.route(req, resource)
     }
 
+    /// What the caller may see of the secrets (names, versions, counts).
+    fn view(&self, req: &Request) -> View {
+        if self.access.may_read_secrets(req) {
+            View::Everything
+        } else {
+            View::WithoutSecrets
+        }
+    }
+
     /// The route itself, once the caller may make the request.
     fn route(&self, req: &Request, resource: Resource) -> Result<Reply, ApiError> {
+        let secrets_visible = self.access.may_read_secrets(req);
+        let view = self.view(req);
         let reply = match (&req.method, resource) {
             (Method::Put, Resource::ReportKey(key)) => reports::put(&self.store, &key, req)?,
             (Method::Delete, Resource::ReportKey(key)) => reports::delete(&self.store, &key)?,
@@ -70,9 +90,9 @@ impl Api {
                 reads::refuse_blocking_on_secret_value(req)?;
                 self.secret_later(key, req)?
             }
-            (_, Resource::Health) => self.status.health(req)?.into(),
-            (_, Resource::Metrics) => self.status.metrics().into(),
-            (_, resource) => reads::read(&self.store, resource, req)?,
+            (_, Resource::Health) => self.status.health(req, secrets_visible)?.into(),
+            (_, Resource::Metrics) => self.status.metrics(secrets_visible).into(),
+            (_, resource) => reads::read(&self.store, resource, view, req)?,
         };
         Ok(reply)
     }
@@ -86,7 +106,8 @@ impl Handler for Api {
         let reply = self
             .dispatch(req, resolved)
             .unwrap_or_else(|e| Reply::Now(Response::from(e)));
-        if matches!(&reply, Reply::Now(r) if r.status == 507) {
+        // A 507 is the report quota's, unless the disk itself is full (see `store::disk`).
+        if matches!(&reply, Reply::Now(r) if r.status == 507) && self.store.disk_fault().is_none() {
             self.status.rejections.count(ApiReject::ReportQuota);
         }
         let status = match &reply {
@@ -219,7 +240,9 @@ impl Api {
                     peer: secrets::caller(req),
                 }
             }
-            (_, resource) => Prepared::Read(reads::read(&self.store, resource, req)?),
+            (_, resource) => {
+                Prepared::Read(reads::read(&self.store, resource, self.view(req), req)?)
+            }
         };
         Ok(self.review_later(
             Arc::clone(authn),

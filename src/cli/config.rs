@@ -60,6 +60,7 @@ pub struct Settings {
     pub shutdown_timeout: Option<String>,
     pub reconcile_interval: Option<String>,
     pub secret_auth: Option<bool>,
+    pub allow_core_dumps: Option<bool>,
     pub log_level: Option<String>,
     pub max_connections: Option<u64>,
     pub workers: Option<u64>,
@@ -155,6 +156,7 @@ impl Settings {
             shutdown_timeout,
             reconcile_interval,
             secret_auth,
+            allow_core_dumps,
             log_level,
             max_connections,
             workers,
@@ -219,6 +221,7 @@ impl Settings {
             "http" => self.http = Some(true),
             "secret-auth" => self.secret_auth = Some(true),
             "kubernetes" => self.kubernetes = Some(true),
+            "allow-core-dumps" => self.allow_core_dumps = Some(true),
             _ => return Err(ConfigError::new(&flag, "unknown flag")),
         }
         Ok(())
@@ -226,7 +229,7 @@ impl Settings {
 }
 
 /// Flags of `serve` that take no value.
-pub const BOOLEAN_FLAGS: &[&str] = &["http", "secret-auth", "kubernetes"];
+pub const BOOLEAN_FLAGS: &[&str] = &["http", "secret-auth", "kubernetes", "allow-core-dumps"];
 
 fn parse_count(field: &str, text: &str) -> Result<u64, ConfigError> {
     text.trim()
@@ -253,6 +256,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub reconcile_interval: Duration,
     pub secret_auth: bool,
+    /// Leave the process dumpable (core files, ptrace by the same user): for
+    /// debugging only, a core file may hold secrets.
+    pub allow_core_dumps: bool,
     pub log_level: LevelFilter,
     pub max_connections: usize,
     pub workers: usize,
@@ -296,12 +302,8 @@ impl Config {
             .clone()
             .filter(|d| !d.as_os_str().is_empty())
             .ok_or_else(|| ConfigError::new("--data-dir", "is required"))?;
-        if !data_dir.is_dir() {
-            return Err(ConfigError::new(
-                "--data-dir",
-                format!("{} is not a directory", data_dir.display()),
-            ));
-        }
+        // A missing folder is created at start (0700, as plexd does); only a missing
+        // flag is a configuration error.
         let socket = s.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
         if socket.as_os_str().is_empty() {
             return Err(ConfigError::new("--socket", "must not be empty"));
@@ -471,6 +473,7 @@ impl Config {
             shutdown_timeout,
             reconcile_interval,
             secret_auth: s.secret_auth.unwrap_or(false),
+            allow_core_dumps: s.allow_core_dumps.unwrap_or(false),
             log_level,
             max_connections,
             workers,

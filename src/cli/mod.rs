@@ -13,6 +13,7 @@ pub mod json_text;
 pub mod sd_notify;
 pub mod state;
 pub mod watch;
+pub mod wipe_alloc;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -49,6 +50,7 @@ SERVE FLAGS (also keys of the JSON --config file, with - replaced by _):
     --shutdown-timeout DUR    graceful shutdown bound [5s]
     --reconcile-interval DUR  full-state reconciliation period, >= 1s [60s]
     --secret-auth             restrict secret routes on the socket to root and plexd-secrets
+    --allow-core-dumps        keep the process dumpable (debugging only: a core file may hold secrets)
     --log-level LEVEL         error|warn|info|debug|trace [info]
     --max-connections N       open connections, all listeners [8192]
     --workers N               HTTP worker threads [max(4, 2 x cores)]

@@ -97,6 +97,9 @@ impl Store {
         payload: Box<RawValue>,
         if_match: Option<i64>,
     ) -> Ticket<Versioned<Json>> {
+        if let Err(refused) = self.ready_to_write() {
+            return Ticket::ready(Err(refused));
+        }
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));
@@ -154,6 +157,9 @@ impl Store {
     /// Submits a deletion. The ticket completes with the new store revision once the
     /// deletion is durable and visible, or with `NotFound` or the error.
     pub fn submit_delete(&self, key: &ReportKey) -> Ticket<u64> {
+        if let Err(refused) = self.ready_to_write() {
+            return Ticket::ready(Err(refused));
+        }
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));

@@ -121,6 +121,7 @@ impl Node {
             node: self,
             args: Vec::new(),
             envs: Vec::new(),
+            socket: None,
         }
     }
 }
@@ -141,9 +142,16 @@ pub struct DaemonBuilder<'a> {
     node: &'a Node,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    socket: Option<PathBuf>,
 }
 
 impl DaemonBuilder<'_> {
+    /// Serves on `path` instead of the node's `api.sock`.
+    pub fn socket(mut self, path: &Path) -> Self {
+        self.socket = Some(path.to_owned());
+        self
+    }
+
     /// Sets an environment variable for the daemon process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.to_owned(), value.to_owned()));
@@ -201,12 +209,13 @@ impl DaemonBuilder<'_> {
                 .as_nanos()
         ));
         let log_file = std::fs::File::create(&log).unwrap();
+        let socket = self.socket.clone().unwrap_or_else(|| self.node.socket());
         let mut cmd = command();
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.node.path())
             .arg("--socket")
-            .arg(self.node.socket())
+            .arg(&socket)
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -224,7 +233,7 @@ impl DaemonBuilder<'_> {
             .and_then(|a| a.parse().ok());
         TestDaemon {
             child: Some(child),
-            socket: self.node.socket(),
+            socket,
             log,
             tcp,
         }
