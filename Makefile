@@ -19,7 +19,7 @@ FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 # The binary `make install` and `make deb` install (built by `make static`).
 BIN ?= target/$(TARGET)/release/plexd-nodeapi
 
-.PHONY: run test test-emulated bench static cross dist lint fmt clean docs install install-files deb
+.PHONY: run test test-emulated bench fuzz static cross dist lint fmt clean docs install install-files deb
 
 ## run: the daemon against its embedded development control plane (./.plexd-dev), with
 ## the TCP listener on 127.0.0.1:9100 (or another free port) and a generated token
@@ -36,6 +36,12 @@ test:
 bench:
 	$(CARGO) build --release --bin plexd-nodeapi
 	$(CARGO) bench --bench nodeapi
+
+## fuzz: every coverage-guided fuzz target (fuzz/, libFuzzer + AddressSanitizer) for
+## FUZZ_SECONDS each; findings land in fuzz/artifacts/ and fail the run
+FUZZ_SECONDS ?= 60
+fuzz:
+	CARGO=$(CARGO) scripts/fuzz $(FUZZ_SECONDS)
 
 ## static: a static binary in target/$(TARGET)/release/plexd-nodeapi; TARGET is
 ## x86_64-unknown-linux-musl (default), aarch64-unknown-linux-musl or
@@ -111,4 +117,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf .plexd-dev dist
+	rm -rf .plexd-dev dist fuzz/target

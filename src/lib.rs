@@ -15,6 +15,8 @@ pub mod duration;
 pub mod encoding;
 pub mod events;
 pub mod http;
+pub mod json_eq;
+pub mod kube;
 pub mod model;
 pub mod pool;
 pub mod secrets;

@@ -5,21 +5,21 @@ _plexd_nodeapi() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         w=${COMP_WORDS[i]}
         case $w in
-            --config|--data-dir|--socket|--node-id|--nsk-file|--control-plane|--cp-token-file|--signing-key-file|--ca-file|--debounce|--reconcile-interval|--http-listen|--http-token-file|--max-connections|--workers|--upstream-workers|--secret-timeout|--head-timeout|--body-timeout|--idle-timeout|--max-body-memory|--max-report-keys|--max-report-bytes|--shutdown-timeout|--log-level|--data|--content-type|--if-match|--if-none-match) ((i++)) ;;
+            --config|--data-dir|--socket|--node-id|--nsk-file|--control-plane|--cp-token-file|--signing-key-file|--ca-file|--debounce|--reconcile-interval|--http-listen|--http-token-file|--max-connections|--workers|--upstream-workers|--secret-timeout|--head-timeout|--body-timeout|--idle-timeout|--max-body-memory|--max-report-keys|--max-report-bytes|--shutdown-timeout|--k8s-api-server|--k8s-token-file|--k8s-ca-file|--k8s-namespace|--k8s-node-name|--mesh-ip|--k8s-token-audience|--log-level|--data|--content-type|--if-match|--if-none-match) ((i++)) ;;
             -*) ;;
             *) if [[ -z $cmd ]]; then cmd=$w; elif [[ -z $sub ]]; then sub=$w; fi ;;
         esac
     done
     case $prev in
-        --config|--socket|--nsk-file|--cp-token-file|--signing-key-file|--ca-file|--http-token-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --config|--socket|--nsk-file|--cp-token-file|--signing-key-file|--ca-file|--http-token-file|--k8s-token-file|--k8s-ca-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --data-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --log-level) COMPREPLY=($(compgen -W 'error warn info debug trace' -- "$cur")); return ;;
-        --config|--data-dir|--socket|--node-id|--nsk-file|--control-plane|--cp-token-file|--signing-key-file|--ca-file|--debounce|--reconcile-interval|--http-listen|--http-token-file|--max-connections|--workers|--upstream-workers|--secret-timeout|--head-timeout|--body-timeout|--idle-timeout|--max-body-memory|--max-report-keys|--max-report-bytes|--shutdown-timeout|--log-level|--data|--content-type|--if-match|--if-none-match) return ;;
+        --config|--data-dir|--socket|--node-id|--nsk-file|--control-plane|--cp-token-file|--signing-key-file|--ca-file|--debounce|--reconcile-interval|--http-listen|--http-token-file|--max-connections|--workers|--upstream-workers|--secret-timeout|--head-timeout|--body-timeout|--idle-timeout|--max-body-memory|--max-report-keys|--max-report-bytes|--shutdown-timeout|--k8s-api-server|--k8s-token-file|--k8s-ca-file|--k8s-namespace|--k8s-node-name|--mesh-ip|--k8s-token-audience|--log-level|--data|--content-type|--if-match|--if-none-match) return ;;
     esac
     local words
     case $cmd/$sub in
         /) words="serve dev state version completions help --help --version -h -V" ;;
-        serve/*) words="--config --data-dir --socket --node-id --nsk-file --control-plane --cp-token-file --signing-key-file --ca-file --debounce --reconcile-interval --http --http-listen --http-token-file --secret-auth --max-connections --workers --upstream-workers --secret-timeout --head-timeout --body-timeout --idle-timeout --max-body-memory --max-report-keys --max-report-bytes --shutdown-timeout --log-level --help -h" ;;
+        serve/*) words="--config --data-dir --socket --node-id --nsk-file --control-plane --cp-token-file --signing-key-file --ca-file --debounce --reconcile-interval --http --http-listen --http-token-file --secret-auth --allow-core-dumps --max-connections --workers --upstream-workers --secret-timeout --head-timeout --body-timeout --idle-timeout --max-body-memory --max-report-keys --max-report-bytes --shutdown-timeout --kubernetes --k8s-api-server --k8s-token-file --k8s-ca-file --k8s-namespace --k8s-node-name --mesh-ip --k8s-token-audience --log-level --help -h" ;;
         dev/*) words="--data-dir --socket --http --help -h" ;;
         state/) words="--socket --help -h get put delete watch health" ;;
         state/get) words="--raw --etag --socket --help -r -h metadata data report reports secret secrets" ;;

@@ -31,6 +31,14 @@ pub enum ApiError {
     /// 507: a quota would be exceeded; the message names the limit and the use.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The state folder takes no writes now: 507 when the disk is full, 503 when it
+    /// is read-only. Reads still work; writing resumes by itself.
+    #[error("{}", if *full {
+        "the disk holding the state folder is full: nothing was stored; writes resume by themselves once there is room"
+    } else {
+        "the state folder cannot be written (read-only): nothing was stored; writes resume by themselves once it can"
+    })]
+    DiskUnwritable { full: bool },
     #[error("{0}")]
     Internal(&'static str),
     /// 503, retry in a second.
@@ -59,11 +67,12 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyWaiters => 429,
-            ApiError::InsufficientStorage(_) => 507,
+            ApiError::InsufficientStorage(_) | ApiError::DiskUnwritable { full: true } => 507,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_)
             | ApiError::UpstreamTimeout
             | ApiError::UpstreamDown { .. }
+            | ApiError::DiskUnwritable { full: false }
             | ApiError::NotReady { .. } => 503,
         }
     }
@@ -84,6 +93,9 @@ impl From<ApiError> for Response {
             }
             ApiError::TooManyWaiters | ApiError::Unavailable(_) | ApiError::UpstreamTimeout => {
                 Response::error(status, &e.to_string()).header("Retry-After", "1")
+            }
+            ApiError::DiskUnwritable { .. } => {
+                Response::error(status, &e.to_string()).header("Retry-After", "5")
             }
             ApiError::UpstreamDown { retry_after_secs } => {
                 Response::error(status, &e.to_string()).header("Retry-After", retry_after_secs)
@@ -132,6 +144,10 @@ impl From<StoreError> for ApiError {
                     unit = limit.unit(),
                     flag = limit.flag(),
                 ))
+            }
+            StoreError::Unwritable { full, reason } => {
+                log::warn!(reason = reason.as_str(); "report write refused: the state folder takes no writes");
+                ApiError::DiskUnwritable { full }
             }
             other => {
                 log::error!(error:% = other; "report write failed");

@@ -63,10 +63,21 @@ fn missing(list: Versioned<Json>, message: &'static str) -> Lookup {
     }
 }
 
-/// Looks a read resource up. `None` for resources that are not cache reads.
-pub fn lookup(store: &Store, resource: &Resource) -> Result<Option<Lookup>, ApiError> {
+/// Which parts of the state a peer may see: everything, or everything but secrets
+/// (`--secret-auth`: the summary then shows no secret names or versions, and its
+/// revision does not move with them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Everything,
+    WithoutSecrets,
+}
+
+/// Looks a read resource up as `view` shows it. `None` for resources that are not
+/// cache reads.
+pub fn lookup(store: &Store, resource: &Resource, view: View) -> Result<Option<Lookup>, ApiError> {
     let found = Lookup::Found;
     Ok(Some(match resource {
+        Resource::Summary if view == View::WithoutSecrets => found(store.summary_without_secrets()),
         Resource::Summary => found(store.summary()),
         Resource::Metadata => found(store.metadata()),
         Resource::MetadataKey(k) => match store.metadata_value(k) {
@@ -211,11 +222,16 @@ fn jitter(wait: Duration) -> Duration {
     Duration::from_millis(u64::from(nanos) % spread)
 }
 
-/// Answers a read resource: now, or — for a blocking query whose resource has not
-/// changed past `index` — later, without holding a worker.
-pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Reply, ApiError> {
+/// Answers a read resource as `view` shows it: now, or — for a blocking query whose
+/// resource has not changed past `index` — later, without holding a worker.
+pub fn read(
+    store: &Arc<Store>,
+    resource: Resource,
+    view: View,
+    req: &Request,
+) -> Result<Reply, ApiError> {
     let conditions = Conditions::from_request(req);
-    let Some(current) = lookup(store, &resource)? else {
+    let Some(current) = lookup(store, &resource, view)? else {
         return Err(ApiError::NotFound("not found".into()));
     };
     let Some(blocking) = blocking_params(req)? else {
@@ -236,7 +252,7 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     // key appearing answers it early: other keys coming and going are not its news.
     let was_missing = matches!(current, Lookup::Missing { .. });
     let check = move |wake: Wake| -> Option<Response> {
-        let now = match lookup(&store, &resource) {
+        let now = match lookup(&store, &resource, view) {
             Ok(Some(l)) => l,
             _ => return Some(ApiError::Internal("resource vanished").into()),
         };

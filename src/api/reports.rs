@@ -211,12 +211,51 @@ pub fn put(store: &Store, key: &str, req: &Request) -> Result<Reply, ApiError> {
 }
 
 pub fn delete(store: &Store, key: &str, req: &Request) -> Result<Reply, ApiError> {
-    let key = parse_key(key)?;
-    let conditions = parse_preconditions(req)?;
+    let delete = parse_delete(key, req)?;
     Ok(park_on(
-        store.submit_delete_if(&key, &conditions),
+        store.submit_delete_if(&delete.key, &delete.conditions),
         delete_response,
     ))
+}
+
+/// A parsed write, made and waited for on the calling thread (at most `PARK_LIMIT`).
+/// Only for the upstream pool, where a workload's write runs once its token was
+/// reviewed — never on an HTTP worker.
+pub fn put_blocking(store: &Store, put: PutReport) -> Response {
+    let ticket = store.submit_put_if(&put.key, put.content_type, put.payload, &put.conditions);
+    wait_blocking(ticket, put_response)
+}
+
+/// A parsed deletion with its preconditions (`If-Match`, `If-None-Match`).
+pub struct DeleteReport {
+    pub key: ReportKey,
+    pub conditions: Preconditions,
+}
+
+/// Parses a deletion's key and preconditions (what `delete` does before submitting).
+pub fn parse_delete(key: &str, req: &Request) -> Result<DeleteReport, ApiError> {
+    Ok(DeleteReport {
+        key: parse_key(key)?,
+        conditions: parse_preconditions(req)?,
+    })
+}
+
+/// `put_blocking` for a deletion.
+pub fn delete_blocking(store: &Store, delete: DeleteReport) -> Response {
+    wait_blocking(
+        store.submit_delete_if(&delete.key, &delete.conditions),
+        delete_response,
+    )
+}
+
+fn wait_blocking<T>(ticket: Ticket<T>, respond: fn(Result<T, StoreError>) -> Response) -> Response {
+    match ticket.wait_timeout(PARK_LIMIT) {
+        Some(result) => respond(result),
+        None => {
+            ApiError::Unavailable("write still in progress; read the entry back before retrying")
+                .into()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub fn get(
         },
     )
     .map_err(|_| ApiError::Internal("secret could not be encoded"))?;
+    // The encoder's frames saw the plaintext.
+    crate::secrets::scrub_stack();
     // No revision headers: the value is not in the store (see `reads`); and no
     // cache on the way may keep it.
     Ok(Response::json(200, Body::Sensitive(body)).header("Cache-Control", "no-store"))

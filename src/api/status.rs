@@ -16,6 +16,7 @@ use crate::secrets::breaker::CircuitState;
 use crate::secrets::Secrets;
 use crate::store::Store;
 use crate::telemetry::health::LinkHealth;
+use crate::telemetry::kubernetes::KubeHealth;
 use crate::telemetry::metrics::{
     family, label, single, unix_seconds, ApiReject, Rejections, RequestMetrics,
 };
@@ -28,6 +29,8 @@ pub struct Status {
     pub health: Arc<LinkHealth>,
     pub stream: Arc<StreamMetrics>,
     pub server: OnceLock<Arc<ServerStats>>,
+    /// With `--kubernetes`: the mirror's health and counters.
+    pub kube: OnceLock<Arc<KubeHealth>>,
     pub secret_auth: bool,
     /// Refusals the API decides, by reason.
     pub rejections: Arc<Rejections>,
@@ -56,6 +59,7 @@ impl Status {
             health,
             stream,
             server: OnceLock::new(),
+            kube: OnceLock::new(),
             secret_auth,
             rejections: Arc::new(Rejections::default()),
             upstream: OnceLock::new(),
@@ -78,7 +82,9 @@ impl Status {
 
     /// The health document. Always 200 while serving; with `?ready` (a readiness
     /// probe) `ApiError::NotReady` (503 with the same document) until `ready()`.
-    pub fn health(&self, req: &Request) -> Result<Response, ApiError> {
+    /// `secrets_visible`: whether the peer may see secrets; without it the secret
+    /// count is left out (`--secret-auth`).
+    pub fn health(&self, req: &Request, secrets_visible: bool) -> Result<Response, ApiError> {
         let link = self.health.snapshot();
         let counts = self.store.counts();
         let ready = self.ready();
@@ -95,25 +101,44 @@ impl Status {
         if let Some(obj) = control_plane.as_object_mut() {
             obj.extend(self.stream.health_fields());
         }
-        let doc = json!({
-            "status": if link.degraded() { "degraded" } else { "ok" },
+        let mut cache = json!({
+            "loaded": true,
+            "metadata": counts.metadata,
+            "data": counts.data,
+            "secrets": counts.secrets,
+            "reports": counts.reports,
+            "revision": self.store.revision(),
+            "last_change": format_rfc3339_utc(counts.last_change),
+        });
+        if !secrets_visible {
+            if let Some(obj) = cache.as_object_mut() {
+                obj.remove("secrets");
+            }
+        }
+        let disk = self.store.disk_fault();
+        let storage = json!({
+            "writable": disk.is_none(),
+            "full": disk.as_ref().is_some_and(|f| f.full),
+            "error": disk.as_ref().map(|f| f.reason.as_str()),
+            "since": time_or_null(disk.as_ref().map(|f| f.since)),
+        });
+        let kube_degraded = self.kube.get().is_some_and(|k| k.degraded());
+        let degraded = link.degraded() || disk.is_some() || kube_degraded;
+        let mut doc = json!({
+            "status": if degraded { "degraded" } else { "ok" },
             "ready": ready,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "cache": {
-                "loaded": true,
-                "metadata": counts.metadata,
-                "data": counts.data,
-                "secrets": counts.secrets,
-                "reports": counts.reports,
-                "revision": self.store.revision(),
-                "last_change": format_rfc3339_utc(counts.last_change),
-            },
+            "cache": cache,
+            "storage": storage,
             "control_plane": control_plane,
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
             "limits": self.limits_health(),
         });
+        if let (Some(k), Some(obj)) = (self.kube.get(), doc.as_object_mut()) {
+            obj.insert("kubernetes".into(), k.health_json());
+        }
         let body = doc.to_string().into_bytes();
         if req.query_param("ready").is_some() && !ready {
             return Err(ApiError::NotReady { health: body });
@@ -123,15 +148,19 @@ impl Status {
 
     /// The Prometheus page: requests, connections, the cache, the link and the event
     /// stream, and the build.
-    pub fn metrics(&self) -> Response {
+    /// `secrets_visible` as for `health`: without it the secret count is left out.
+    pub fn metrics(&self, secrets_visible: bool) -> Response {
         let mut out = String::with_capacity(8192);
         self.metrics.render(&mut out);
         if let Some(stats) = self.server.get() {
             render_connections(&mut out, stats);
         }
-        self.render_cache(&mut out);
+        self.render_cache(&mut out, secrets_visible);
         self.health.snapshot().render(&mut out);
         self.stream.render(&mut out);
+        if let Some(k) = self.kube.get() {
+            k.render_metrics(&mut out);
+        }
         self.render_limits(&mut out);
         render_build_info(&mut out);
         Response::new(200)
@@ -140,7 +169,7 @@ impl Status {
     }
 
     /// The cache's sizes, revision and last change, and the reports waiting for sync.
-    fn render_cache(&self, out: &mut String) {
+    fn render_cache(&self, out: &mut String, secrets_visible: bool) {
         let counts = self.store.counts();
         family(
             out,
@@ -154,6 +183,9 @@ impl Status {
             ("secrets", counts.secrets),
             ("reports", counts.reports),
         ] {
+            if kind == "secrets" && !secrets_visible {
+                continue;
+            }
             let _ = writeln!(out, "plexd_nodeapi_cache_entries{{kind=\"{kind}\"}} {n}");
         }
         single(
@@ -169,6 +201,13 @@ impl Status {
             "gauge",
             "Unix time of the last cache change.",
             unix_seconds(counts.last_change),
+        );
+        single(
+            out,
+            "plexd_nodeapi_state_writable",
+            "gauge",
+            "1 while the state folder takes writes; 0 while it is full or read-only.",
+            u8::from(self.store.disk_fault().is_none()),
         );
         single(
             out,

@@ -157,7 +157,7 @@ const SERVE_SECTIONS: &[Section] = &[
         title: "Node and files",
         opts: &[
             flag("config", "FILE", Default::None, "read these settings from a JSON file (keys are the flag names with - written as _); flags win over the file"),
-            flag("data-dir", "DIR", Default::Required, "the cache lives in DIR/state/; identity files are read from DIR"),
+            flag("data-dir", "DIR", Default::Required, "the cache lives in DIR/state/; identity files are read from DIR; a missing folder is created (0700, with its parents), as plexd does"),
             flag("socket", "PATH", Default::Value("/var/run/plexd/api.sock"), "the Unix socket"),
             flag("node-id", "ID", Default::Text("node_id from DIR/identity.json"), "the node identifier"),
             flag("nsk-file", "PATH", Default::Text("DIR/node_secret_key"), "the 32-byte node secret key: raw bytes as plexd writes them, 44-char base64 or 64-char hex"),
@@ -180,7 +180,8 @@ const SERVE_SECTIONS: &[Section] = &[
             opt("http", None, "enable the TCP listener on 127.0.0.1:9100"),
             flag("http-listen", "ADDR", Default::None, "enable the TCP listener on ADDR (host:port); a non-loopback address is warned about: secrets are served there behind the token, in clear text"),
             flag("http-token-file", "PATH", Default::None, "bearer token required on TCP (required with it): trimmed, non-empty, no spaces or control characters inside"),
-            opt("secret-auth", None, "secret routes on the socket only for uid 0 and the group plexd-secrets (checked with the kernel's peer credentials)"),
+            opt("secret-auth", None, "secret routes on the socket only for uid 0 and the group plexd-secrets (checked with the kernel's peer credentials); other peers see no secret names, versions or counts"),
+            opt("allow-core-dumps", None, "keep the process dumpable, for debugging only: a core file or a debugger may then see secret values, tokens and the NSK"),
         ],
     },
     Section {
@@ -197,6 +198,19 @@ const SERVE_SECTIONS: &[Section] = &[
             flag("max-report-keys", "N", Default::Value("10000"), "report keys local writers may store (beyond: 507)"),
             flag("max-report-bytes", "SIZE", Default::Value("64MiB"), "bytes of report payloads local writers may store (beyond: 507)"),
             flag("shutdown-timeout", "DUR", Default::Value("5s"), "graceful shutdown bound"),
+        ],
+    },
+    Section {
+        title: "Kubernetes",
+        opts: &[
+            opt("kubernetes", None, "Kubernetes mode: mirror the state into a PlexdNodeState resource and Secrets, take reports from its status, authenticate workloads' ServiceAccount tokens; the flags below default to the in-cluster values"),
+            flag("k8s-api-server", "URL", Default::Text("https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"), "the API server"),
+            flag("k8s-token-file", "PATH", Default::Text("/var/run/secrets/kubernetes.io/serviceaccount/token"), "the daemon's ServiceAccount token, re-read at least every minute and after a 401"),
+            flag("k8s-ca-file", "PATH", Default::Text(".../serviceaccount/ca.crt"), "the cluster CA, the only one trusted for the API server"),
+            flag("k8s-namespace", "NS", Default::Text(".../serviceaccount/namespace, then POD_NAMESPACE"), "where the resource and its Secrets live"),
+            flag("k8s-node-name", "NAME", Default::Text("MY_NODE_NAME"), "the Kubernetes node, for the same-node check of callers' tokens"),
+            flag("mesh-ip", "IP", Default::Text("mesh_ip from DIR/identity.json"), "the node's mesh address, written into the resource"),
+            flag("k8s-token-audience", "AUD", Default::Value("plexd"), "the audience callers' tokens must carry on TCP; empty turns TokenReview off"),
         ],
     },
     Section {

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::duration;
 use crate::events::PublicKey;
+use crate::kube::config::{self as kube_config, KubeConfig, KubeSettings};
 use crate::secrets::nsk::Nsk;
 
 pub const DEFAULT_SOCKET: &str = "/var/run/plexd/api.sock";
@@ -59,9 +60,18 @@ pub struct Settings {
     pub shutdown_timeout: Option<String>,
     pub reconcile_interval: Option<String>,
     pub secret_auth: Option<bool>,
+    pub allow_core_dumps: Option<bool>,
     pub log_level: Option<String>,
     pub max_connections: Option<u64>,
     pub workers: Option<u64>,
+    pub kubernetes: Option<bool>,
+    pub k8s_api_server: Option<String>,
+    pub k8s_token_file: Option<PathBuf>,
+    pub k8s_ca_file: Option<PathBuf>,
+    pub k8s_namespace: Option<String>,
+    pub k8s_node_name: Option<String>,
+    pub mesh_ip: Option<String>,
+    pub k8s_token_audience: Option<String>,
     pub upstream_workers: Option<u64>,
     pub secret_timeout: Option<String>,
     pub head_timeout: Option<String>,
@@ -146,9 +156,18 @@ impl Settings {
             shutdown_timeout,
             reconcile_interval,
             secret_auth,
+            allow_core_dumps,
             log_level,
             max_connections,
             workers,
+            kubernetes,
+            k8s_api_server,
+            k8s_token_file,
+            k8s_ca_file,
+            k8s_namespace,
+            k8s_node_name,
+            mesh_ip,
+            k8s_token_audience,
             upstream_workers,
             secret_timeout,
             head_timeout,
@@ -183,6 +202,14 @@ impl Settings {
             "log-level" => self.log_level = Some(need(value)?),
             "max-connections" => self.max_connections = Some(parse_count(&flag, &need(value)?)?),
             "workers" => self.workers = Some(parse_count(&flag, &need(value)?)?),
+            "k8s-api-server" => self.k8s_api_server = Some(need(value)?),
+            "k8s-token-file" => self.k8s_token_file = Some(need(value)?.into()),
+            "k8s-ca-file" => self.k8s_ca_file = Some(need(value)?.into()),
+            "k8s-namespace" => self.k8s_namespace = Some(need(value)?),
+            "k8s-node-name" => self.k8s_node_name = Some(need(value)?),
+            "mesh-ip" => self.mesh_ip = Some(need(value)?),
+            // An empty audience turns TokenReview off, so the value may be "".
+            "k8s-token-audience" => self.k8s_token_audience = Some(need(value)?),
             "upstream-workers" => self.upstream_workers = Some(parse_count(&flag, &need(value)?)?),
             "secret-timeout" => self.secret_timeout = Some(need(value)?),
             "head-timeout" => self.head_timeout = Some(need(value)?),
@@ -193,6 +220,8 @@ impl Settings {
             "max-report-bytes" => self.max_report_bytes = Some(SizeSetting::Text(need(value)?)),
             "http" => self.http = Some(true),
             "secret-auth" => self.secret_auth = Some(true),
+            "kubernetes" => self.kubernetes = Some(true),
+            "allow-core-dumps" => self.allow_core_dumps = Some(true),
             _ => return Err(ConfigError::new(&flag, "unknown flag")),
         }
         Ok(())
@@ -224,9 +253,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub reconcile_interval: Duration,
     pub secret_auth: bool,
+    /// Leave the process dumpable (core files, ptrace by the same user): for
+    /// debugging only, a core file may hold secrets.
+    pub allow_core_dumps: bool,
     pub log_level: LevelFilter,
     pub max_connections: usize,
     pub workers: usize,
+    /// The Kubernetes mode (`--kubernetes`), resolved with the in-cluster defaults.
+    pub kubernetes: Option<KubeConfig>,
     /// Threads for calls that wait on the control plane (secret fetches).
     pub upstream_workers: usize,
     /// How long a secret request waits for the control plane.
@@ -252,6 +286,7 @@ impl std::fmt::Debug for Config {
             .field("control_plane", &self.control_plane)
             .field("http_listen", &self.http_listen)
             .field("secret_auth", &self.secret_auth)
+            .field("kubernetes", &self.kubernetes)
             .finish_non_exhaustive()
     }
 }
@@ -264,12 +299,8 @@ impl Config {
             .clone()
             .filter(|d| !d.as_os_str().is_empty())
             .ok_or_else(|| ConfigError::new("--data-dir", "is required"))?;
-        if !data_dir.is_dir() {
-            return Err(ConfigError::new(
-                "--data-dir",
-                format!("{} is not a directory", data_dir.display()),
-            ));
-        }
+        // A missing folder is created at start (0700, as plexd does); only a missing
+        // flag is a configuration error.
         let socket = s.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
         if socket.as_os_str().is_empty() {
             return Err(ConfigError::new("--socket", "must not be empty"));
@@ -379,6 +410,23 @@ impl Config {
             1024,
         )?;
 
+        let kubernetes = if s.kubernetes.unwrap_or(false) {
+            let k = KubeSettings {
+                api_server: s.k8s_api_server.clone(),
+                token_file: s.k8s_token_file.clone(),
+                ca_file: s.k8s_ca_file.clone(),
+                namespace: s.k8s_namespace.clone(),
+                node_name: s.k8s_node_name.clone(),
+                mesh_ip: s.mesh_ip.clone(),
+                token_audience: s.k8s_token_audience.clone(),
+            };
+            Some(
+                KubeConfig::resolve(&k, &data_dir, &node_id, &kube_config::process_env)
+                    .map_err(|e| ConfigError::new(e.field, e.message))?,
+            )
+        } else {
+            None
+        };
         let upstream_workers = bounded("--upstream-workers", s.upstream_workers, 4, 1, 256)?;
         let secret_timeout =
             positive_duration("--secret-timeout", s.secret_timeout.as_deref(), "5s")?;
@@ -422,9 +470,11 @@ impl Config {
             shutdown_timeout,
             reconcile_interval,
             secret_auth: s.secret_auth.unwrap_or(false),
+            allow_core_dumps: s.allow_core_dumps.unwrap_or(false),
             log_level,
             max_connections,
             workers,
+            kubernetes,
             upstream_workers,
             secret_timeout,
             head_timeout,

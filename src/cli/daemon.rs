@@ -2,17 +2,22 @@
 //! shut down in order. This is the only module that knows every other one; it owns
 //! the wiring and nothing else (no request handling, no file formats).
 //!
-//! Start: listeners (socket activation or bind) → store (load the disk cache) →
-//! syncer → HTTP server → control-plane link (background) → event stream → `READY=1`.
+//! Start: memory protection (not dumpable) → the state folder's lock (creating a
+//! missing data folder) → listeners (socket activation, or bind under `<socket>.lock`)
+//! → store (load the disk cache) → syncer → HTTP server → control-plane link
+//! (background) → event stream → with `--kubernetes`, the Kubernetes mirror
+//! (background; nothing waits for the API server) → `READY=1`.
 //! Stop: `STOPPING=1` → HTTP server (in-flight and parked requests answered) →
-//! event stream (signalled, not waited for while a read blocks) → store close (report
+//! event stream (signalled, not waited for while a read blocks) → Kubernetes mirror
+//! (it writes to the store; the resource and its Secrets stay) → store close (report
 //! journal checkpointed into the files) → link → syncer (final flush) → remove the
-//! socket we created — all within `--shutdown-timeout`.
+//! socket we created if it is still ours — all within `--shutdown-timeout`.
 //!
 //! Event signing keys: one shared `events::Verifier`, seeded from `--signing-key-file`
 //! and updated by the link from every state response that carries `signing_keys`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -30,12 +35,18 @@ use crate::cp::stream::{self, EventStreamHandle, StreamDeps, StreamOptions};
 use crate::cp::syncer::{Syncer, SyncerHandle};
 use crate::events::{KeySet, Verifier};
 use crate::http::activation;
-use crate::http::listen;
+use crate::http::listen::{self, SocketClaim};
 use crate::http::{Handler, Limits, Listener, Server, ServerConfig, ServerHandle, Waker};
+use crate::kube::authn::{Authenticator, AuthnOptions};
+use crate::kube::client::KubeClient;
+use crate::kube::config::KubeConfig;
+use crate::kube::mirror::{KubeDeps, KubeMirror, MirrorOptions};
+use crate::kube::names::ResourceName;
 use crate::pool::Pool;
 use crate::secrets::Secrets;
-use crate::store::{ChangeKind, Quota, Store};
+use crate::store::{ChangeKind, Quota, StateLock, Store};
 use crate::telemetry::health::LinkHealth;
+use crate::telemetry::kubernetes::KubeHealth;
 use crate::telemetry::stream::StreamMetrics;
 
 /// A running daemon.
@@ -46,8 +57,12 @@ pub struct Daemon {
     syncer: SyncerHandle,
     link: Option<Link>,
     events: Option<EventStreamHandle>,
-    /// The socket file we bound ourselves (removed at shutdown); `None` if inherited.
-    own_socket: Option<PathBuf>,
+    kube: Option<KubeMirror>,
+    /// The socket file we bound ourselves (removed at shutdown if it is still ours);
+    /// `None` if systemd passed the socket.
+    socket_claim: Option<SocketClaim>,
+    /// One daemon per state folder, for as long as this one runs.
+    _state_lock: StateLock,
     shutdown_timeout: Duration,
     pub socket: PathBuf,
     pub http_listen: Option<SocketAddr>,
@@ -55,31 +70,27 @@ pub struct Daemon {
 
 impl Daemon {
     /// The start sequence (see the module comment). A failure after the socket was
-    /// bound removes it again; nothing is written before the listeners are bound.
+    /// bound removes it again (the claim's `Drop`); no state file is written before the
+    /// state folder is locked and the listeners are bound.
     pub fn start(config: Config) -> Result<Daemon, CliError> {
+        protect_memory(config.allow_core_dumps);
         let client = control_plane_client(&config)?;
+        let kube = kubernetes_client(&config)?;
         raise_fd_limit(config.max_connections);
         tune_allocator();
-        // Listeners first: a bind failure must leave the disk untouched.
-        let listeners = Listeners::take_or_bind(&config)?;
-        let own_socket = listeners.own_socket.clone();
+        // The state folder's lock first: a second daemon on it stops here, untouched.
+        let state_lock = lock_state_folder(&config)?;
+        // Listeners next: a bind failure must leave the state files untouched.
+        let mut listeners = Listeners::take_or_bind(&config)?;
+        let socket_claim = listeners.claim.take();
         let http_listen = listeners.http_listen();
-        let store = match Store::open(&config.state_dir()) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                remove_socket(own_socket.as_ref());
-                return Err(CliError::Store(e.to_string()));
-            }
-        };
+        let store = Store::open(&config.state_dir())
+            .map(Arc::new)
+            .map_err(|e| CliError::Store(e.to_string()))?;
 
         apply_report_quota(&config, &store);
-        let upstream = match upstream_pool(&config) {
-            Ok(p) => p,
-            Err(e) => {
-                remove_socket(own_socket.as_ref());
-                return Err(e);
-            }
-        };
+        let kube = kube.map(|(k, kube_client)| KubeParts::new(k, kube_client, &store));
+        let upstream = upstream_pool(&config)?;
         let health = Arc::new(LinkHealth::new(client.is_some()));
         let syncer = Syncer::spawn(
             Arc::clone(&store),
@@ -96,13 +107,16 @@ impl Daemon {
             &stream_metrics,
             client.clone(),
             &upstream,
+            kube.as_ref().and_then(|k| k.authn.clone()),
         ));
-        let server = serve(&config, listeners, &api).inspect_err(|_| {
-            remove_socket(own_socket.as_ref());
-        })?;
+        let server = serve(&config, listeners, &api)?;
         let _ = waker.set(server.waker());
         let _ = api.status.server.set(server.stats());
 
+        let kube = kube.map(|k| {
+            let options = MirrorOptions::from_env(config.reconcile_interval);
+            k.start(client.clone(), &store, &api.status, options)
+        });
         let (link, events) = match client {
             Some(client) => {
                 let (link, events) =
@@ -137,7 +151,9 @@ impl Daemon {
             syncer,
             link,
             events,
-            own_socket,
+            kube,
+            socket_claim,
+            _state_lock: state_lock,
             shutdown_timeout: config.shutdown_timeout,
             socket: config.socket.clone(),
             http_listen,
@@ -156,13 +172,17 @@ impl Daemon {
         if let Some(events) = self.events {
             events.shutdown(remaining(deadline));
         }
+        if let Some(kube) = self.kube {
+            kube.shutdown(remaining(deadline));
+        }
         // No request can write any more: checkpoint the report journal into the files.
         self.store.close();
         if let Some(link) = self.link {
             link.shutdown(remaining(deadline));
         }
         self.syncer.shutdown(remaining(deadline));
-        remove_socket(self.own_socket.as_ref());
+        // Removes the socket only if the path still names the one bound here.
+        drop(self.socket_claim);
         log::info!("stopped");
     }
 }
@@ -184,12 +204,81 @@ fn control_plane_client(config: &Config) -> Result<Option<Arc<CpClient>>, CliErr
     Ok(Some(Arc::new(client)))
 }
 
+/// With `--kubernetes`, the Kubernetes API client. It reads its token and CA now, so
+/// an unusable file is a configuration error (exit 2) before anything is bound.
+fn kubernetes_client(config: &Config) -> Result<Option<(KubeConfig, Arc<KubeClient>)>, CliError> {
+    let Some(k) = &config.kubernetes else {
+        return Ok(None);
+    };
+    let client = KubeClient::new(k).map_err(|e| ConfigError::new("--kubernetes", e.to_string()))?;
+    Ok(Some((k.clone(), Arc::new(client))))
+}
+
+/// The Kubernetes mode's parts, made before the API (which takes the authenticator)
+/// and started after the server.
+struct KubeParts {
+    config: KubeConfig,
+    client: Arc<KubeClient>,
+    health: Arc<KubeHealth>,
+    /// The resource's name, shared by the mirror and the authenticator.
+    resource: ResourceName,
+    /// `None` when `--k8s-token-audience` is empty (TokenReview off).
+    authn: Option<Arc<Authenticator>>,
+}
+
+impl KubeParts {
+    fn new(config: KubeConfig, client: Arc<KubeClient>, store: &Arc<Store>) -> KubeParts {
+        let resource = ResourceName::for_node(&config.node_id);
+        let health = Arc::new(KubeHealth::new(&config.namespace, &resource.get()));
+        let authn = config.token_audience.as_ref().map(|audience| {
+            Arc::new(Authenticator::new(
+                Arc::clone(&client),
+                Arc::clone(&health),
+                Arc::clone(store),
+                audience,
+                &config.namespace,
+                &config.node_name,
+                resource.clone(),
+                AuthnOptions::default(),
+            ))
+        });
+        KubeParts {
+            config,
+            client,
+            health,
+            resource,
+            authn,
+        }
+    }
+
+    /// Starts the mirror (and its watch); shows its health on the status pages. The
+    /// secrets' ciphertext comes from the control plane, when there is one.
+    fn start(
+        self,
+        cp: Option<Arc<CpClient>>,
+        store: &Arc<Store>,
+        status: &Status,
+        options: MirrorOptions,
+    ) -> KubeMirror {
+        let _ = status.kube.set(Arc::clone(&self.health));
+        let deps = KubeDeps {
+            store: Arc::clone(store),
+            client: self.client,
+            cp,
+            health: self.health,
+            config: self.config,
+            resource: self.resource,
+        };
+        KubeMirror::start(deps, options)
+    }
+}
+
 /// The daemon's listeners: passed by systemd (socket activation) or bound here.
 struct Listeners {
     unix: UnixListener,
     tcp: Option<TcpListener>,
     /// The socket file bound here (removed at shutdown); `None` if it was passed.
-    own_socket: Option<PathBuf>,
+    claim: Option<SocketClaim>,
 }
 
 impl Listeners {
@@ -205,24 +294,23 @@ impl Listeners {
                 _ => log::warn!("ignoring an extra socket-activated listener"),
             }
         }
-        let own_socket = unix.is_none().then(|| config.socket.clone());
-        let unix = match unix {
-            Some(u) => u,
-            None => listen::bind_unix(&config.socket).map_err(|e| CliError::Bind(e.to_string()))?,
+        let (unix, claim) = match unix {
+            Some(u) => (u, None),
+            None => {
+                let (u, claim) =
+                    listen::bind_unix(&config.socket).map_err(|e| CliError::Bind(e.to_string()))?;
+                (u, Some(claim))
+            }
         };
+        // A TCP bind failure drops `claim`, which removes the socket bound just now.
         let tcp = match (tcp, config.http_listen) {
             (Some(t), _) => Some(t),
-            (None, Some(addr)) => Some(listen::bind_tcp(&addr.to_string()).map_err(|e| {
-                remove_socket(own_socket.as_ref());
-                CliError::Bind(e.to_string())
-            })?),
+            (None, Some(addr)) => Some(
+                listen::bind_tcp(&addr.to_string()).map_err(|e| CliError::Bind(e.to_string()))?,
+            ),
             (None, None) => None,
         };
-        Ok(Listeners {
-            unix,
-            tcp,
-            own_socket,
-        })
+        Ok(Listeners { unix, tcp, claim })
     }
 
     /// The TCP listener's address, if there is one.
@@ -281,6 +369,7 @@ fn local_api(
     stream_metrics: &Arc<StreamMetrics>,
     client: Option<Arc<CpClient>>,
     upstream: &Arc<Pool>,
+    kube: Option<Arc<Authenticator>>,
 ) -> Api {
     let secrets_gid = Access::lookup_secrets_gid();
     if config.secret_auth && secrets_gid.is_none() {
@@ -303,7 +392,8 @@ fn local_api(
     let _ = status.secrets.set(Arc::clone(&secrets));
     Api {
         store: Arc::clone(store),
-        access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid),
+        access: Access::new(config.http_token.clone(), config.secret_auth, secrets_gid)
+            .with_kubernetes(kube),
         secrets,
         upstream: Arc::clone(upstream),
         status,
@@ -380,6 +470,24 @@ fn tune_allocator() {
     }
 }
 
+/// Keeps secrets out of core files and away from debuggers of the same user: the
+/// process is made non-dumpable (`PR_SET_DUMPABLE` 0: no core file, and no ptrace or
+/// `/proc/PID/mem` for anyone but root) and its core size limit is 0 — unless
+/// `--allow-core-dumps` asks to keep it debuggable.
+pub fn protect_memory(allow_core_dumps: bool) {
+    use nix::sys::resource::{setrlimit, Resource};
+    if allow_core_dumps {
+        log::warn!("--allow-core-dumps: the process stays dumpable; a core file or a debugger may see secret values, tokens and the node secret key");
+        return;
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log::warn!(error:% = e; "cannot make the process non-dumpable");
+    }
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        log::warn!(error:% = e; "cannot set the core size limit to 0");
+    }
+}
+
 /// Raises the soft open-file limit (up to the hard limit) so `max_connections` fits.
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -403,10 +511,33 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-fn remove_socket(path: Option<&PathBuf>) {
-    if let Some(p) = path {
-        let _ = std::fs::remove_file(p);
+/// Creates a missing `--data-dir` (and its parents, 0700, as plexd does) and locks its
+/// state folder: one daemon per state folder, checked before anything in it is written.
+fn lock_state_folder(config: &Config) -> Result<StateLock, CliError> {
+    let dir = &config.data_dir;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(CliError::Start(format!(
+                "--data-dir {} exists and is not a folder",
+                dir.display()
+            )))
+        }
+        Err(_) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    CliError::Start(format!(
+                        "cannot create the data folder {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            log::info!(data_dir:% = dir.display(); "created the data folder (0700)");
+        }
     }
+    StateLock::acquire(&config.state_dir()).map_err(|e| CliError::Start(e.to_string()))
 }
 
 /// SIGTERM/SIGINT delivered through a self-pipe, installed before start so an early
@@ -442,9 +573,41 @@ pub fn run(config: Config) -> Result<(), CliError> {
     let signals =
         SignalWait::install().map_err(|e| CliError::Start(format!("signal handling: {e}")))?;
     let daemon = Daemon::start(config)?;
+    // Reading the key files and starting moved the NSK and the tokens through frames
+    // that are dead now: wipe them.
+    crate::secrets::scrub_stack();
     signals
         .wait()
         .map_err(|e| CliError::Start(format!("signal handling: {e}")))?;
     daemon.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_child::{is_child, run_child};
+
+    /// Runs alone in a child process: it changes the process's own attributes.
+    #[test]
+    fn child_protect_memory() {
+        if !is_child() {
+            return;
+        }
+        use nix::sys::resource::{getrlimit, Resource};
+        let allow = std::env::var_os("ALLOW").is_some();
+        super::protect_memory(allow);
+        let dumpable = nix::sys::prctl::get_dumpable().unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_CORE).unwrap();
+        println!("dumpable={dumpable} core={soft}/{hard}");
+    }
+
+    #[test]
+    fn the_process_is_not_dumpable_unless_core_dumps_are_allowed() {
+        let out = run_child("cli::daemon::tests::child_protect_memory", |_| {});
+        assert!(out.contains("dumpable=false core=0/0"), "{out}");
+        let out = run_child("cli::daemon::tests::child_protect_memory", |c| {
+            c.env("ALLOW", "1");
+        });
+        assert!(out.contains("dumpable=true"), "{out}");
+    }
 }

@@ -22,6 +22,7 @@ pub mod sd_notify;
 pub mod state;
 pub mod target;
 pub mod watch;
+pub mod wipe_alloc;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

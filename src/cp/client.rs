@@ -129,7 +129,8 @@ pub struct CpClient {
     node_url: String,
     base_url: String,
     node_id: String,
-    authorization: Zeroizing<String>,
+    /// `Bearer <token>`: the one copy, shared with the event stream's agent.
+    authorization: Arc<Zeroizing<String>>,
     user_agent: String,
 }
 
@@ -170,7 +171,7 @@ impl CpClient {
             node_url: format!("{base}/v1/nodes/{}", percent_encode_segment(&cfg.node_id)),
             base_url: base,
             node_id: cfg.node_id,
-            authorization: Zeroizing::new(format!("Bearer {}", cfg.token.as_str())),
+            authorization: Arc::new(bearer(&cfg.token)),
             user_agent: cfg.user_agent,
         })
     }
@@ -228,7 +229,7 @@ impl CpClient {
         EventSource {
             agent: build_agent(self.tls.as_ref(), AgentTimeouts::Stream { idle_timeout }),
             url: format!("{}/events", self.node_url),
-            authorization: self.authorization.clone(),
+            authorization: Arc::clone(&self.authorization),
             user_agent: self.user_agent.clone(),
         }
     }
@@ -251,11 +252,20 @@ impl CpClient {
     }
 }
 
+/// `Bearer <token>`, built in a buffer of its final size (a growing `String` would
+/// leave partial copies of the token behind in the blocks it outgrew).
+fn bearer(token: &str) -> Zeroizing<String> {
+    let mut value = Zeroizing::new(String::with_capacity(7 + token.len()));
+    value.push_str("Bearer ");
+    value.push_str(token);
+    value
+}
+
 /// Opens the node's event stream; see `CpClient::event_source`.
 pub struct EventSource {
     agent: ureq::Agent,
     url: String,
-    authorization: Zeroizing<String>,
+    authorization: Arc<Zeroizing<String>>,
     user_agent: String,
 }
 

@@ -19,7 +19,7 @@ use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Reject};
 use super::poller::{HUP_OR_ERR, IN, OUT, RDHUP};
 use super::resume::Resume;
 use super::server::RejectReason;
-use super::shared::{Mailbox, Shared};
+use super::shared::{Delivered, Mailbox, Shared};
 use super::write::{read_some, send_response, send_some, Framing, Pending};
 use super::{
     Headers, Later, Method, Park, ParkKind, Reply, Request, Response, Span, Stream, Transport, Wake,
@@ -115,6 +115,8 @@ pub(crate) struct Conn {
     pub in_idle: bool,
     pub parked_at: u32,
     pub budget_queued: bool,
+    /// The deadline the loop's timer heap holds for this connection.
+    pub timer: Option<Instant>,
 }
 
 /// What the loop does with a connection after a step.
@@ -179,6 +181,7 @@ impl Conn {
             in_idle: false,
             parked_at: NONE,
             budget_queued: false,
+            timer: None,
         }
     }
 
@@ -239,11 +242,29 @@ pub(crate) fn on_ready(cx: &mut Cx, conn: &mut Conn, events: u32) -> Next {
     }
 }
 
+/// Empties `buf`, zeroing the bytes it held first: request bytes (a client's
+/// `Authorization` header among them) do not outlive their request in a loop's read
+/// buffer. `explicit_bzero` runs at `memset` speed, so this costs about what the
+/// request's bytes cost to read.
+pub(crate) fn wipe_clear(buf: &mut Vec<u8>) {
+    if !buf.is_empty() {
+        // SAFETY: the first `len` bytes of `buf` are initialised and ours.
+        unsafe { libc::explicit_bzero(buf.as_mut_ptr().cast(), buf.len()) };
+    }
+    buf.clear();
+}
+
 /// Reads what the socket has behind any bytes kept from before, and serves every
-/// complete request in it.
+/// complete request in it. The loop's read buffer is wiped when it returns.
 pub(crate) fn read_and_serve(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let next = read_and_serve_buffered(cx, conn);
+    wipe_clear(&mut cx.scratch.read);
+    next
+}
+
+fn read_and_serve_buffered(cx: &mut Cx, conn: &mut Conn) -> Next {
     let limits = &cx.shared.config.limits;
-    cx.scratch.read.clear();
+    wipe_clear(&mut cx.scratch.read);
     if !conn.inbuf.is_empty() {
         cx.scratch.read.extend_from_slice(&conn.inbuf);
         conn.inbuf = Vec::new();
@@ -282,7 +303,7 @@ fn serve_buffered(cx: &mut Cx, conn: &mut Conn, filled: bool) -> Option<Next> {
                 conn.state = State::Idle;
                 conn.since = cx.now;
             }
-            cx.scratch.read.clear();
+            wipe_clear(&mut cx.scratch.read);
             return Some(Next::Keep);
         }
         if matches!(conn.state, State::Idle) {
@@ -302,7 +323,13 @@ fn serve_buffered(cx: &mut Cx, conn: &mut Conn, filled: bool) -> Option<Next> {
                     return Some(refuse(cx, conn, too_large_head(), head));
                 }
                 if filled {
+                    // Served requests go; the copy the move leaves behind the new end
+                    // is wiped too.
+                    let old_len = cx.scratch.read.len();
                     cx.scratch.read.drain(..pos);
+                    let new_len = cx.scratch.read.len();
+                    cx.scratch.read.resize(old_len, 0);
+                    cx.scratch.read.truncate(new_len);
                     return None;
                 }
                 keep_rest(cx, conn, pos);
@@ -322,7 +349,7 @@ fn keep_rest(cx: &mut Cx, conn: &mut Conn, pos: usize) {
     if pos < cx.scratch.read.len() {
         conn.inbuf = cx.scratch.read[pos..].to_vec();
     }
-    cx.scratch.read.clear();
+    wipe_clear(&mut cx.scratch.read);
 }
 
 fn too_large_head() -> Reject {
@@ -396,7 +423,7 @@ fn step(cx: &mut Cx, conn: &mut Conn, pos: usize) -> Step {
             if expect_continue {
                 send_continue(conn);
             }
-            cx.scratch.read.clear();
+            wipe_clear(&mut cx.scratch.read);
             Step::Stop(Next::Keep)
         }
         BodyFraming::Chunked => {
@@ -432,7 +459,7 @@ fn step(cx: &mut Cx, conn: &mut Conn, pos: usize) -> Step {
             if expect_continue {
                 send_continue(conn);
             }
-            cx.scratch.read.clear();
+            wipe_clear(&mut cx.scratch.read);
             Step::Stop(Next::Keep)
         }
     }
@@ -528,6 +555,12 @@ fn send_continue(conn: &Conn) {
 
 /// Reads more of a body; dispatches the request once it is complete.
 fn read_body(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let next = read_body_buffered(cx, conn);
+    wipe_clear(&mut cx.scratch.read);
+    next
+}
+
+fn read_body_buffered(cx: &mut Cx, conn: &mut Conn) -> Next {
     let limits = &cx.shared.config.limits;
     let fd = conn.raw();
     loop {
@@ -560,7 +593,7 @@ fn read_body(cx: &mut Cx, conn: &mut Conn) -> Next {
                     }
                 }
                 let room = conn.reserved.saturating_sub(held).clamp(1, READ_CHUNK);
-                cx.scratch.read.clear();
+                wipe_clear(&mut cx.scratch.read);
                 match read_some(fd, &mut cx.scratch.read, room) {
                     Ok(0) => return Next::Close,
                     Ok(_) => {}
@@ -759,7 +792,7 @@ pub(crate) fn recheck(cx: &mut Cx, conn: &mut Conn, wake: Wake) -> Option<Next> 
 }
 
 /// Work elsewhere answered request `seq`; `None` if the connection no longer waits for it.
-pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, resp: Response) -> Option<Next> {
+pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, reply: Delivered) -> Option<Next> {
     if !matches!(&conn.state, State::Waiting(w) if w.seq == seq) {
         return None;
     }
@@ -767,7 +800,18 @@ pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, resp: Response) -> 
         return None;
     };
     w.cancelled.store(true, Ordering::Release);
-    Some(answer(cx, conn, resp, w.framing))
+    match reply {
+        Delivered::Response(resp) => Some(answer(cx, conn, resp, w.framing)),
+        Delivered::Park(park) => {
+            // Nobody knows what changed while the work ran: check once at once.
+            let missed = cx.shared.change_gen.load(Ordering::SeqCst).wrapping_sub(1);
+            match park_request(cx, conn, park, w.framing, missed) {
+                Flow::Stop(next) => Some(next),
+                Flow::Continue if conn.inbuf.is_empty() => Some(Next::Keep),
+                Flow::Continue => Some(read_and_serve(cx, conn)),
+            }
+        }
+    }
 }
 
 /// A parked or waiting request's deadline passed (or the server stops now).
@@ -908,8 +952,14 @@ fn start_linger(cx: &mut Cx, conn: &mut Conn) -> Next {
 }
 
 fn linger(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let next = drain_for_linger(cx, conn);
+    wipe_clear(&mut cx.scratch.read);
+    next
+}
+
+fn drain_for_linger(cx: &mut Cx, conn: &mut Conn) -> Next {
     for _ in 0..16 {
-        cx.scratch.read.clear();
+        wipe_clear(&mut cx.scratch.read);
         match read_some(conn.raw(), &mut cx.scratch.read, READ_CHUNK) {
             Ok(0) => return Next::Close,
             Ok(_) => continue,

@@ -267,17 +267,26 @@ impl EventLoop {
             self.idle_remove(idx);
         }
         match (deadline, parked_at) {
-            (Some(d), NONE) => {
+            (Some(_), NONE) => {
                 let at = self.parked.len() as u32;
                 if let Some(c) = self.conn_mut(idx) {
                     c.parked_at = at;
                 }
                 self.parked.push(idx as u32);
-                self.timers.push(Reverse((d, idx as u32, gen)));
-                self.compact_timers();
             }
             (None, at) if at != NONE => self.parked_remove(idx),
             _ => {}
+        }
+        // A new deadline (a request parked, or a waiting one parked again with its own)
+        // gets its timer; an old one left in the heap no longer matches and is skipped.
+        if let Some(d) = deadline {
+            if let Some(c) = self.conn_mut(idx) {
+                if c.timer != Some(d) {
+                    c.timer = Some(d);
+                    self.timers.push(Reverse((d, idx as u32, gen)));
+                    self.compact_timers();
+                }
+            }
         }
         if wants_budget {
             self.budget_waiters.push_back((idx as u32, gen));
@@ -443,9 +452,9 @@ impl EventLoop {
         let answers = std::mem::take(&mut *lock(&self.mailbox.answers));
         for a in answers {
             let (idx, gen) = split(a.token);
-            let resp = a.response;
+            let reply = a.reply;
             if let Some(Some(next)) =
-                self.with_conn(idx, gen, |cx, c| conn::resume(cx, c, a.seq, resp))
+                self.with_conn(idx, gen, |cx, c| conn::resume(cx, c, a.seq, reply))
             {
                 self.after(idx, next);
             }

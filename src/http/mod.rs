@@ -486,3 +486,89 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// Entry points for the coverage-guided fuzz targets (`fuzz/`), compiled only there
+/// (`--cfg fuzzing`). Each runs one parser on hostile bytes and panics if an invariant
+/// the core relies on does not hold; the parsers themselves must never panic.
+#[cfg(fuzzing)]
+pub mod fuzz {
+    use super::parse::{parse_head, ChunkedDecoder, Framing};
+    use super::Limits;
+
+    /// A request head: a parsed head lies within the input and the limits, every
+    /// header span lies within the head, and a refusal is a 4xx/5xx.
+    pub fn head(bytes: &[u8]) {
+        let limits = Limits::default();
+        let mut spans = Vec::new();
+        match parse_head(bytes, &limits, &mut spans) {
+            Ok(Some(head)) => {
+                assert!(head.len <= bytes.len() && head.len <= limits.max_head_bytes);
+                assert!(spans.len() <= limits.max_headers);
+                for s in &spans {
+                    for (start, len) in [s.name, s.value] {
+                        assert!((start + len) as usize <= head.len);
+                    }
+                }
+                assert!(head.path.starts_with('/') || head.path == "*");
+                if let Framing::Length(n) = head.framing {
+                    assert!(n <= limits.max_body_bytes);
+                }
+                let headers = super::Headers {
+                    head: &bytes[..head.len],
+                    spans: &spans,
+                };
+                let _ = headers.get("content-type");
+                let transport = super::Transport::Unix(None);
+                let req = super::Request {
+                    method: head.method,
+                    path: head.path,
+                    query: head.query,
+                    headers,
+                    body: &[],
+                    transport: &transport,
+                };
+                let _ = req.query_param("index");
+            }
+            Ok(None) => {}
+            Err(reject) => assert!((400..600).contains(&reject.status)),
+        }
+    }
+
+    /// A chunked body: fed whole and fed in pieces (the first byte picks the piece
+    /// size) it decodes to the same body and the same end; the body stays within its
+    /// limit; what is left over after the end is never consumed.
+    pub fn chunked(bytes: &[u8]) {
+        const MAX: usize = 64 * 1024;
+        let Some((&step, input)) = bytes.split_first() else {
+            return;
+        };
+        let step = usize::from(step).max(1);
+        let mut whole = ChunkedDecoder::new(MAX);
+        let whole_result = whole.feed(input);
+        let mut pieces = ChunkedDecoder::new(MAX);
+        let mut used = 0;
+        let mut piece_result = Ok(0);
+        while used < input.len() && !pieces.is_done() {
+            let end = (used + step).min(input.len());
+            match pieces.feed(&input[used..end]) {
+                Ok(n) => used += n,
+                Err(e) => {
+                    piece_result = Err(e);
+                    break;
+                }
+            }
+        }
+        assert!(whole.body.len() <= MAX && pieces.body.len() <= MAX);
+        match (whole_result, piece_result) {
+            (Ok(n), Ok(_)) => {
+                assert_eq!(whole.is_done(), pieces.is_done());
+                if whole.is_done() {
+                    assert_eq!(n, used, "the end is found at the same byte");
+                    assert_eq!(whole.body, pieces.body);
+                }
+            }
+            (Err(a), Err(b)) => assert_eq!(a.status, b.status),
+            (a, b) => panic!("whole: {a:?}, in pieces: {b:?}"),
+        }
+    }
+}

@@ -28,7 +28,14 @@ pub(crate) const NO_IDLE: u64 = u64::MAX;
 pub(crate) struct Answer {
     pub token: u64,
     pub seq: u64,
-    pub response: Response,
+    pub reply: Delivered,
+}
+
+/// What work done elsewhere hands back for a request: its response, or a park (the
+/// request now waits for a change, like a blocking query).
+pub(crate) enum Delivered {
+    Response(Response),
+    Park(super::Park),
 }
 
 /// One loop's inbox and the facts it publishes for the others.

@@ -77,6 +77,21 @@ impl SecretError {
     }
 }
 
+/// Bytes of stack `scrub_stack` overwrites: more than a secret fetch (HTTP client,
+/// JSON, base64, AES-GCM) uses below the caller's frame.
+const STACK_SCRUB: usize = 64 * 1024;
+
+/// Overwrites `STACK_SCRUB` bytes of stack below the caller's frame. Call it after a
+/// call that handled key material or plaintext has returned: Rust moves values by
+/// copying them, so the AES key schedule, the key and the plaintext leave copies in
+/// the dead frames of the calls they passed through, where no `Drop` wipes them.
+#[inline(never)]
+pub fn scrub_stack() {
+    let mut area = [0u8; STACK_SCRUB];
+    zeroize::Zeroize::zeroize(&mut area[..]);
+    std::hint::black_box(&area);
+}
+
 /// How much earlier than the request's deadline the call upstream gives up, so the
 /// client hears what happened (and the breaker learns of it) rather than the bare
 /// deadline answer.
@@ -144,6 +159,7 @@ impl Secrets {
     /// `deadline`; counts the outcome.
     pub fn fetch(&self, key: &str, deadline: Instant) -> Result<Secret, SecretError> {
         let result = self.fetch_uncounted(key, deadline);
+        scrub_stack();
         let outcome = result
             .as_ref()
             .map_or_else(SecretError::outcome, |_| SecretOutcome::Ok);

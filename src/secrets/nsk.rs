@@ -31,10 +31,12 @@ pub enum NskError {
     },
 }
 
-/// The 32-byte node secret key. Zeroized on drop; `Debug` prints no key bytes.
+/// The 32-byte node secret key. Zeroized on drop; `Debug` prints no key bytes. The
+/// key lives on the heap and is filled in place, so moving an `Nsk` (into the
+/// configuration, the daemon, a thread) copies a pointer, never the key.
 #[derive(Clone)]
 pub struct Nsk {
-    key: Zeroizing<[u8; NSK_LEN]>,
+    key: Box<Zeroizing<[u8; NSK_LEN]>>,
 }
 
 impl Nsk {
@@ -43,7 +45,7 @@ impl Nsk {
     /// 64 hex digits.
     pub fn parse(file_bytes: &[u8]) -> Result<Nsk, NskError> {
         let trimmed = file_bytes.trim_ascii();
-        let mut key = Zeroizing::new([0u8; NSK_LEN]);
+        let mut key = Box::new(Zeroizing::new([0u8; NSK_LEN]));
         match trimmed.len() {
             NSK_LEN => key.copy_from_slice(trimmed),
             44 => {
@@ -79,7 +81,7 @@ impl Nsk {
     /// A key from its 32 raw bytes (tests, the development control plane).
     pub fn from_bytes(bytes: [u8; NSK_LEN]) -> Nsk {
         Nsk {
-            key: Zeroizing::new(bytes),
+            key: Box::new(Zeroizing::new(bytes)),
         }
     }
 

@@ -1,10 +1,13 @@
 //! Applying state pushed by the control plane (events and reconciliation).
 //!
 //! Applies are serialized on one mutex. Each compares the update with the cache, writes
-//! only what changed (data files whose content type, payload text, version or timestamp
-//! differ; `metadata.json` / `secrets.json` only when they differ), deletes the files of
-//! vanished data keys, and then swaps metadata, data and the secret index into the cache
-//! in one write-lock section, under one new revision. Keys that cannot name a file are
+//! only what changed (data files whose content type, version or timestamp differ, or
+//! whose payload is another JSON *value* — the same value in other bytes, as two
+//! encoders of one control plane may send it, keeps its file, its bytes as first
+//! received and its revision; `metadata.json` / `secrets.json` only when they differ),
+//! so an update that changes only metadata moves only metadata's revision; deletes the
+//! files of vanished data keys, and then swaps metadata, data and the secret index into
+//! the cache in one write-lock section, under one new revision. Keys that cannot name a file are
 //! skipped and reported, never written. If any write fails nothing is published and the
 //! error is returned; the next reconcile retries. This module does not fetch anything.
 
@@ -13,12 +16,13 @@ use std::sync::MutexGuard;
 use std::time::SystemTime;
 
 use super::keys;
+use crate::json_eq;
 use crate::model::{DataEntry, Metadata, SecretRef};
 
 use super::cache::{normalize_secrets, render, render_meta_item, DataItem, MetaItem, Stamp};
 use super::{
-    io_err, lock, ApplyOutcome, Change, ChangeKind, CpUpdate, Json, Store, StoreError,
-    METADATA_FILE, SECRETS_FILE,
+    lock, ApplyOutcome, Change, ChangeKind, CpUpdate, Json, Store, StoreError, METADATA_FILE,
+    SECRETS_FILE,
 };
 
 /// A data entry to write: the entry, its canonical file name, its body (= file content),
@@ -63,6 +67,16 @@ struct Written {
     metadata: Option<Vec<(String, String, Json)>>,
     secrets: Option<Vec<SecretRef>>,
     data: DataPlan,
+}
+
+/// Whether `new` is `old` again: the same fields, and the same payload value however
+/// it is spelled (see `json_eq`).
+fn same_entry(old: &DataEntry, new: &DataEntry) -> bool {
+    old.key == new.key
+        && old.content_type == new.content_type
+        && old.version == new.version
+        && old.updated_at == new.updated_at
+        && json_eq::same_value(old.payload.get(), new.payload.get())
 }
 
 impl Store {
@@ -114,6 +128,7 @@ impl Store {
         if plan.is_empty() {
             return Ok(outcome);
         }
+        self.ready_to_write()?;
         let jump = self.epoch_jump()?;
         let written = self.persist(plan)?;
         outcome.metadata_changed = written.metadata.is_some();
@@ -169,7 +184,7 @@ impl Store {
                     continue;
                 };
                 // An unchanged entry stays where it is, even in a Go agent's file name.
-                if current.is_some_and(|cur| cur.entry == entry) {
+                if current.is_some_and(|cur| same_entry(&cur.entry, &entry)) {
                     continue;
                 }
                 data.writes.push(DataWrite {
@@ -229,14 +244,16 @@ impl Store {
             .iter()
             .map(|w| (w.file.as_str(), &*w.body))
             .collect();
-        let data_prepared = self.data.prepare(&data_files).map_err(io_err(format!(
-            "writing {} data entries failed",
-            data_files.len()
-        )))?;
+        let data_prepared = self.data.prepare(&data_files).map_err(|e| {
+            self.write_failed(
+                &format!("writing {} data entries failed", data_files.len()),
+                e,
+            )
+        })?;
         let state_prepared = self
             .state
             .prepare(&state_files)
-            .map_err(io_err("writing metadata or the secret index failed"))?;
+            .map_err(|e| self.write_failed("writing metadata or the secret index failed", e))?;
         let data_removals: Vec<&str> = data
             .writes
             .iter()
@@ -245,10 +262,10 @@ impl Store {
             .collect();
         data_prepared
             .commit(&data_removals)
-            .map_err(io_err("replacing data entry files failed"))?;
+            .map_err(|e| self.write_failed("replacing data entry files failed", e))?;
         state_prepared
             .commit(&[])
-            .map_err(io_err("replacing metadata or the secret index failed"))?;
+            .map_err(|e| self.write_failed("replacing metadata or the secret index failed", e))?;
         Ok(Written {
             metadata,
             secrets,

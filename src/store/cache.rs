@@ -145,6 +145,7 @@ pub struct Cache {
     pub report_bytes: u64,
 
     summary_body: OnceLock<Json>,
+    summary_without_secrets_body: OnceLock<Json>,
 
     /// Per report key, the state the control plane last acknowledged.
     pub marks: HashMap<String, Mark>,
@@ -171,6 +172,7 @@ impl Cache {
             reports_body: OnceLock::new(),
             report_bytes: 0,
             summary_body: OnceLock::new(),
+            summary_without_secrets_body: OnceLock::new(),
             marks: HashMap::new(),
             pending: BTreeSet::new(),
         }
@@ -186,11 +188,12 @@ impl Cache {
     /// Takes the next store revision for a change made at `at`, honouring a jump to a
     /// reserved epoch.
     pub fn next_stamp(&mut self, at: SystemTime, jump: Option<u64>) -> Stamp {
-        self.revision = self.revision.max(jump.unwrap_or(0)) + 1;
+        self.revision = self.revision.max(jump.unwrap_or(0)).saturating_add(1);
         // Writers take their clock reading before their durable write, so publish order
         // and clock order can differ slightly; the store-wide time never goes back.
         self.last_change = self.last_change.max(at);
         self.summary_body = OnceLock::new();
+        self.summary_without_secrets_body = OnceLock::new();
         Stamp {
             rev: self.revision,
             at,
@@ -264,23 +267,40 @@ impl Cache {
     /// The summary, assembled from the four cached list bodies.
     pub fn summary_json(&self) -> Json {
         self.summary_body
-            .get_or_init(|| {
-                let parts = [
-                    (&b"{\"metadata\":"[..], self.metadata_json()),
-                    (&b",\"data_keys\":"[..], self.data_list_json()),
-                    (&b",\"secret_keys\":"[..], self.secret_list_json()),
-                    (&b",\"report_keys\":"[..], self.report_list_json()),
-                ];
-                let len = parts.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + 1;
-                let mut out = Vec::with_capacity(len);
-                for (label, body) in parts {
-                    out.extend_from_slice(label);
-                    out.extend_from_slice(&body);
-                }
-                out.push(b'}');
-                Arc::from(out)
-            })
+            .get_or_init(|| self.assemble_summary(self.secret_list_json()))
             .clone()
+    }
+
+    /// The summary with an empty `secret_keys` (for peers that may not see secrets).
+    pub fn summary_without_secrets_json(&self) -> Json {
+        self.summary_without_secrets_body
+            .get_or_init(|| self.assemble_summary(Arc::from(&b"[]"[..])))
+            .clone()
+    }
+
+    /// The latest change to metadata, data or reports.
+    pub fn summary_without_secrets_stamp(&self) -> Stamp {
+        [self.metadata_stamp, self.data_stamp, self.reports_stamp]
+            .into_iter()
+            .max_by_key(|s| s.rev)
+            .unwrap_or(self.metadata_stamp)
+    }
+
+    fn assemble_summary(&self, secret_keys: Json) -> Json {
+        let parts = [
+            (&b"{\"metadata\":"[..], self.metadata_json()),
+            (&b",\"data_keys\":"[..], self.data_list_json()),
+            (&b",\"secret_keys\":"[..], secret_keys),
+            (&b",\"report_keys\":"[..], self.report_list_json()),
+        ];
+        let len = parts.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + 1;
+        let mut out = Vec::with_capacity(len);
+        for (label, body) in parts {
+            out.extend_from_slice(label);
+            out.extend_from_slice(&body);
+        }
+        out.push(b'}');
+        Arc::from(out)
     }
 
     // ---- mutations -------------------------------------------------------------

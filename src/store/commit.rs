@@ -354,10 +354,20 @@ fn fail(inner: &Inner, group: Vec<Op>, e: &io::Error) {
         }
         behind
     };
+    let disk = inner.disk.failed("appending to the report journal", e);
+    if disk.is_some() {
+        inner.checkpoints.nudge();
+    }
     for op in group.into_iter().chain(behind) {
-        let err = StoreError::Io {
-            context: format!("persisting report {:?} failed", op.key),
-            source: io::Error::new(e.kind(), e.to_string()),
+        let err = match &disk {
+            Some(StoreError::Unwritable { full, reason }) => StoreError::Unwritable {
+                full: *full,
+                reason: reason.clone(),
+            },
+            _ => StoreError::Io {
+                context: format!("persisting report {:?} failed", op.key),
+                source: io::Error::new(e.kind(), e.to_string()),
+            },
         };
         match op.kind {
             OpKind::Put { ticket, .. } => ticket.complete(Err(err)),

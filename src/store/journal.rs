@@ -10,14 +10,20 @@
 //!
 //! An append that fails is cut back to the last good length, so the file never holds a
 //! record nobody was acknowledged for; if even that fails the journal is marked broken
-//! and refuses further appends until restart. This module knows nothing about the cache,
-//! the report files or when to checkpoint: it moves records to and from one file.
+//! and refuses further appends until restart. On a disk that takes no writes at start
+//! (full, read-only) the journal is read and replayed all the same, and opened for
+//! writing (torn tail cut then) by the first append or reset once the disk takes
+//! writes. The file is never followed through a symbolic link or opened if it is not a
+//! regular file. This module knows nothing about the cache, the report files or when to
+//! checkpoint: it moves records to and from one file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use super::files::is_unwritable;
 
 use crate::model::ReportEntry;
 
@@ -166,34 +172,77 @@ pub fn decode(bytes: &[u8]) -> (Vec<Record>, usize) {
     (records, at)
 }
 
-/// The open journal file and its last good length.
+/// The journal file and its last good length.
 pub struct Journal {
-    file: File,
+    path: PathBuf,
+    /// `None` until the file could be opened for writing (a disk that took no writes).
+    file: Option<File>,
     len: u64,
     broken: bool,
+}
+
+const OPEN_FLAGS: libc::c_int = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+
+/// Opens (creating, 0600) the journal for reading and appending; whether it was created.
+fn open_for_append(path: &Path) -> io::Result<(File, bool)> {
+    let created = std::fs::symlink_metadata(path).is_err();
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(OPEN_FLAGS)
+        .open(path)?;
+    regular(&file)?;
+    Ok((file, created))
+}
+
+fn regular(file: &File) -> io::Result<()> {
+    if file.metadata()?.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(io::Error::other("the report journal is not a regular file"))
+    }
 }
 
 impl Journal {
     /// Opens (creating, 0600) the journal at `path`, replays its valid prefix and cuts
     /// off anything after it. Returns the journal, its records and how many bytes of torn
-    /// tail were dropped. `created` tells the caller to fsync the folder.
+    /// tail were dropped. `created` tells the caller to fsync the folder. On a disk that
+    /// takes no writes the file is only read (a missing one is empty) and opened for
+    /// writing later, by the first append.
     pub fn open(path: &Path) -> io::Result<(Journal, Vec<Record>, u64, bool)> {
-        let created = !path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)?;
+        let (mut file, created) = match open_for_append(path) {
+            Ok((f, created)) => (Some(f), created),
+            Err(e) if is_unwritable(&e) => (None, false),
+            Err(e) => return Err(e),
+        };
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        match &mut file {
+            Some(f) => {
+                f.read_to_end(&mut bytes)?;
+            }
+            None => match OpenOptions::new()
+                .read(true)
+                .custom_flags(OPEN_FLAGS)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    regular(&f)?;
+                    f.read_to_end(&mut bytes)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
+        }
         let (records, valid) = decode(&bytes);
         let dropped = (bytes.len() - valid) as u64;
-        if dropped > 0 {
-            file.set_len(valid as u64)?;
-            file.sync_data()?;
+        if let (Some(f), true) = (&file, dropped > 0) {
+            f.set_len(valid as u64)?;
+            f.sync_data()?;
         }
         let journal = Journal {
+            path: path.to_path_buf(),
             file,
             len: valid as u64,
             broken: false,
@@ -204,6 +253,35 @@ impl Journal {
     /// Bytes of records in the file.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The file, opened for writing now if it was not yet (see `open`): anything past
+    /// the records already read (a torn tail) is cut off first, and a new file's folder
+    /// entry is made durable.
+    fn file(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let (f, created) = open_for_append(&self.path)?;
+            let size = f.metadata()?.len();
+            if size < self.len {
+                self.broken = true;
+                return Err(io::Error::other(
+                    "the report journal shrank while it was not open; refusing report writes until restart",
+                ));
+            }
+            if size > self.len {
+                f.set_len(self.len)?;
+                f.sync_data()?;
+            }
+            if created {
+                if let Some(parent) = self.path.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+            }
+            self.file = Some(f);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the report journal is not open"))
     }
 
     pub fn is_broken(&self) -> bool {
@@ -221,18 +299,16 @@ impl Journal {
         }
         let parts: Vec<&[u8]> = frames.iter().flat_map(|f| f.parts()).collect();
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let result =
-            write_all_vectored(&mut self.file, &parts).and_then(|()| self.file.sync_data());
+        let len = self.len;
+        let file = self.file()?;
+        let result = write_all_vectored(file, &parts).and_then(|()| file.sync_data());
         match result {
             Ok(()) => {
                 self.len += total as u64;
                 Ok(())
             }
             Err(e) => {
-                let cut = self
-                    .file
-                    .set_len(self.len)
-                    .and_then(|()| self.file.sync_data());
+                let cut = file.set_len(len).and_then(|()| file.sync_data());
                 if let Err(e2) = cut {
                     self.broken = true;
                     log::error!(error:% = e2; "cannot cut the report journal back after a failed write; refusing report writes until restart");
@@ -253,7 +329,8 @@ impl Journal {
         if self.len == 0 {
             return Ok(());
         }
-        let result = self.file.set_len(0).and_then(|()| self.file.sync_data());
+        let file = self.file()?;
+        let result = file.set_len(0).and_then(|()| file.sync_data());
         match result {
             Ok(()) => {
                 self.len = 0;

@@ -1,5 +1,12 @@
 //! Opening the store: folder creation, temp-file cleanup, quarantine and loading.
 //!
+//! Only regular files are read, never through a symbolic link and never blocking (a
+//! FIFO named like a state file); anything else under a state file's name — a folder,
+//! a FIFO, a socket, a device, a link — is moved aside as `<name>.corrupt` with a
+//! warning, like a file that does not parse. A disk that takes no writes (full,
+//! read-only) does not stop the start: the cache is loaded all the same and the store
+//! starts read-only (see `disk`).
+//!
 //! Reads `metadata.json`, `secrets.json`, `data/*.json`, `report/*.json` and
 //! `report-sync.json` as the Go agent or this store wrote them. The key of an entry comes
 //! from its JSON, never from its file name, and the file it came from is remembered so a
@@ -29,16 +36,24 @@ use super::cache::{
 };
 use super::checkpoint::{self, Checkpoints};
 use super::commit::{mark_dirty, JournalState, Writes};
-use super::files::{ensure_dir, Folder, CORRUPT_SUFFIX, STALE_SUFFIX};
+use super::disk::Disk;
+use super::files::{
+    ensure_dir, kind_of, open_regular, set_aside, Folder, OpenError, CORRUPT_SUFFIX, STALE_SUFFIX,
+};
 use super::journal::{Journal, Record, JOURNAL_FILE};
 use super::marks::{decode_marks, Mark, MARKS_FILE};
 use super::revision::Epochs;
 use super::{folders, io_err, Inner, Json, StoreError, METADATA_FILE, SECRETS_FILE};
 
 pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
-    let [state, data, report] = prepare_folders(state_dir)?;
-    let (epochs, base) =
-        Epochs::open(&state).map_err(io_err("updating the revision file failed"))?;
+    let disk = Disk::new();
+    let [state, data, report] = prepare_folders(state_dir, &disk)?;
+    let (epochs, base) = Epochs::load(&state)?;
+    if let Err(e) = epochs.persist(&state) {
+        if disk.failed("writing the revision file", &e).is_none() {
+            return Err(io_err("updating the revision file failed")(e));
+        }
+    }
     let now = SystemTime::now();
     let mut cache = Cache::empty(Stamp { rev: base, at: now });
 
@@ -75,6 +90,7 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
         writes: Writes::new(journal),
         checkpoints: Checkpoints::default(),
         subscribers: RwLock::new(Vec::new()),
+        disk,
     };
     if needs_checkpoint {
         if let Err(e) = checkpoint::checkpoint(&inner, true) {
@@ -86,17 +102,23 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
 }
 
 /// Creates `state/`, `data/` and `report/` (0700) and removes stray temp files there.
-fn prepare_folders(state_dir: &std::path::Path) -> Result<[Folder; 3], StoreError> {
+/// `data/` or `report/` that cannot be created on a disk taking no writes are loaded
+/// as empty and the store starts read-only.
+fn prepare_folders(state_dir: &std::path::Path, disk: &Disk) -> Result<[Folder; 3], StoreError> {
     let (s, d, r) = folders(state_dir);
     for p in [&s, &d, &r] {
-        ensure_dir(p).map_err(io_err(format!("creating folder {} failed", p.display())))?;
+        if let Err(e) = ensure_dir(p) {
+            let what = format!("creating folder {} failed", p.display());
+            if *p == s || disk.failed(&what, &e).is_none() {
+                return Err(io_err(what)(e));
+            }
+        }
     }
     let folders = [Folder::new(s), Folder::new(d), Folder::new(r)];
     for f in &folders {
-        f.remove_temp_files().map_err(io_err(format!(
-            "cleaning temp files in {} failed",
-            f.path().display()
-        )))?;
+        if let Err(e) = f.remove_temp_files() {
+            log::warn!(folder:% = f.path().display(), error:% = e; "cannot clean up temp files");
+        }
     }
     Ok(folders)
 }
@@ -255,15 +277,20 @@ fn replay_journal(
     stamp: Stamp,
 ) -> Result<(JournalState, usize), StoreError> {
     let journal_path = state.file(JOURNAL_FILE);
+    if let Ok(meta) = fs::symlink_metadata(&journal_path) {
+        if !meta.file_type().is_file() {
+            quarantine(state, JOURNAL_FILE, kind_of(meta.file_type()));
+        }
+    }
     let (journal, records, dropped, created) =
         Journal::open(&journal_path).map_err(io_err(format!(
             "opening the report journal {} failed",
             journal_path.display()
         )))?;
     if created {
-        state
-            .sync()
-            .map_err(io_err("creating the report journal failed"))?;
+        if let Err(e) = state.sync() {
+            log::warn!(error:% = e; "cannot fsync the state folder after creating the report journal");
+        }
     }
     if dropped > 0 {
         log::warn!(bytes = dropped; "report journal ended in a torn or corrupt record; ignored it");
@@ -311,13 +338,14 @@ fn replay_journal(
 /// The sync marks from `report-sync.json`; none if it is missing, unreadable (logged:
 /// every report is then pending) or unparsable (quarantined).
 fn load_marks(state: &Folder) -> HashMap<String, Mark> {
-    match fs::read(state.file(MARKS_FILE)) {
-        Ok(bytes) => match decode_marks(&bytes) {
+    match read_with_mtime(&state.file(MARKS_FILE)) {
+        Ok((bytes, _)) => match decode_marks(&bytes) {
             Ok(marks) => return marks,
             Err(e) => quarantine(state, MARKS_FILE, &e.to_string()),
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => log::error!(
+        Err(OpenError::Missing) => {}
+        Err(OpenError::NotRegular(kind)) => quarantine(state, MARKS_FILE, kind),
+        Err(OpenError::Io(e)) => log::error!(
             "cannot read {}: {e}; every report is treated as pending",
             state.file(MARKS_FILE).display()
         ),
@@ -332,12 +360,18 @@ fn folder_mtime(f: &Folder) -> SystemTime {
 }
 
 fn quarantine(f: &Folder, name: &str, why: &str) {
-    match f.move_aside(name, CORRUPT_SUFFIX) {
-        Ok(to) => log::error!(
-            "unusable state file {} ({why}); moved to {}",
-            f.file(name).display(),
-            to.display()
-        ),
+    match set_aside(&f.file(name), CORRUPT_SUFFIX) {
+        Ok(to) => {
+            log::error!(
+                "unusable state file {} ({why}); moved to {}",
+                f.file(name).display(),
+                to.display()
+            );
+            // A lost rename only repeats the quarantine at the next start.
+            if let Err(e) = f.sync() {
+                log::warn!(folder:% = f.path().display(), error:% = e; "cannot fsync the folder after a quarantine");
+            }
+        }
         Err(e) => log::error!(
             "unusable state file {} ({why}); could not move it aside: {e}",
             f.file(name).display()
@@ -362,6 +396,7 @@ enum Parsed<T> {
     Ok(T, SystemTime),
     Missing,
     Unreadable(io::Error),
+    /// Unparsable, or not a regular file: moved aside.
     Invalid(String),
 }
 
@@ -375,8 +410,9 @@ fn with_body<T: serde::Serialize>(entry: T) -> (T, Json) {
 fn read_parse<T: DeserializeOwned>(f: &Folder, name: &str) -> Parsed<T> {
     let (bytes, mtime) = match read_with_mtime(&f.file(name)) {
         Ok(x) => x,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Parsed::Missing,
-        Err(e) => return Parsed::Unreadable(e),
+        Err(OpenError::Missing) => return Parsed::Missing,
+        Err(OpenError::NotRegular(kind)) => return Parsed::Invalid(format!("it is {kind}")),
+        Err(OpenError::Io(e)) => return Parsed::Unreadable(e),
     };
     match serde_json::from_slice(&bytes) {
         Ok(v) => Parsed::Ok(v, mtime),
@@ -410,12 +446,16 @@ fn load_json<T: DeserializeOwned>(f: &Folder, name: &str) -> Option<(T, SystemTi
     settle(f, name, read_parse(f, name))
 }
 
-fn read_with_mtime(path: &std::path::Path) -> io::Result<(Vec<u8>, SystemTime)> {
-    let mut file = fs::File::open(path)?;
-    let mtime = file.metadata()?.modified()?;
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut file, &mut bytes)?;
-    Ok((bytes, mtime))
+/// Reads a regular file whole (see `open_regular`), with its mtime.
+fn read_with_mtime(path: &std::path::Path) -> Result<(Vec<u8>, SystemTime), OpenError> {
+    let mut file = open_regular(path)?;
+    let read = (|| {
+        let mtime = file.metadata()?.modified()?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok((bytes, mtime))
+    })();
+    read.map_err(OpenError::Io)
 }
 
 /// Files per loader thread below which fewer threads are used.
@@ -429,8 +469,12 @@ fn load_folder<T: DeserializeOwned, U: Send>(
     prepare: fn(T) -> U,
 ) -> Result<Vec<(String, U, SystemTime)>, StoreError> {
     let mut names = Vec::new();
-    let dir =
-        fs::read_dir(f.path()).map_err(io_err(format!("listing {} failed", f.path().display())))?;
+    let dir = match fs::read_dir(f.path()) {
+        Ok(d) => d,
+        // Not created: a disk that took no writes at start (see `prepare_folders`).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("listing {} failed", f.path().display()))(e)),
+    };
     for entry in dir {
         let entry = entry.map_err(io_err(format!("listing {} failed", f.path().display())))?;
         let Ok(name) = entry.file_name().into_string() else {
@@ -445,7 +489,10 @@ fn load_folder<T: DeserializeOwned, U: Send>(
         }
         match entry.file_type() {
             Ok(t) if t.is_file() => names.push(name),
-            _ => continue,
+            Ok(t) => quarantine(f, &name, kind_of(t)),
+            Err(e) => {
+                log::warn!(file:% = entry.path().display(), error:% = e; "cannot tell what this is; skipped")
+            }
         }
     }
     names.sort();

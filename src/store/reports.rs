@@ -187,6 +187,9 @@ impl Store {
         payload: Box<RawValue>,
         conditions: &Preconditions,
     ) -> Ticket<Versioned<Json>> {
+        if let Err(refused) = self.ready_to_write() {
+            return Ticket::ready(Err(refused));
+        }
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));
@@ -254,6 +257,9 @@ impl Store {
     /// The ticket completes with the new store revision once the deletion is durable
     /// and visible, or with the error.
     pub fn submit_delete_if(&self, key: &ReportKey, conditions: &Preconditions) -> Ticket<u64> {
+        if let Err(refused) = self.ready_to_write() {
+            return Ticket::ready(Err(refused));
+        }
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));

@@ -67,6 +67,9 @@ struct Times {
 pub struct LinkHealth {
     configured: AtomicBool,
     connected: AtomicBool,
+    /// The latest full-state fetch failed: unreachable, or an answer that could not be
+    /// used (a 4xx/5xx, garbage, the wrong shape, too large), or it could not be stored.
+    state_failing: AtomicBool,
     times: Mutex<Times>,
     sync_attempts: AtomicU64,
     sync_failures: AtomicU64,
@@ -83,6 +86,8 @@ pub struct LinkHealth {
 pub struct LinkHealthSnapshot {
     pub configured: bool,
     pub connected: bool,
+    /// The latest full-state fetch failed (its reason is `last_error`).
+    pub state_failing: bool,
     pub last_event: Option<SystemTime>,
     pub last_reconcile: Option<SystemTime>,
     pub last_sync: Option<SystemTime>,
@@ -102,10 +107,13 @@ pub struct LinkHealthSnapshot {
 }
 
 impl LinkHealthSnapshot {
-    /// A configured control plane is unreachable, or report syncs keep failing.
+    /// A configured control plane is unreachable, answers the state fetch with
+    /// something unusable, or report syncs keep failing.
     pub fn degraded(&self) -> bool {
         self.configured
-            && (!self.connected || self.consecutive_sync_failures >= DEGRADED_AFTER_SYNC_FAILURES)
+            && (!self.connected
+                || self.state_failing
+                || self.consecutive_sync_failures >= DEGRADED_AFTER_SYNC_FAILURES)
     }
 
     pub fn secret_fetches(&self, outcome: SecretOutcome) -> u64 {
@@ -210,6 +218,7 @@ impl LinkHealth {
     /// A full-state fetch was applied.
     pub fn record_reconcile_ok(&self) {
         self.set_connected(true);
+        self.state_failing.store(false, Ordering::Relaxed);
         self.reconciles.fetch_add(1, Ordering::Relaxed);
         self.with_times(|t| t.last_reconcile = Some(SystemTime::now()));
     }
@@ -217,6 +226,7 @@ impl LinkHealth {
     /// A full-state fetch failed; `unreachable` marks the link disconnected.
     pub fn record_reconcile_failure(&self, error: &str, unreachable: bool) {
         self.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+        self.state_failing.store(true, Ordering::Relaxed);
         if unreachable {
             self.set_connected(false);
         }
@@ -274,6 +284,7 @@ impl LinkHealth {
         LinkHealthSnapshot {
             configured: self.configured.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
+            state_failing: self.state_failing.load(Ordering::Relaxed),
             last_event: times.last_event,
             last_reconcile: times.last_reconcile,
             last_sync: times.last_sync,
@@ -331,6 +342,19 @@ mod tests {
         assert!(!h.snapshot().degraded());
         h.record_reconcile_failure("unreachable", true);
         assert!(h.snapshot().degraded());
+        // Reachable but unusable: degraded although connected, until a fetch works.
+        h.record_reconcile_ok();
+        h.record_event();
+        h.record_reconcile_failure("state fetch failed: response not understood", false);
+        let s = h.snapshot();
+        assert!(s.connected && s.state_failing && s.degraded());
+        h.record_event();
+        assert!(
+            h.snapshot().degraded(),
+            "an event does not clear a failing state fetch"
+        );
+        h.record_reconcile_ok();
+        assert!(!h.snapshot().degraded());
     }
 
     #[test]

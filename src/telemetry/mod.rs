@@ -7,6 +7,7 @@
 //! or imports another part of the crate.
 
 pub mod health;
+pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod stream;

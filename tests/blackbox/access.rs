@@ -187,3 +187,194 @@ fn a_live_socket_is_never_replaced_and_a_stale_one_is() {
     assert_eq!(d.stop().code(), Some(0));
     assert!(!node.socket().exists());
 }
+
+#[test]
+fn a_file_that_is_not_a_socket_is_refused_and_kept() {
+    let node = Node::new();
+    let config = node.path().join("nodeapi.json");
+    std::fs::write(&config, b"{\"precious\":true}\n").unwrap();
+    let d = node.daemon().socket(&config).spawn();
+    let log = d.log.clone();
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains(&config.display().to_string()) && text.contains("is not a socket"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), b"{\"precious\":true}\n");
+    assert!(
+        !node.state().join("revision").exists(),
+        "nothing was written"
+    );
+}
+
+#[test]
+fn one_daemon_per_state_folder() {
+    let node = Node::new();
+    let d = node.daemon().start();
+    assert_eq!(
+        d.put("/v1/state/report/a", r#"{"content_type":"t","payload":1}"#)
+            .status,
+        200
+    );
+    let journal_before = std::fs::read(node.state().join("report.journal")).unwrap();
+    let revision_before = std::fs::read(node.state().join("revision")).unwrap();
+    // Same data folder, another socket.
+    let other = node.path().join("other.sock");
+    let second = node.daemon().socket(&other).spawn();
+    let log = second.log.clone();
+    assert_eq!(second.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains("another plexd-nodeapi is using the state folder")
+            && text.contains("nodeapi.lock"),
+        "{text}"
+    );
+    assert!(!other.exists(), "the refused daemon left a socket behind");
+    assert_eq!(
+        std::fs::read(node.state().join("revision")).unwrap(),
+        revision_before
+    );
+    assert_eq!(
+        std::fs::read(node.state().join("report.journal")).unwrap(),
+        journal_before
+    );
+    assert_eq!(d.get("/v1/state/report/a").status, 200);
+}
+
+#[test]
+fn a_stopping_daemon_leaves_a_newer_daemons_socket_alone() {
+    let old_node = Node::new();
+    let old = old_node.daemon().start();
+    // Someone removes the socket and its lock (a cleanup script, a careless restart)
+    // and a newer daemon, on another data folder, binds the same path.
+    std::fs::remove_file(old_node.socket()).unwrap();
+    let mut lock = old_node.socket().into_os_string();
+    lock.push(".lock");
+    std::fs::remove_file(lock).unwrap();
+    let new_node = Node::new();
+    let new = new_node.daemon().socket(&old_node.socket()).start();
+    assert_eq!(old.stop().code(), Some(0));
+    assert!(
+        old_node.socket().exists(),
+        "the old daemon removed the new socket"
+    );
+    let r = try_request(&old_node.socket(), "GET", "/v1/health", &[], None).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(new.stop().code(), Some(0));
+    assert!(!old_node.socket().exists());
+}
+
+/// Forks a child that drops to uid/gid/groups, connects and GETs `path`; the child
+/// hands the raw response back through a pipe.
+fn response_as(socket: &std::path::Path, uid: u32, gid: u32, path: &str) -> Resp {
+    let req = request_bytes("GET", path, &[("Connection", "close")], None);
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    // SAFETY: the child only makes syscalls and leaves with _exit.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            drop(read_end);
+            let mut out = std::fs::File::from(write_end);
+            let ok = setgroups(&[]).is_ok()
+                && setgid(Gid::from_raw(gid)).is_ok()
+                && setuid(Uid::from_raw(uid)).is_ok();
+            if ok {
+                if let Ok(mut s) = UnixStream::connect(socket) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = s.write_all(&req);
+                    let mut got = Vec::new();
+                    let _ = s.read_to_end(&mut got);
+                    let _ = out.write_all(&got);
+                }
+            }
+            drop(out);
+            unsafe { nix::libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            let mut got = Vec::new();
+            std::fs::File::from(read_end).read_to_end(&mut got).unwrap();
+            nix::sys::wait::waitpid(child, None).expect("waitpid");
+            read_response(&mut &got[..], false).expect("a response from the child")
+        }
+    }
+}
+
+#[test]
+fn secret_auth_hides_secret_names_versions_and_counts_from_other_peers() {
+    if !Uid::effective().is_root() {
+        eprintln!("needs root to drop privileges in children");
+        return;
+    }
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    let d = node
+        .daemon()
+        .control_plane(&cp)
+        .arg("--secret-auth")
+        .start();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state")
+        .json()["secret_keys"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())));
+    let names: Vec<String> = d.get("/v1/state").json()["secret_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap().to_owned())
+        .collect();
+    // Root sees them; an ordinary user sees none of them anywhere.
+    let summary = response_as(&d.socket, 4244, 4244, "/v1/state");
+    assert_eq!(summary.status, 200);
+    assert_eq!(summary.json()["secret_keys"], serde_json::json!([]));
+    assert_eq!(
+        summary.json()["metadata"],
+        d.get("/v1/state").json()["metadata"]
+    );
+    let health = response_as(&d.socket, 4244, 4244, "/v1/health");
+    assert_eq!(health.status, 200);
+    assert!(
+        health.json()["cache"].get("secrets").is_none(),
+        "{}",
+        health.text()
+    );
+    assert!(
+        d.get("/v1/health").json()["cache"]["secrets"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let metrics = response_as(&d.socket, 4244, 4244, "/metrics");
+    assert!(!metrics.text().contains("kind=\"secrets\""));
+    for r in [&summary, &health, &metrics] {
+        for name in &names {
+            assert!(
+                !r.text().contains(name.as_str()),
+                "{name} shown: {}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(
+        response_as(&d.socket, 4244, 4244, "/v1/state/secrets").status,
+        403
+    );
+    // A rotation does not show in the summary's revision either.
+    let before = summary.header("x-plexd-index").unwrap().to_owned();
+    cp.set_secret("db-password", "rotated");
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state")
+        .header("x-plexd-index")
+        != Some(before.as_str())));
+    let after = response_as(&d.socket, 4244, 4244, "/v1/state");
+    assert_eq!(after.header("x-plexd-index"), Some(before.as_str()));
+    // Each refused value fetch is counted as `forbidden`.
+    let forbidden = "plexd_nodeapi_secret_fetches_total{outcome=\"forbidden\"}";
+    let was = d.metric(forbidden).unwrap_or(0.0);
+    let refused = response_as(&d.socket, 4244, 4244, "/v1/state/secrets/db-password");
+    assert_eq!(refused.status, 403);
+    assert_eq!(d.metric(forbidden), Some(was + 1.0));
+}

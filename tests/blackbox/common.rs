@@ -122,6 +122,7 @@ impl Node {
             args: Vec::new(),
             envs: Vec::new(),
             journal: false,
+            socket: None,
         }
     }
 }
@@ -144,9 +145,16 @@ pub struct DaemonBuilder<'a> {
     envs: Vec<(String, String)>,
     /// Make the log file look like the journal to the daemon (`JOURNAL_STREAM`).
     journal: bool,
+    socket: Option<PathBuf>,
 }
 
 impl DaemonBuilder<'_> {
+    /// Serves on `path` instead of the node's `api.sock`.
+    pub fn socket(mut self, path: &Path) -> Self {
+        self.socket = Some(path.to_owned());
+        self
+    }
+
     /// Sets an environment variable for the daemon process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.to_owned(), value.to_owned()));
@@ -211,6 +219,7 @@ impl DaemonBuilder<'_> {
                 .as_nanos()
         ));
         let log_file = std::fs::File::create(&log).unwrap();
+        let socket = self.socket.clone().unwrap_or_else(|| self.node.socket());
         let mut cmd = command();
         if self.journal {
             use std::os::unix::fs::MetadataExt;
@@ -221,7 +230,7 @@ impl DaemonBuilder<'_> {
             .arg("--data-dir")
             .arg(self.node.path())
             .arg("--socket")
-            .arg(self.node.socket())
+            .arg(&socket)
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -239,7 +248,7 @@ impl DaemonBuilder<'_> {
             .and_then(|a| a.parse().ok());
         TestDaemon {
             child: Some(child),
-            socket: self.node.socket(),
+            socket,
             log,
             tcp,
         }

@@ -184,8 +184,13 @@ fn hostile_keys_from_the_control_plane_stay_inside_state() {
         assert!(
             rel.starts_with("state")
                 || rel.to_string_lossy().ends_with(".log")
-                || ["identity.json", "node_secret_key", "api.sock"]
-                    .contains(&rel.to_str().unwrap()),
+                || [
+                    "identity.json",
+                    "node_secret_key",
+                    "api.sock",
+                    "api.sock.lock"
+                ]
+                .contains(&rel.to_str().unwrap()),
             "file outside state/: {}",
             f.display()
         );

@@ -5,14 +5,19 @@
 //! One test binary for all of them: each file is a module named after what it covers.
 
 mod common;
+#[path = "../kube_common/mod.rs"]
+mod kube_common;
 
 mod access;
 mod api_routes;
 mod cli;
+mod damaged;
 mod dev;
 mod durability;
 mod events_stream;
 mod hostile;
+mod kube;
+mod memory;
 mod notify;
 mod observability;
 mod overload;

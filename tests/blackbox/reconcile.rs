@@ -155,3 +155,107 @@ fn files_edited_while_stopped_are_restored() {
 fn metric_value(d: &TestDaemon, series: &str) -> f64 {
     d.metric(series).unwrap_or(0.0)
 }
+
+fn index(r: &crate::common::Resp) -> u64 {
+    r.header("x-plexd-index")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no X-Plexd-Index: {r:?}"))
+}
+
+fn file_identity(path: &std::path::Path) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn a_payload_the_control_plane_reformats_keeps_its_revision_and_file() {
+    let node = Node::new();
+    let cp = node.control_plane(false);
+    let original = r#"{"z":1e2,"a":[1,2],"s":"\u00e9","n":{"y":true,"x":null}}"#;
+    cp.set_data("cfg", "application/json", original).unwrap();
+    cp.set_metadata("region", "a");
+    let d = start(&node, &cp, "1s");
+    assert!(eventually(Duration::from_secs(10), || d
+        .get("/v1/state/data/cfg")
+        .status
+        == 200));
+    let first = d.get("/v1/state/data/cfg");
+    let list = index(&d.get("/v1/state/data"));
+    let file = node.state().join("data/cfg.json");
+    let ident = file_identity(&file);
+    let text = first.text();
+    assert!(text.contains(original), "payload bytes as received: {text}");
+
+    // The state endpoint now spells every payload differently: same values.
+    cp.reformat_state(true);
+    let seen = metric_value(&d, "plexd_nodeapi_reconciliations_total");
+    assert!(eventually(Duration::from_secs(10), || metric_value(
+        &d,
+        "plexd_nodeapi_reconciliations_total"
+    ) >= seen + 2.0));
+    let again = d.get("/v1/state/data/cfg");
+    assert_eq!(again.header("etag"), first.header("etag"));
+    assert_eq!(
+        again.body, first.body,
+        "the bytes first received are served"
+    );
+    assert_eq!(index(&d.get("/v1/state/data")), list);
+    assert_eq!(file_identity(&file), ident, "the file was rewritten");
+
+    // An event that changes only metadata moves only metadata's revision.
+    let meta = index(&d.get("/v1/state/metadata"));
+    cp.set_metadata("region", "b");
+    assert!(eventually(Duration::from_secs(10), || region(&d)
+        .as_deref()
+        == Some("b")));
+    assert!(index(&d.get("/v1/state/metadata")) > meta);
+    assert_eq!(
+        d.get("/v1/state/data/cfg").header("etag"),
+        first.header("etag")
+    );
+    assert_eq!(index(&d.get("/v1/state/data")), list);
+    assert_eq!(file_identity(&file), ident);
+
+    // Another value is a change, whatever its spelling.
+    cp.set_data("cfg", "application/json", r#"{"z":101}"#)
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        d.get("/v1/state/data/cfg").json()["payload"]["z"] == 101
+    }));
+    assert!(index(&d.get("/v1/state/data")) > list);
+}
+
+#[test]
+fn an_unusable_state_answer_is_degraded_until_the_next_good_fetch() {
+    use plexd_nodeapi::devcp::FailRoute;
+    let node = Node::new();
+    let cp = node.control_plane(true);
+    let d = start(&node, &cp, "1s");
+    let health = || d.get("/v1/health").json();
+    assert!(eventually(Duration::from_secs(10), || health()["status"] == "ok"));
+    let cases: [(u16, Vec<u8>, &str); 4] = [
+        (200, b"<html>garbage</html>".to_vec(), "not understood"),
+        (200, br#"{"metadata":[1,2,3]}"#.to_vec(), "not understood"),
+        (500, br#"{"error":"boom"}"#.to_vec(), "answered 500"),
+        (200, vec![b' '; 10 * 1024 * 1024 + 1], "larger than 10 MiB"),
+    ];
+    for (status, body, reason) in cases {
+        // Many in a row: the backoff grows past the reconcile interval meanwhile.
+        cp.answer_next(6, status, FailRoute::State, body);
+        let degraded = eventually(Duration::from_secs(10), || {
+            let h = health();
+            h["status"] == "degraded"
+                && h["control_plane"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(reason))
+        });
+        assert!(degraded, "{reason}: {}\nlog:\n{}", health(), d.log_text());
+        // The cache is served meanwhile, unchanged.
+        assert_eq!(region(&d).as_deref(), Some("eu-central-1"));
+        // Recovery comes within about one reconcile interval once the answers are good
+        // (6 bad answers, 1 s apart at most, then one good one).
+        let recovered = eventually(Duration::from_secs(12), || health()["status"] == "ok");
+        assert!(recovered, "{reason}: {}\nlog:\n{}", health(), d.log_text());
+    }
+}

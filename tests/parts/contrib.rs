@@ -423,8 +423,9 @@ fn configmap_config_is_accepted_by_the_daemon() {
         settings.socket.as_deref(),
         Some(Path::new("/var/run/plexd/api.sock"))
     );
-    // Loopback only (with hostNetwork: the node's loopback), as the comment says.
-    assert_eq!(settings.http_listen.as_deref(), Some("127.0.0.1:9100"));
+    // The listener's address comes from the DaemonSet (the node's IP, with
+    // --kubernetes checking workload tokens); the static token from the Secret.
+    assert_eq!(settings.http_listen, None);
     assert_eq!(
         settings.http_token_file.as_deref(),
         Some(Path::new("/etc/plexd/http-token"))
@@ -433,7 +434,11 @@ fn configmap_config_is_accepted_by_the_daemon() {
     // The DaemonSet runs with this file and mounts what it names.
     let ds = read("kubernetes/daemonset.yaml");
     for needle in [
-        r#"args: ["serve", "--config", "/etc/plexd/nodeapi.json"]"#,
+        r#"args: ["serve", "--config", "/etc/plexd/nodeapi.json", "--kubernetes", "--http-listen", "$(HOST_IP):9100"]"#,
+        "automountServiceAccountToken: true",
+        "- name: MY_NODE_NAME\n              valueFrom:\n                fieldRef:\n                  fieldPath: spec.nodeName",
+        "- name: POD_NAMESPACE\n              valueFrom:\n                fieldRef:\n                  fieldPath: metadata.namespace",
+        "- name: HOST_IP\n              valueFrom:\n                fieldRef:\n                  fieldPath: status.hostIP",
         "mountPath: /etc/plexd\n",
         "path: nodeapi.json",
         "path: http-token",
@@ -443,4 +448,59 @@ fn configmap_config_is_accepted_by_the_daemon() {
     ] {
         assert!(ds.contains(needle), "daemonset.yaml lacks {needle:?}");
     }
+}
+
+#[test]
+fn the_crd_names_what_the_daemon_uses() {
+    use plexd_nodeapi::kube::{CRD_NAME, GROUP, KIND, PLURAL, VERSION};
+    let crd = read("kubernetes/crd.yaml");
+    for needle in [
+        format!("  name: {CRD_NAME}\n"),
+        format!("  group: {GROUP}\n"),
+        format!("    kind: {KIND}\n"),
+        format!("    plural: {PLURAL}\n"),
+        "    shortNames:\n      - pns\n".to_owned(),
+        "  scope: Namespaced\n".to_owned(),
+        format!("    - name: {VERSION}\n"),
+        "      subresources:\n        status: {}\n".to_owned(),
+    ] {
+        assert!(crd.contains(&needle), "crd.yaml lacks {needle:?}");
+    }
+    // The daemon's Role covers the resource and its status; never `list` on Secrets.
+    let rbac = read("kubernetes/rbac.yaml");
+    assert!(rbac.contains(&format!("resources: [\"{PLURAL}\"]")));
+    assert!(rbac.contains(&format!("resources: [\"{PLURAL}/status\"]")));
+    assert!(rbac.contains("verbs: [\"get\", \"create\", \"update\", \"delete\"]"));
+    assert!(rbac.contains("name: system:auth-delegator"));
+    assert!(
+        !rbac.contains("\nkind: ClusterRole\n"),
+        "no cluster-wide grants of our own"
+    );
+    let consumers = read("kubernetes/consumer-roles.yaml");
+    for role in [
+        "plexd-state-reader",
+        "plexd-state-reporter",
+        "plexd-secrets-reader",
+    ] {
+        assert!(consumers.contains(&format!("name: {role}\n")), "{role}");
+    }
+    let example = read("kubernetes/workload-example.yaml");
+    assert!(example.contains("audience: plexd\n"));
+}
+
+#[test]
+fn kubernetes_settings_are_config_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.json");
+    std::fs::write(
+        &file,
+        r#"{"kubernetes": true, "k8s_api_server": "https://10.96.0.1:443",
+            "k8s_token_file": "/t", "k8s_ca_file": "/c", "k8s_namespace": "plexd-system",
+            "k8s_node_name": "n1", "mesh_ip": "10.0.0.1", "k8s_token_audience": "plexd"}"#,
+    )
+    .unwrap();
+    let s = Settings::from_file(&file).unwrap();
+    assert_eq!(s.kubernetes, Some(true));
+    assert_eq!(s.k8s_namespace.as_deref(), Some("plexd-system"));
+    assert_eq!(s.mesh_ip.as_deref(), Some("10.0.0.1"));
 }

@@ -70,18 +70,25 @@ impl Handler for TestHandler {
                     .query_param("ms")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(5000);
+                Reply::Park(park_for(self.ready.clone(), ms))
+            }
+            // Work elsewhere that ends by parking the request (`Resume::park`).
+            "/later-park" => {
+                let ms: u64 = req
+                    .query_param("ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(5000);
                 let ready = self.ready.clone();
-                Reply::Park(Park {
-                    kind: ParkKind::Change,
-                    deadline: Instant::now() + Duration::from_millis(ms),
-                    check: Box::new(move |why| match why {
-                        Wake::Changed if ready.load(Ordering::SeqCst) => {
-                            Some(Response::new(200).body(b"ready".to_vec()))
-                        }
-                        Wake::Changed => None,
-                        Wake::TimedOut => Some(Response::new(200).body(b"timeout".to_vec())),
-                        Wake::Shutdown => Some(Response::new(503).body(b"shutdown".to_vec())),
+                Reply::Later(Later {
+                    deadline: Instant::now() + Duration::from_secs(10),
+                    start: Box::new(move |resume| {
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(50));
+                            resume.park(park_for(ready, ms));
+                        });
+                        Ok(())
                     }),
+                    on_timeout: Box::new(|| Response::error(503, "later timed out")),
                 })
             }
             "/stream" => Reply::Stream(Stream {
@@ -98,6 +105,23 @@ impl Handler for TestHandler {
             }),
             _ => Reply::Now(Response::error(404, "not found")),
         }
+    }
+}
+
+/// A park that answers "ready" on a change once `ready` is set, "timeout" at its
+/// deadline `ms` from now.
+fn park_for(ready: Arc<AtomicBool>, ms: u64) -> Park {
+    Park {
+        kind: ParkKind::Change,
+        deadline: Instant::now() + Duration::from_millis(ms),
+        check: Box::new(move |why| match why {
+            Wake::Changed if ready.load(Ordering::SeqCst) => {
+                Some(Response::new(200).body(b"ready".to_vec()))
+            }
+            Wake::Changed => None,
+            Wake::TimedOut => Some(Response::new(200).body(b"timeout".to_vec())),
+            Wake::Shutdown => Some(Response::new(503).body(b"shutdown".to_vec())),
+        }),
     }
 }
 

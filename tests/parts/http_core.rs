@@ -348,6 +348,31 @@ fn parked_request_answers_on_matching_wake_only() {
 }
 
 #[test]
+fn work_done_elsewhere_can_park_the_request_with_its_own_deadline() {
+    let srv = TestServer::start();
+    // Parked by the work after 50 ms, with a deadline of its own (300 ms), well before
+    // the later-request's deadline (10 s): answered at that deadline.
+    let mut c = srv.client();
+    let t = Instant::now();
+    c.send(b"GET /later-park?ms=300 HTTP/1.1\r\n\r\n");
+    c.set_timeout(Duration::from_secs(5));
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // And woken by a change like any parked request.
+    c.send(b"GET /later-park?ms=5000 HTTP/1.1\r\n\r\n");
+    wait_for(|| srv.stats().parked.load(Ordering::SeqCst) == 1);
+    srv.ready.store(true, Ordering::SeqCst);
+    srv.handle().waker().wake();
+    assert_eq!(c.read_response(false).unwrap().text(), "ready");
+    assert_eq!(c.get("/echo").status, 200);
+}
+
+#[test]
 fn parked_request_answers_at_deadline_and_429_beyond_max() {
     let srv = TestServer::with(|c| c.max_parked = 2);
     let mut a = srv.client();

@@ -3,12 +3,16 @@
 //! (`http_core`, `http_idle`, with `http_common`), the control-plane link against the
 //! development control plane (`cp_link`, `cp_logs`, `cp_tls`, `devcp`), event framing
 //! and verification (`events_sse`, `events_verify`), the shipped contrib files
-//! (`contrib`) and the documents generated from the command table (`docs`).
+//! (`contrib`), the documents generated from the command table (`docs`), and the
+//! Kubernetes mode's caller authentication against the fake API server (`kube_authn`,
+//! with `kube_common`) and that fake's own self-tests (`kube_fake`).
 //!
 //! One test binary for all of them. A test that needs the whole process to itself (a
 //! global logger, a thread count) runs in a child process of this binary (`alone`).
 
 mod http_common;
+#[path = "../kube_common/mod.rs"]
+mod kube_common;
 
 mod api_wire;
 mod contrib;
@@ -21,6 +25,8 @@ mod events_sse;
 mod events_verify;
 mod http_core;
 mod http_idle;
+mod kube_authn;
+mod kube_fake;
 
 use std::process::Command;
 
