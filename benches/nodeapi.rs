@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use support::daemon;
 use support::procstat;
-use support::report::{render_json, render_table};
+use support::report::{render_json, render_table, Mode};
 use support::subject::Subject;
 use support::BenchError;
 
@@ -258,7 +258,13 @@ fn main() {
         eprintln!("   ({:.1} s)", started.elapsed().as_secs_f64());
         reports.push(report);
     }
-    print!("{}", render_table(&reports, subjects.len() > 1));
+    let mode = match subjects.get(1) {
+        None => Mode::Absolute,
+        Some(r) => Mode::VsReference {
+            ratio_targets: !r.is_build_of_ours(),
+        },
+    };
+    print!("{}", render_table(&reports, mode));
     if let Some(path) = &opts.json {
         let header = serde_json::json!({
             "runs": opts.runs,
@@ -269,7 +275,7 @@ fn main() {
                 "side": s.side.label(), "path": s.bin.display().to_string(),
             })).collect::<Vec<_>>(),
         });
-        if let Err(e) = std::fs::write(path, render_json(&reports, header)) {
+        if let Err(e) = std::fs::write(path, render_json(&reports, mode, header)) {
             eprintln!("nodeapi bench: writing {}: {e}", path.display());
             std::process::exit(1);
         }

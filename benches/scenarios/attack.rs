@@ -261,13 +261,16 @@ pub fn stalled_upstream(ctx: &mut Ctx<'_>, r: &mut ScenarioReport) -> Result<(),
             let target = env.daemon.unix_target();
             // The secret route works before the stall.
             let (status, _) = fresh_request(&target, &warm, Duration::from_secs(5));
-            let log = match status {
-                Ok(200) => String::new(),
-                _ => format!(" (log: {})", env.daemon.log_tail()),
-            };
+            if status != Ok(200) && !r.notes.iter().any(|n| n.contains("log tail then")) {
+                let log = env.daemon.log_tail();
+                r.note(
+                    s.side,
+                    format!("secret GET failed before the stall; log tail then: {log}"),
+                );
+            }
             r.note(
                 s.side,
-                format!("secret GET before the stall: {}{log}", histogram(&[status])),
+                format!("secret GET before the stall: {}", histogram(&[status])),
             );
 
             upstream.stall_secrets(true);

@@ -352,6 +352,10 @@ pub struct RunFigures {
     pub user_us_per_req: f64,
     /// CPU of the harness's load-generator threads (all of them, this process).
     pub client_cpu_us_per_req: f64,
+    /// CPU used by everything but the daemon and this harness during the window, as a
+    /// share of the machine (other people's builds on a shared VM): per-request CPU
+    /// figures grow with it.
+    pub others_share: Option<f64>,
 }
 
 pub fn load_config(
@@ -370,13 +374,32 @@ pub fn load_config(
     }
 }
 
+/// The counters sampled at the start and end of a measured window.
+struct WindowSample {
+    daemon: std::io::Result<ProcSample>,
+    harness: std::io::Result<ProcSample>,
+    machine: std::io::Result<(u64, u64)>,
+}
+
+fn window_sample(pid: u32) -> WindowSample {
+    WindowSample {
+        daemon: procstat::sample(pid),
+        harness: procstat::sample(std::process::id()),
+        machine: procstat::machine_ticks(),
+    }
+}
+
 /// Runs one load against `pid`, sampling its CPU over the window.
 pub fn measure(cfg: &LoadConfig, pid: u32) -> Result<RunFigures, BenchError> {
     let (load, before, after) =
-        loadgen::run(cfg, || procstat::sample(pid)).map_err(|e| BenchError::Load(e.to_string()))?;
-    let (before, after): (ProcSample, ProcSample) = (
-        before.map_err(BenchError::io("reading /proc of the daemon"))?,
-        after.map_err(BenchError::io("reading /proc of the daemon"))?,
+        loadgen::run(cfg, || window_sample(pid)).map_err(|e| BenchError::Load(e.to_string()))?;
+    let (b, a): (ProcSample, ProcSample) = (
+        before
+            .daemon
+            .map_err(BenchError::io("reading /proc of the daemon"))?,
+        after
+            .daemon
+            .map_err(BenchError::io("reading /proc of the daemon"))?,
     );
     if load.completed == 0 {
         return Err(BenchError::Load(format!(
@@ -385,11 +408,21 @@ pub fn measure(cfg: &LoadConfig, pid: u32) -> Result<RunFigures, BenchError> {
             load.first_error.as_deref().unwrap_or("none")
         )));
     }
+    let others_share = match (before.harness, after.harness, before.machine, after.machine) {
+        (Ok(hb), Ok(ha), Ok((busy_b, total_b)), Ok((busy_a, total_a))) if total_a > total_b => {
+            let ours =
+                a.cpu_ticks.saturating_sub(b.cpu_ticks) + ha.cpu_ticks.saturating_sub(hb.cpu_ticks);
+            let others = busy_a.saturating_sub(busy_b).saturating_sub(ours);
+            Some(others as f64 / (total_a - total_b) as f64)
+        }
+        _ => None,
+    };
     let n = load.completed as f64;
     Ok(RunFigures {
-        cpu_us_per_req: procstat::cpu_us_between(&before, &after) / n,
-        user_us_per_req: procstat::user_us_between(&before, &after) / n,
+        cpu_us_per_req: procstat::cpu_us_between(&b, &a) / n,
+        user_us_per_req: procstat::user_us_between(&b, &a) / n,
         client_cpu_us_per_req: load.client_cpu_us_per_req(),
+        others_share,
         load,
     })
 }
@@ -440,6 +473,13 @@ pub fn record_load(r: &mut ScenarioReport, side: Side, f: &RunFigures, goals: &L
         Spec::info("errors", "count").goal(Goal::AtMost(0.0)),
         f.load.errors as f64,
     );
+    if let Some(share) = f.others_share {
+        r.push(
+            side,
+            Spec::info("others' CPU", "% of machine"),
+            share * 100.0,
+        );
+    }
     if let Some(e) = &f.load.first_error {
         r.note(side, format!("first error: {e}"));
     }

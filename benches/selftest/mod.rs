@@ -17,8 +17,10 @@ use crate::support::daemon::{self, HTTP_TOKEN};
 use crate::support::loadgen::{self, build_request, LoadConfig, LoadResult, Target};
 use crate::support::probe::{FreshProber, RssPeak};
 use crate::support::procstat;
-use crate::support::report::{render_table, summarize, Goal, ScenarioReport, Side, Spec, Verdict};
-use crate::support::subject::{parse_help_flags, Subject};
+use crate::support::report::{
+    render_table, summarize, Goal, Mode, ScenarioReport, Side, Spec, Verdict,
+};
+use crate::support::subject::{is_static_elf, parse_help_flags, Subject};
 use crate::support::tinyserver::{Reply, Req, TinyServer};
 use crate::support::upstream::{start_upstream, UpstreamContent};
 use crate::support::BenchError;
@@ -399,12 +401,33 @@ fn probe_checks(c: &mut Checks) {
     // (within two ticks), which pins down the field positions and CLK_TCK scaling.
     let me = std::process::id();
     let (a, ra) = (procstat::sample(me), procstat::own_rusage_cpu_us());
+    let ma = procstat::machine_ticks();
     let t = Instant::now();
     let mut x = 0u64;
     while t.elapsed() < Duration::from_millis(300) {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
     let (b, rb) = (procstat::sample(me), procstat::own_rusage_cpu_us());
+    let mb = procstat::machine_ticks();
+    match (&a, &b, ma, mb) {
+        (Ok(a), Ok(b), Ok((busy_a, total_a)), Ok((busy_b, total_b))) => {
+            let own = b.cpu_ticks.saturating_sub(a.cpu_ticks);
+            let busy = busy_b.saturating_sub(busy_a);
+            c.check(
+                "/proc/stat: the machine was at least as busy as this process",
+                total_b > total_a && busy + 2 >= own && busy <= total_b - total_a,
+                format!(
+                    "{busy} busy of {} machine ticks, {own} ours",
+                    total_b - total_a
+                ),
+            );
+        }
+        (_, _, ma, mb) => c.check(
+            "/proc/stat: the machine was at least as busy as this process",
+            false,
+            format!("{:?} {:?}", ma.err(), mb.err()),
+        ),
+    }
     match (a, b, ra, rb) {
         (Ok(a), Ok(b), Ok(ra), Ok(rb)) => {
             let proc_ms = procstat::cpu_us_between(&a, &b) / 1000.0;
@@ -592,6 +615,14 @@ fn fresh_probe_checks(c: &mut Checks) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// Beside the Go agent, and beside another build of ours.
+const GO: Mode = Mode::VsReference {
+    ratio_targets: true,
+};
+const OURS: Mode = Mode::VsReference {
+    ratio_targets: false,
+};
+
 fn report_checks(c: &mut Checks) {
     let cpu = || {
         Spec::info("server CPU", "µs/req")
@@ -631,15 +662,16 @@ fn report_checks(c: &mut Checks) {
         "report: medians and paired ratios",
         m.ours_summary().map(|s| (s.median, s.min, s.max, s.n)) == Some((11.0, 10.0, 12.0, 3))
             && ratio.map(|s| s.median) == Some(0.25)
-            && m.verdict(true) == Verdict::Pass
-            && m.verdict(false) == Verdict::Pass,
+            && m.verdict(GO) == Verdict::Pass
+            && m.verdict(Mode::Absolute) == Verdict::Pass
+            && m.verdict(OURS) == Verdict::None,
         format!("{:?}, ratios {:?}", m.ours_summary(), m.paired_ratios()),
     );
     let start = &r.metrics[2];
     c.check(
         "report: runs pair by index; a stretch miss is not a miss",
-        start.paired_ratios() == vec![0.6, 0.6] && start.verdict(true) == Verdict::StretchMiss,
-        format!("{:?} {:?}", start.paired_ratios(), start.verdict(true)),
+        start.paired_ratios() == vec![0.6, 0.6] && start.verdict(GO) == Verdict::StretchMiss,
+        format!("{:?} {:?}", start.paired_ratios(), start.verdict(GO)),
     );
     c.check(
         "report: even-sized median",
@@ -648,8 +680,9 @@ fn report_checks(c: &mut Checks) {
         format!("{:?}", summarize([4.0, 1.0, 3.0, 2.0])),
     );
     r.reference_absent = Some("not run: lacks --x".into());
-    let side = render_table(std::slice::from_ref(&r), true);
-    let abs = render_table(std::slice::from_ref(&r), false);
+    let side = render_table(std::slice::from_ref(&r), GO);
+    let abs = render_table(std::slice::from_ref(&r), Mode::Absolute);
+    let older = render_table(std::slice::from_ref(&r), OURS);
     c.check(
         "report: side-by-side table",
         side.contains("ours/ref")
@@ -658,6 +691,11 @@ fn report_checks(c: &mut Checks) {
             && side.contains("miss (stretch)")
             && side.contains("reference not run: lacks --x"),
         side.lines().nth(3).unwrap_or_default().to_string(),
+    );
+    c.check(
+        "report: beside another build of ours, ratio targets are not judged",
+        older.contains("0.25x") && !older.contains("<= 0.30x") && older.contains("not judged"),
+        older.lines().nth(3).unwrap_or_default().to_string(),
     );
     c.check(
         "report: absolute table judges ratio goals against the recorded Go figure",
@@ -720,6 +758,38 @@ fn subject_checks(c: &mut Checks) -> Result<(), BenchError> {
                 == ["serve", "--log-level", "warn", "--x"]
         }),
         String::new(),
+    );
+    let me = std::env::current_exe().map_err(BenchError::io("current_exe"))?;
+    c.check(
+        "static-binary probe: this (dynamic) harness, a script",
+        is_static_elf(&me) == Some(false) && is_static_elf(&fake).is_none(),
+        format!("{:?} {:?}", is_static_elf(&me), is_static_elf(&fake)),
+    );
+    let ours_style = dir.path().join("older-build");
+    let mut script = String::from(
+        "#!/bin/sh\ncat <<'EOF'\nUSAGE:\n    plexd-nodeapi serve [FLAGS]   run the daemon\n",
+    );
+    for f in basics.iter().chain(&["log-level"]) {
+        script.push_str(&format!("    --{f} VALUE   something\n"));
+    }
+    script.push_str("EOF\n");
+    std::fs::write(&ours_style, script).map_err(BenchError::io("writing a fake build"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ours_style, std::fs::Permissions::from_mode(0o755))
+            .map_err(BenchError::io("chmod"))?;
+    }
+    let older =
+        Subject::reference(&ours_style).and_then(|s| s.command(&[("--socket", Some("/s".into()))]));
+    c.check(
+        "another build of ours as the reference is started with `serve`",
+        older.as_ref().is_ok_and(|cmd| {
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                == ["serve", "--log-level", "warn", "--socket", "/s"]
+        }),
+        format!("{:?}", older.map(|c| c.get_args().count())),
     );
     let not_it = fake_reference(dir.path(), &["data-dir"])?;
     c.check(

@@ -56,6 +56,27 @@ pub fn sample(pid: u32) -> io::Result<ProcSample> {
     })
 }
 
+/// The whole machine's CPU time from the first line of `/proc/stat`, in clock ticks:
+/// (busy = everything but idle and iowait, total).
+pub fn machine_ticks() -> io::Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no cpu line in /proc/stat"))?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
 /// `VmRSS` of `pid` in kB (reads `/proc/<pid>/status` only; cheap enough to poll every
 /// few milliseconds).
 pub fn vm_rss_kb(pid: u32) -> io::Result<u64> {

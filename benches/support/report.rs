@@ -156,6 +156,17 @@ pub fn summarize(values: impl IntoIterator<Item = f64>) -> Option<Summary> {
     })
 }
 
+/// How a run's figures are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Our binary alone: absolute goals, ratio goals against the recorded Go figures.
+    Absolute,
+    /// Beside a reference. The ratio goals are defined against the Go agent, so they
+    /// are judged only when the reference is one (`ratio_targets`), not when it is
+    /// another build of ours.
+    VsReference { ratio_targets: bool },
+}
+
 /// The verdict on one metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -205,33 +216,45 @@ impl Metric {
         summarize(self.paired_ratios())
     }
 
-    /// The goal that applies, with its label, given whether a reference ran.
-    fn applicable_goal(&self, side_by_side: bool) -> (Goal, String) {
+    /// The goal that applies in `mode`, with its label.
+    fn applicable_goal(&self, mode: Mode) -> (Goal, String) {
         let s = &self.spec;
         let stretch = if s.stretch { " (stretch)" } else { "" };
         if s.vs_ref != Goal::Info {
-            if side_by_side {
-                return (s.vs_ref, format!("{}{stretch}", s.vs_ref.label("x")));
-            }
-            if let Some(go) = s.recorded_ref {
-                let g = s.vs_ref.scaled(go);
-                return (
-                    g,
-                    format!(
-                        "{}{stretch} (={}x Go rec.)",
-                        g.label(""),
-                        ratio_of(s.vs_ref)
-                    ),
-                );
+            match mode {
+                Mode::VsReference {
+                    ratio_targets: true,
+                } => return (s.vs_ref, format!("{}{stretch}", s.vs_ref.label("x"))),
+                Mode::VsReference {
+                    ratio_targets: false,
+                } => {}
+                Mode::Absolute => {
+                    if let Some(go) = s.recorded_ref {
+                        let g = s.vs_ref.scaled(go);
+                        return (
+                            g,
+                            format!(
+                                "{}{stretch} (={}x Go rec.)",
+                                g.label(""),
+                                ratio_of(s.vs_ref)
+                            ),
+                        );
+                    }
+                }
             }
         }
         (s.goal, format!("{}{stretch}", s.goal.label("")))
     }
 
-    pub fn verdict(&self, side_by_side: bool) -> Verdict {
+    pub fn verdict(&self, mode: Mode) -> Verdict {
         let s = &self.spec;
-        let (goal, _) = self.applicable_goal(side_by_side);
-        let judged = if side_by_side && s.vs_ref != Goal::Info {
+        let (goal, _) = self.applicable_goal(mode);
+        let on_ratio = s.vs_ref != Goal::Info
+            && mode
+                == Mode::VsReference {
+                    ratio_targets: true,
+                };
+        let judged = if on_ratio {
             self.ratio().map(|r| r.median)
         } else {
             self.ours_summary().map(|o| o.median)
@@ -305,10 +328,6 @@ impl ScenarioReport {
             self.notes.push(n);
         }
     }
-
-    fn has_reference_values(&self) -> bool {
-        self.metrics.iter().any(|m| !m.reference.is_empty())
-    }
 }
 
 pub fn fmt_num(v: f64) -> String {
@@ -367,9 +386,10 @@ fn layout(rows: &[Vec<String>], right: &[usize]) -> String {
     out
 }
 
-/// The result table. `side_by_side`: a reference was given for this run.
-pub fn render_table(reports: &[ScenarioReport], side_by_side: bool) -> String {
+/// The result table.
+pub fn render_table(reports: &[ScenarioReport], mode: Mode) -> String {
     let mut out = String::from("\n");
+    let side_by_side = mode != Mode::Absolute;
     if side_by_side {
         let mut rows = vec![[
             "scenario",
@@ -387,7 +407,7 @@ pub fn render_table(reports: &[ScenarioReport], side_by_side: bool) -> String {
         for r in reports {
             error_row(&mut rows, r, 9);
             for m in &r.metrics {
-                let (_, target) = m.applicable_goal(true);
+                let (_, target) = m.applicable_goal(mode);
                 rows.push(vec![
                     r.name.clone(),
                     format!("{} ({})", m.spec.name, m.spec.unit),
@@ -398,7 +418,7 @@ pub fn render_table(reports: &[ScenarioReport], side_by_side: bool) -> String {
                     m.ratio()
                         .map_or_else(|| "-".into(), |s| format!("{}x", fmt_num(s.median))),
                     target,
-                    m.verdict(true).label().into(),
+                    m.verdict(mode).label().into(),
                 ]);
             }
         }
@@ -406,8 +426,17 @@ pub fn render_table(reports: &[ScenarioReport], side_by_side: bool) -> String {
         let _ = writeln!(
             out,
             "ours/ref: median over runs of (ours in run i) / (reference in run i); the two \
-             sides run alternately (A B A B …). Ratio targets are judged on it, other \
-             targets on our median."
+             sides run alternately (A B A B …). {}",
+            if mode
+                == (Mode::VsReference {
+                    ratio_targets: true
+                })
+            {
+                "Ratio targets are judged on it, other targets on our median."
+            } else {
+                "The reference is another build of ours: the ratio targets (defined \
+                 against the Go agent) are not judged; other targets on our median."
+            }
         );
     } else {
         let mut rows = vec![[
@@ -425,7 +454,7 @@ pub fn render_table(reports: &[ScenarioReport], side_by_side: bool) -> String {
         for r in reports {
             error_row(&mut rows, r, 8);
             for m in &r.metrics {
-                let (_, target) = m.applicable_goal(false);
+                let (_, target) = m.applicable_goal(mode);
                 let o = m.ours_summary();
                 rows.push(vec![
                     r.name.clone(),
@@ -435,7 +464,7 @@ pub fn render_table(reports: &[ScenarioReport], side_by_side: bool) -> String {
                     o.map_or_else(|| "-".into(), |s| fmt_num(s.max)),
                     target,
                     m.spec.recorded_ref.map_or_else(String::new, fmt_num),
-                    m.verdict(false).label().into(),
+                    m.verdict(mode).label().into(),
                 ]);
             }
         }
@@ -489,11 +518,10 @@ fn goal_json(g: Goal) -> serde_json::Value {
 }
 
 /// The machine-readable form of the reports.
-pub fn render_json(reports: &[ScenarioReport], header: serde_json::Value) -> String {
+pub fn render_json(reports: &[ScenarioReport], mode: Mode, header: serde_json::Value) -> String {
     let scenarios: Vec<serde_json::Value> = reports
         .iter()
         .map(|r| {
-            let side_by_side = r.has_reference_values();
             let metrics: Vec<serde_json::Value> = r
                 .metrics
                 .iter()
@@ -503,7 +531,7 @@ pub fn render_json(reports: &[ScenarioReport], header: serde_json::Value) -> Str
                         (Some(o), Some(t)) if t.median != 0.0 => Some(o.median / t.median),
                         _ => None,
                     };
-                    let verdict = match m.verdict(side_by_side) {
+                    let verdict = match m.verdict(mode) {
                         Verdict::Pass => Some(true),
                         Verdict::Miss | Verdict::StretchMiss => Some(false),
                         Verdict::None => None,

@@ -1,6 +1,8 @@
 //! The binaries a benchmark compares: ours (`plexd-nodeapi serve …`) and, optionally, a
-//! reference that takes the same flags without the `serve` word and without
-//! `--log-level` (the Go agent's harness). A reference's flags are read once from its
+//! reference: either a binary that takes the same flags without the `serve` word and
+//! without `--log-level` (the Go agent's harness), or another build of ours (its
+//! `--help` shows a `serve` command; then it is started like ours), e.g. an older commit
+//! for a before/after comparison in one run. A reference's flags are read once from its
 //! `--help`, so a scenario that needs a flag the reference lacks is reported as "not run
 //! on the reference" instead of failing.
 //!
@@ -24,6 +26,12 @@ pub struct Subject {
     pub bin: PathBuf,
     /// The long flags the binary accepts (`--name`); `None`: everything we pass (ours).
     known_flags: Option<BTreeSet<String>>,
+    /// Arguments before the flags (`serve --log-level warn` for a build of ours).
+    prefix: Vec<String>,
+}
+
+fn serve_prefix() -> Vec<String> {
+    ["serve", "--log-level", "warn"].map(String::from).to_vec()
 }
 
 impl Subject {
@@ -32,6 +40,7 @@ impl Subject {
             side: Side::Ours,
             bin,
             known_flags: None,
+            prefix: serve_prefix(),
         }
     }
 
@@ -44,7 +53,21 @@ impl Subject {
             )));
         }
         let help = help_text(bin)?;
-        let flags = parse_help_flags(&help);
+        let mut flags = parse_help_flags(&help);
+        // A build of ours lists a `serve` command in its usage (`  plexd-nodeapi serve …`).
+        let prefix = if help
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("serve"))
+        {
+            let mut p = vec!["serve".to_string()];
+            if flags.contains("--log-level") {
+                p.extend(["--log-level".to_string(), "warn".to_string()]);
+            }
+            flags.remove("--help");
+            p
+        } else {
+            Vec::new()
+        };
         let basics = [
             "--data-dir",
             "--socket",
@@ -62,7 +85,13 @@ impl Subject {
             side: Side::Reference,
             bin: bin.to_path_buf(),
             known_flags: Some(flags),
+            prefix,
         })
+    }
+
+    /// A reference that is another build of ours (started with `serve`).
+    pub fn is_build_of_ours(&self) -> bool {
+        self.side == Side::Reference && !self.prefix.is_empty()
     }
 
     /// Whether the binary accepts `flag` (`--name`).
@@ -89,9 +118,7 @@ impl Subject {
             )));
         }
         let mut cmd = Command::new(&self.bin);
-        if self.side == Side::Ours {
-            cmd.arg("serve").arg("--log-level").arg("warn");
-        }
+        cmd.args(&self.prefix);
         for (flag, value) in flags {
             cmd.arg(flag);
             if let Some(v) = value {
@@ -165,4 +192,25 @@ pub fn parse_help_flags(help: &str) -> BTreeSet<String> {
         }
     }
     flags
+}
+
+/// Whether the ELF file at `path` has no program interpreter (`PT_INTERP`), i.e. is
+/// statically linked; `None` if it cannot be read as a 64-bit little-endian ELF.
+pub fn is_static_elf(path: &Path) -> Option<bool> {
+    let elf = std::fs::read(path).ok()?;
+    let (magic, class, endian) = (elf.get(..4)?, *elf.get(4)?, *elf.get(5)?);
+    if magic != b"\x7fELF" || class != 2 || endian != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let (phentsize, phnum) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+    const PT_INTERP: u32 = 3;
+    let mut interp = false;
+    for i in 0..phnum {
+        interp |= u32_at(phoff + i * phentsize)? == PT_INTERP;
+    }
+    Some(!interp)
 }
