@@ -14,8 +14,10 @@
 //! runs every selected scenario too, alternately with ours in the same run (A B A B …),
 //! and the table shows both sides' medians and ranges and the ratio ours/reference, on
 //! which the ratio targets are judged. A scenario that needs a flag the
-//! reference lacks says so and runs on ours alone. Without a reference the table shows
-//! our absolute figures next to Go medians recorded earlier.
+//! reference lacks says so and runs on ours alone. The reference may also be another
+//! build of ours (an older commit: a before/after comparison in one run; the ratio
+//! targets are then not judged). Without a reference the table shows our absolute
+//! figures next to Go medians recorded earlier.
 //!
 //! Options: `--runs N`, `--duration SECS`, `--warmup SECS`, `--client-threads N`
 //! (default 1: client and daemon share the cores), `--reference PATH`, `--json FILE`,

@@ -18,10 +18,10 @@ use super::{alternate, get, start_env, temp_dir, upstream_with, Ctx, READY_LIMIT
 
 /// The Go reference's medians recorded earlier (see `report::RECORDED_GO_WHEN`).
 mod go {
-    pub const IDLE_2000_RSS_MB: f64 = 16.5;
-    pub const STARTUP_DOWN_MS: f64 = 158.0;
-    pub const STARTUP_UP_MS: f64 = 2_900.0;
-    pub const BINARY_MB: f64 = 7.7;
+    pub const IDLE_2000_RSS_MB: f64 = 8.4;
+    pub const STARTUP_DOWN_MS: f64 = 320.0;
+    pub const STARTUP_UP_MS: f64 = 308.0;
+    pub const BINARY_MB: f64 = 7.4;
     pub const IDLE_RSS_MB: f64 = 8.1;
 }
 

@@ -18,18 +18,18 @@ use super::{
 
 /// The Go reference's medians recorded earlier (see `report::RECORDED_GO_WHEN`).
 mod go {
-    pub const UNIX_32_RPS: f64 = 80_800.0;
-    pub const UNIX_32_CPU_US: f64 = 17.5;
-    pub const UNIX_256_RPS: f64 = 77_500.0;
-    pub const UNIX_256_P99_MS: f64 = 70.0;
-    pub const TCP_32_RPS: f64 = 74_900.0;
-    pub const TCP_32_CPU_US: f64 = 17.5;
-    pub const STATE_10K_RPS: f64 = 302.0;
-    pub const STATE_10K_CPU_MS: f64 = 6.2;
-    pub const DATA_1000_RPS: f64 = 74_700.0;
-    pub const PUT_ONE_RPS: f64 = 1_470.0;
-    pub const PUT_2000_RPS: f64 = 1_140.0;
-    pub const GET_WHILE_PUT: f64 = 0.35;
+    pub const UNIX_32_RPS: f64 = 28_700.0;
+    pub const UNIX_32_CPU_US: f64 = 28.9;
+    pub const UNIX_256_RPS: f64 = 24_700.0;
+    pub const UNIX_256_P99_MS: f64 = 36.5;
+    pub const TCP_32_RPS: f64 = 15_900.0;
+    pub const TCP_32_CPU_US: f64 = 42.3;
+    pub const STATE_10K_RPS: f64 = 95.0;
+    pub const STATE_10K_CPU_MS: f64 = 7.4;
+    pub const DATA_1000_RPS: f64 = 19_500.0;
+    pub const PUT_ONE_RPS: f64 = 438.0;
+    pub const PUT_2000_RPS: f64 = 306.0;
+    pub const GET_WHILE_PUT: f64 = 0.32;
 }
 
 pub fn get_metadata_unix_32(ctx: &mut Ctx<'_>, r: &mut ScenarioReport) -> Result<(), BenchError> {
