@@ -1,8 +1,9 @@
 # plexd-nodeapi — developer entry points. See README.md.
 CARGO ?= cargo
-MUSL_TARGET := x86_64-unknown-linux-musl
+# The target of `make static` / `make cross`; see README "Supported CPUs".
+TARGET ?= x86_64-unknown-linux-musl
 
-.PHONY: run test bench static lint fmt clean
+.PHONY: run test test-emulated bench fuzz static cross dist lint fmt clean
 
 ## run: the daemon against its embedded development control plane (./.plexd-dev)
 run:
@@ -18,12 +19,31 @@ bench:
 	$(CARGO) build --release --bin plexd-nodeapi
 	$(CARGO) bench --bench nodeapi
 
-## static: a static musl binary in target/$(MUSL_TARGET)/release/plexd-nodeapi
+## fuzz: every coverage-guided fuzz target (fuzz/, libFuzzer + AddressSanitizer) for
+## FUZZ_SECONDS each; findings land in fuzz/artifacts/ and fail the run
+FUZZ_SECONDS ?= 60
+fuzz:
+	CARGO=$(CARGO) scripts/fuzz $(FUZZ_SECONDS)
+
+## static: a static binary in target/$(TARGET)/release/plexd-nodeapi; TARGET is
+## x86_64-unknown-linux-musl (default), aarch64-unknown-linux-musl or
+## armv7-unknown-linux-musleabihf (armv7-unknown-linux-gnueabihf builds that one too).
+## Installs the rustup target / rust-src and Debian cross packages it needs.
 static:
-	@command -v musl-gcc >/dev/null || { echo "musl-gcc missing: apt-get install musl-tools"; exit 1; }
-	rustup target add $(MUSL_TARGET)
-	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release --target $(MUSL_TARGET) --bin plexd-nodeapi
-	@ls -l target/$(MUSL_TARGET)/release/plexd-nodeapi
+	CARGO=$(CARGO) scripts/build-target $(TARGET) static
+
+## cross: a glibc-linked (dynamic) cross build, e.g. TARGET=armv7-unknown-linux-gnueabihf
+cross:
+	CARGO=$(CARGO) scripts/build-target $(TARGET) dynamic
+
+## dist: every static target into dist/ as plexd-nodeapi-VERSION-TARGET, with SHA-256 sums
+dist:
+	CARGO=$(CARGO) scripts/dist
+
+## test-emulated: the ARM binaries built and run through the black-box suites under
+## qemu-user, plus the unit tests on 32-bit ARM (CI runs this once, after `make test`)
+test-emulated:
+	CARGO=$(CARGO) scripts/test-emulated
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -35,4 +55,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf .plexd-dev
+	rm -rf .plexd-dev dist fuzz/target

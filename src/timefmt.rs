@@ -229,4 +229,21 @@ mod tests {
         let t = UNIX_EPOCH + Duration::new(1_772_366_400, 500_000_000);
         assert_eq!(format_rfc3339_utc(t), "2026-03-01T12:00:00.5Z");
     }
+
+    /// Instants past a 32-bit `time_t` (2038) and past `u32` seconds (2106) survive the
+    /// round trip on every target; CI runs this on 32-bit ARM too.
+    #[test]
+    fn instants_past_32_bit_seconds_round_trip() {
+        for (secs, text) in [
+            (1_i64 << 31, "2038-01-19T03:14:08Z"),
+            (1_i64 << 32, "2106-02-07T06:28:16Z"),
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+        ] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs());
+            assert_eq!(format_rfc3339_utc(t), text);
+            let parsed = parse_rfc3339(text).unwrap();
+            assert_eq!(parsed.unix_secs, secs);
+            assert_eq!(parsed.to_system_time(), t);
+        }
+    }
 }

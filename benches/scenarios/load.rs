@@ -5,9 +5,11 @@
 //! It deliberately does not time fresh connections or attacks (`attack.rs`).
 
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::support::daemon::HTTP_TOKEN;
 use crate::support::loadgen::{self, build_request, Target};
+use crate::support::procstat;
 use crate::support::report::{Goal, ScenarioReport, Spec};
 use crate::support::BenchError;
 
@@ -297,6 +299,104 @@ pub fn get_while_put(ctx: &mut Ctx<'_>, r: &mut ScenarioReport) -> Result<(), Be
             {
                 r.note(side, format!("first error: {e}"));
             }
+            Ok(())
+        },
+    )
+}
+
+/// The value of an unlabelled sample on the daemon's `/metrics` page.
+fn metric_value(target: &Target, name: &str) -> Result<f64, BenchError> {
+    let mut s = target.connect().map_err(BenchError::io("connecting"))?;
+    let (_, body) = loadgen::request_once(&mut s, &get("/metrics"), Duration::from_secs(5))
+        .map_err(BenchError::io("GET /metrics"))?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| BenchError::Load(format!("no {name} on /metrics")))
+}
+
+/// Reads of one report key alone, then while 1,000 blocking queries wait on that same
+/// key (parked in the daemon, holding no thread). A reference without blocking queries
+/// (or without these metrics) is reported as not run.
+pub fn get_while_1000_parked(ctx: &mut Ctx<'_>, r: &mut ScenarioReport) -> Result<(), BenchError> {
+    const WAITERS: usize = 1000;
+    let upstream = upstream_with(0)?;
+    let opts = ctx.opts;
+    alternate(
+        ctx.subjects,
+        ctx.runs,
+        r,
+        |s, _| {
+            let env = start_env(s, &upstream, false)?;
+            let mut c = env
+                .daemon
+                .unix_target()
+                .connect()
+                .map_err(BenchError::io("connecting"))?;
+            let (status, _) = loadgen::request_once(
+                &mut c,
+                &put("/v1/state/report/hot"),
+                Duration::from_secs(5),
+            )
+            .map_err(BenchError::io("PUT"))?;
+            if status != 200 {
+                return Err(BenchError::Setup(format!("PUT answered {status}")));
+            }
+            Ok(env)
+        },
+        |s, env, r| {
+            let pid = env.daemon.pid();
+            let target = env.daemon.unix_target();
+            let cfg = load_config(opts, target.clone(), 32, vec![get("/v1/state/report/hot")]);
+            let alone = measure(&cfg, pid)?;
+            // Waiting on the store's revision parks until the key changes (it does not).
+            let revision = metric_value(&target, "plexd_nodeapi_cache_revision")?;
+            let wait = get(&format!("/v1/state/report/hot?index={revision}&wait=600s"));
+            let before = procstat::sample(pid).map_err(BenchError::io("reading /proc"))?;
+            let mut waiters = Vec::with_capacity(WAITERS);
+            for i in 0..WAITERS {
+                let mut w = target
+                    .connect()
+                    .map_err(BenchError::io(format!("opening waiter {i}")))?;
+                std::io::Write::write_all(&mut w, &wait)
+                    .map_err(BenchError::io(format!("sending waiter {i}")))?;
+                waiters.push(w);
+            }
+            let t = Instant::now();
+            while metric_value(&target, "plexd_nodeapi_parked_requests")? < WAITERS as f64 {
+                if t.elapsed() > Duration::from_secs(10) {
+                    return Err(BenchError::Load("the waiters did not all park".into()));
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let parked = measure(&cfg, pid)?;
+            let after = procstat::sample(pid).map_err(BenchError::io("reading /proc"))?;
+            drop(waiters);
+            let side = s.side;
+            r.push(side, Spec::info("GET alone", "req/s"), alone.load.rps());
+            r.push(side, Spec::info("GET, 1000 parked", "req/s"), parked.load.rps());
+            r.push(
+                side,
+                Spec::info("GET share kept", "x").goal(Goal::AtLeast(0.8)),
+                parked.load.rps() / alone.load.rps(),
+            );
+            r.push(
+                side,
+                Spec::info("p99, 1000 parked", "ms").goal(Goal::AtMost(50.0)),
+                parked.load.percentile_us(99.0) / 1000.0,
+            );
+            r.push(
+                side,
+                Spec::info("thread growth", "count").goal(Goal::AtMost(0.0)),
+                after.threads as f64 - before.threads as f64,
+            );
+            r.push(
+                side,
+                Spec::info("errors", "count").goal(Goal::AtMost(0.0)),
+                (alone.load.errors + parked.load.errors) as f64,
+            );
+            // Let the dropped waiters' connections close before the next run.
+            thread::sleep(Duration::from_millis(300));
             Ok(())
         },
     )

@@ -146,6 +146,16 @@ pub const CATALOG: &[Def] = &[
         load::get_while_put,
     ),
     def(
+        "get_while_1000_parked",
+        "GET of one report key on 32 connections alone, then while 1,000 blocking \
+         queries wait on that key (parked, holding no thread): the share of throughput \
+         kept (target >= 0.8), p99 (target <= 50 ms), thread growth (target 0).",
+        1,
+        2,
+        15,
+        load::get_while_1000_parked,
+    ),
+    def(
         "big_bodies",
         "200 parallel 1 MiB report PUTs to one key on new connections: peak VmRSS rise \
          (target <= 120 MiB), VmRSS back within 16 MiB of the start (target within 5 s), \

@@ -1,7 +1,7 @@
 //! The daemon under test: a data directory prepared the way plexd leaves one (NSK file,
 //! HTTP token file, a state cache of data entries written straight to
 //! `state/data/*.json` plus `state/metadata.json`), spawning a subject (ours or the
-//! reference, `subject.rs`) with the SPEC §2 flags, waiting for the socket to answer
+//! reference, `subject.rs`) with the `serve` flags of the README, waiting for the socket to answer
 //! `GET /v1/state` with 200, and stopping it (SIGTERM, then SIGKILL after a bound). The
 //! daemon's stderr goes to `DIR/daemon.log`, whose tail is quoted when it fails to start.
 //!
@@ -85,7 +85,7 @@ pub fn prepare_data_dir(dir: &Path, entries: &[DataEntry]) -> Result<(), BenchEr
     )
     .map_err(io_err("writing metadata.json"))?;
     for e in entries {
-        let name = plexd_nodeapi::keys::file_name_for(&e.key)
+        let name = plexd_nodeapi::store::keys::file_name_for(&e.key)
             .ok_or_else(|| BenchError::Setup(format!("no file name for key {}", e.key)))?;
         let json = serde_json::to_string(e)
             .map_err(|err| BenchError::Setup(format!("encoding {}: {err}", e.key)))?;

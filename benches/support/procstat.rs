@@ -115,8 +115,9 @@ pub fn ticks_to_us(ticks: u64) -> f64 {
     ticks as f64 * 1_000_000.0 / clk_tck() as f64
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit
+/// (`rlim_t`: 32 bits on 32-bit glibc, 64 elsewhere).
+pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

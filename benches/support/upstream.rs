@@ -1,5 +1,5 @@
 //! The control plane the benchmarked daemon talks to: the crate's development control
-//! plane (`plexd_nodeapi::devcp`, SPEC §11) run in-process on a loopback port, behind the
+//! plane (`plexd_nodeapi::devcp`) run in-process on a loopback port, behind the
 //! one function `start_upstream`. It is loaded with the scenario's metadata and data
 //! entries; the daemon's cache fixture is then written from the very entries it serves
 //! (`Upstream::data_entries`), so a daemon that fetches state at start finds its cache
@@ -13,9 +13,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use plexd_nodeapi::cp::nsk::Nsk;
 use plexd_nodeapi::devcp::{DevConfig, DevControlPlane};
 use plexd_nodeapi::model::DataEntry;
+use plexd_nodeapi::secrets::nsk::Nsk;
 use serde_json::value::RawValue;
 
 use super::daemon::{bench_data_entry, NODE_ID, NSK_HEX};

@@ -1,14 +1,30 @@
-//! Who may call what (SPEC §9): the bearer token on TCP, and `--secret-auth` on the
-//! Unix socket, decided from the credentials the kernel recorded at connect time.
+//! Who may call what (README's "Access control"): the bearer token on TCP, and `--secret-auth` on the
+//! Unix socket, decided from the credentials the kernel recorded at connect time. With
+//! `--kubernetes`, a TCP bearer token that is not the static one is a workload's
+//! ServiceAccount token, decided by `kube::authn` (see `Api`'s `workload` path).
 //!
 //! Never looks at anything a client can forge on the Unix socket (headers, pid files);
 //! never logs the token.
+
+use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::api::error::ApiError;
 use crate::http::{PeerCred, Request, Transport};
+use crate::kube::authn::{Authenticator, Decision};
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'r> {
+    /// On the Unix socket.
+    Local,
+    /// On TCP with the static `--http-token-file` token.
+    Operator,
+    /// On TCP with another bearer token, with the Kubernetes mode on: to be reviewed.
+    Workload(&'r str),
+}
 
 /// Name of the group whose members may read secrets when `--secret-auth` is on.
 pub const SECRETS_GROUP: &str = "plexd-secrets";
@@ -18,6 +34,8 @@ pub struct Access {
     secret_auth: bool,
     /// gid of `plexd-secrets`, if that group exists; otherwise only root may read secrets.
     secrets_gid: Option<u32>,
+    /// With `--kubernetes` (and a token audience): reviews workload tokens.
+    kube: Option<Arc<Authenticator>>,
 }
 
 impl Access {
@@ -30,7 +48,43 @@ impl Access {
             http_token,
             secret_auth,
             secrets_gid,
+            kube: None,
         }
+    }
+
+    /// Accepts workload ServiceAccount tokens on TCP, reviewed by `authn`.
+    pub fn with_kubernetes(mut self, authn: Option<Arc<Authenticator>>) -> Access {
+        self.kube = authn;
+        self
+    }
+
+    pub fn authenticator(&self) -> Option<&Arc<Authenticator>> {
+        self.kube.as_ref()
+    }
+
+    /// Unix requests are `Local`; TCP requests need `Authorization: Bearer <token>`:
+    /// the static token (`Operator`), or with the Kubernetes mode any other token
+    /// (`Workload`, still to be reviewed). Otherwise 401.
+    pub fn caller<'r>(&self, req: &Request<'r>) -> Result<Caller<'r>, ApiError> {
+        if !matches!(*req.transport, Transport::Tcp(_)) {
+            return Ok(Caller::Local);
+        }
+        let presented = req
+            .header("authorization")
+            .and_then(bearer_token)
+            .unwrap_or("");
+        if presented.is_empty() {
+            return Err(ApiError::Unauthorized);
+        }
+        if let Some(expected) = &self.http_token {
+            if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+                return Ok(Caller::Operator);
+            }
+        }
+        if self.kube.is_some() {
+            return Ok(Caller::Workload(presented));
+        }
+        Err(ApiError::Unauthorized)
     }
 
     /// Looks up the `plexd-secrets` group's gid.
@@ -45,34 +99,29 @@ impl Access {
         self.secret_auth
     }
 
-    /// TCP requests need `Authorization: Bearer <token>`; Unix requests pass.
-    pub fn check_transport(&self, req: &Request) -> Result<(), ApiError> {
-        if !matches!(*req.transport, Transport::Tcp(_)) {
-            return Ok(());
+    /// Whether this request's peer may see secrets — their values, names, versions
+    /// and how many there are: always without `--secret-auth` and on TCP (the token
+    /// holder may); on the Unix socket uid 0 or membership (effective or supplementary
+    /// gid) in `plexd-secrets`, as the kernel recorded it.
+    pub fn may_read_secrets(&self, req: &Request) -> bool {
+        if !self.secret_auth {
+            return true;
         }
-        let Some(expected) = &self.http_token else {
-            return Err(ApiError::Unauthorized);
-        };
-        let presented = req
-            .header("authorization")
-            .and_then(bearer_token)
-            .unwrap_or("");
-        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) && !presented.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+        match req.transport {
+            Transport::Tcp(_) => true,
+            Transport::Unix(Some(peer)) => self.peer_may_read_secrets(peer),
+            Transport::Unix(None) => false,
         }
     }
 
-    /// With `--secret-auth`, secret routes on the Unix socket need uid 0 or membership
-    /// (effective or supplementary gid) in `plexd-secrets`.
+    /// With `--secret-auth`, secret routes on the Unix socket need `may_read_secrets`;
+    /// a refusal is logged with the peer's uid and pid.
     pub fn check_secret(&self, req: &Request) -> Result<(), ApiError> {
-        if !self.secret_auth {
+        if self.may_read_secrets(req) {
             return Ok(());
         }
         match req.transport {
             Transport::Tcp(_) => Ok(()),
-            Transport::Unix(Some(peer)) if self.peer_may_read_secrets(peer) => Ok(()),
             Transport::Unix(peer) => {
                 let (uid, pid) = peer
                     .as_ref()
@@ -90,6 +139,18 @@ impl Access {
         match self.secrets_gid {
             Some(gid) => peer.gid == gid || peer.groups.contains(&gid),
             None => false,
+        }
+    }
+}
+
+/// The answer for a workload whose token review did not allow the request.
+pub fn refusal(decision: Decision) -> ApiError {
+    match decision {
+        Decision::Allowed { .. } => ApiError::Internal("an allowed caller was refused"),
+        Decision::Unauthenticated => ApiError::Unauthorized,
+        Decision::Forbidden(why) => ApiError::Forbidden(why),
+        Decision::Unavailable { .. } => {
+            ApiError::Unavailable("cannot verify the caller: kubernetes API unavailable")
         }
     }
 }

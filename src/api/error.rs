@@ -1,8 +1,16 @@
-//! Every way a local API request can fail, and the one place that turns a failure into
-//! a response. Messages are safe to show to any client: no paths, no internals, no
-//! crypto detail.
+//! Every way a local API request can fail, and the one place that decides the HTTP
+//! status of a failure (`ApiError::status_code`) and turns it into a response.
+//!
+//! The other parts' errors map into `ApiError` once, here: `StoreError`, `SecretError`,
+//! `KeyError` and `RouteError`. Handlers return `ApiError`s and never pick an error
+//! status themselves. Messages are safe to show to any client: no paths, no internals,
+//! no crypto detail.
 
+use crate::api::route::RouteError;
 use crate::http::Response;
+use crate::secrets::SecretError;
+use crate::store::keys::KeyError;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,6 +31,14 @@ pub enum ApiError {
     /// 507: a quota would be exceeded; the message names the limit and the use.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The state folder takes no writes now: 507 when the disk is full, 503 when it
+    /// is read-only. Reads still work; writing resumes by itself.
+    #[error("{}", if *full {
+        "the disk holding the state folder is full: nothing was stored; writes resume by themselves once there is room"
+    } else {
+        "the state folder cannot be written (read-only): nothing was stored; writes resume by themselves once it can"
+    })]
+    DiskUnwritable { full: bool },
     #[error("{0}")]
     Internal(&'static str),
     /// 503, retry in a second.
@@ -34,10 +50,15 @@ pub enum ApiError {
     /// 503 while the control plane is known to be unreachable.
     #[error("control plane unreachable; secrets are unavailable until it answers again")]
     UpstreamDown { retry_after_secs: u64 },
+    /// The readiness probe (`/v1/health?ready`) before the daemon is ready: the answer
+    /// is the health document itself, with 503.
+    #[error("not ready")]
+    NotReady { health: Vec<u8> },
 }
 
 impl ApiError {
-    pub fn status(&self) -> u16 {
+    /// The HTTP status of this failure.
+    pub fn status_code(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
@@ -46,28 +67,111 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyWaiters => 429,
-            ApiError::InsufficientStorage(_) => 507,
+            ApiError::InsufficientStorage(_) | ApiError::DiskUnwritable { full: true } => 507,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_)
             | ApiError::UpstreamTimeout
-            | ApiError::UpstreamDown { .. } => 503,
+            | ApiError::UpstreamDown { .. }
+            | ApiError::DiskUnwritable { full: false }
+            | ApiError::NotReady { .. } => 503,
         }
     }
 }
 
 impl From<ApiError> for Response {
     fn from(e: ApiError) -> Response {
-        let response = Response::error(e.status(), &e.to_string());
+        let status = e.status_code();
         match e {
-            ApiError::MethodNotAllowed { allow } => response.header("Allow", allow),
-            ApiError::Unauthorized => response.header("WWW-Authenticate", "Bearer"),
+            ApiError::NotReady { health } => {
+                Response::json(status, health).header("Cache-Control", "no-store")
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                Response::error(status, &e.to_string()).header("Allow", allow)
+            }
+            ApiError::Unauthorized => {
+                Response::error(status, &e.to_string()).header("WWW-Authenticate", "Bearer")
+            }
             ApiError::TooManyWaiters | ApiError::Unavailable(_) | ApiError::UpstreamTimeout => {
-                response.header("Retry-After", "1")
+                Response::error(status, &e.to_string()).header("Retry-After", "1")
+            }
+            ApiError::DiskUnwritable { .. } => {
+                Response::error(status, &e.to_string()).header("Retry-After", "5")
             }
             ApiError::UpstreamDown { retry_after_secs } => {
-                response.header("Retry-After", retry_after_secs)
+                Response::error(status, &e.to_string()).header("Retry-After", retry_after_secs)
             }
-            _ => response,
+            _ => Response::error(status, &e.to_string()),
+        }
+    }
+}
+
+/// A path that names no resource.
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> ApiError {
+        match e {
+            RouteError::NotFound => ApiError::NotFound("not found".into()),
+            RouteError::BadKey => ApiError::BadRequest("invalid key: bad percent-encoding".into()),
+        }
+    }
+}
+
+/// A report key a client may not use.
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// A report write the store refused or could not make durable. Persistence failures
+/// are logged here (with their cause) and answered without detail.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Conflict { current: Some(v) } => {
+                ApiError::Conflict(format!("version conflict: current version is {v}"))
+            }
+            StoreError::Conflict { current: None } => ApiError::Conflict(
+                "version conflict: the entry does not exist (use If-Match: 0)".into(),
+            ),
+            StoreError::NotFound => ApiError::NotFound("report entry not found".into()),
+            StoreError::KeyNotStorable => {
+                ApiError::BadRequest("invalid key: too long once encoded as a file name".into())
+            }
+            StoreError::QuotaExceeded { limit, max, used } => {
+                ApiError::InsufficientStorage(format!(
+                    "report quota exceeded: {used} {unit} stored, the limit ({flag}) is {max}; \
+                     delete reports or raise the limit",
+                    unit = limit.unit(),
+                    flag = limit.flag(),
+                ))
+            }
+            StoreError::Unwritable { full, reason } => {
+                log::warn!(reason = reason.as_str(); "report write refused: the state folder takes no writes");
+                ApiError::DiskUnwritable { full }
+            }
+            other => {
+                log::error!(error:% = other; "report write failed");
+                ApiError::Internal("the report could not be stored; nothing was changed")
+            }
+        }
+    }
+}
+
+/// What a failed secret fetch tells the client. Nothing about the upstream error or the
+/// cipher reaches it.
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> ApiError {
+        match e {
+            SecretError::NotConfigured => {
+                ApiError::Unavailable("secrets are unavailable: no control plane is configured")
+            }
+            SecretError::NotFound => ApiError::NotFound("secret not found".into()),
+            SecretError::Unavailable(_) => ApiError::Unavailable("control plane unavailable"),
+            SecretError::Decrypt => ApiError::Internal("secret could not be decrypted"),
+            SecretError::Timeout => ApiError::UpstreamTimeout,
+            SecretError::CircuitOpen { retry_after_secs } => {
+                ApiError::UpstreamDown { retry_after_secs }
+            }
         }
     }
 }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::api::error::ApiError;
 use crate::api::route::Resource;
 use crate::duration;
-use crate::http::{Park, ParkKind, Reply, Request, Response, Wake};
-use crate::keys::ReportKey;
+use crate::http::{HeaderValue, Park, ParkKind, Reply, Request, Response, Wake};
+use crate::store::keys::ReportKey;
 use crate::store::{Json, Store, Versioned};
 
 /// Longest `wait` a blocking query may ask for.
@@ -63,10 +63,21 @@ fn missing(list: Versioned<Json>, message: &'static str) -> Lookup {
     }
 }
 
-/// Looks a read resource up. `None` for resources that are not cache reads.
-pub fn lookup(store: &Store, resource: &Resource) -> Result<Option<Lookup>, ApiError> {
+/// Which parts of the state a peer may see: everything, or everything but secrets
+/// (`--secret-auth`: the summary then shows no secret names or versions, and its
+/// revision does not move with them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Everything,
+    WithoutSecrets,
+}
+
+/// Looks a read resource up as `view` shows it. `None` for resources that are not
+/// cache reads.
+pub fn lookup(store: &Store, resource: &Resource, view: View) -> Result<Option<Lookup>, ApiError> {
     let found = Lookup::Found;
     Ok(Some(match resource {
+        Resource::Summary if view == View::WithoutSecrets => found(store.summary_without_secrets()),
         Resource::Summary => found(store.summary()),
         Resource::Metadata => found(store.metadata()),
         Resource::MetadataKey(k) => match store.metadata_value(k) {
@@ -81,7 +92,7 @@ pub fn lookup(store: &Store, resource: &Resource) -> Result<Option<Lookup>, ApiE
         Resource::Secrets => found(store.secret_list()),
         Resource::Reports => found(store.report_list()),
         Resource::ReportKey(k) => {
-            let key = ReportKey::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let key = ReportKey::parse(k)?;
             match store.report(&key) {
                 Some(v) => found(v),
                 None => missing(store.report_list(), "report entry not found"),
@@ -108,13 +119,14 @@ impl Conditions {
         }
     }
 
-    fn not_modified(&self, etag: &str, modified: SystemTime) -> bool {
+    fn not_modified(&self, mod_rev: u64, modified: SystemTime) -> bool {
         if let Some(inm) = &self.if_none_match {
             // If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
+            let tag = etag(mod_rev);
             return inm.trim() == "*"
                 || inm
                     .split(',')
-                    .any(|t| t.trim().trim_start_matches("W/") == etag);
+                    .any(|t| t.trim().trim_start_matches("W/") == tag);
         }
         match self.if_modified_since {
             Some(since) => whole_seconds(modified) <= whole_seconds(since),
@@ -132,54 +144,31 @@ pub fn etag(mod_rev: u64) -> String {
     format!("\"{mod_rev}\"")
 }
 
-/// Adds `ETag`, `X-Plexd-Index` and `Last-Modified` for a resource at `mod_rev`.
+/// Adds `ETag`, `X-Plexd-Index` and `Last-Modified` for a resource at `mod_rev`. The
+/// values are written by the HTTP core straight into the response head.
 pub fn with_revision(response: Response, mod_rev: u64, modified: SystemTime) -> Response {
-    with_tag(response, etag(mod_rev), mod_rev, modified)
-}
-
-fn with_tag(response: Response, tag: String, mod_rev: u64, modified: SystemTime) -> Response {
     response
-        .header("ETag", tag)
-        .header("X-Plexd-Index", mod_rev.to_string())
-        .header("Last-Modified", http_date(modified))
-}
-
-/// `modified` as an HTTP date. Most responses repeat the same few timestamps, so each
-/// thread keeps the last one it formatted.
-fn http_date(modified: SystemTime) -> String {
-    thread_local! {
-        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-    }
-    let secs = whole_seconds(modified);
-    LAST.with(|cell| {
-        let mut last = cell.borrow_mut();
-        if last.0 != secs {
-            *last = (
-                secs,
-                httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs)),
-            );
-        }
-        last.1.clone()
-    })
+        .header("ETag", HeaderValue::QuotedInt(mod_rev))
+        .header("X-Plexd-Index", HeaderValue::Int(mod_rev))
+        .header("Last-Modified", HeaderValue::Date(modified))
 }
 
 fn render(lookup: Lookup, conditions: &Conditions) -> Response {
     match lookup {
         Lookup::Found(v) => {
-            let tag = etag(v.mod_rev);
-            if conditions.not_modified(&tag, v.modified) {
-                with_tag(Response::new(304), tag, v.mod_rev, v.modified)
+            if conditions.not_modified(v.mod_rev, v.modified) {
+                with_revision(Response::new(304), v.mod_rev, v.modified)
             } else {
-                with_tag(Response::json(200, v.value), tag, v.mod_rev, v.modified)
+                with_revision(Response::json(200, v.value), v.mod_rev, v.modified)
             }
         }
         Lookup::Missing {
             mod_rev,
             modified,
             message,
-        } => Response::error(404, message)
-            .header("X-Plexd-Index", mod_rev.to_string())
-            .header("Last-Modified", http_date(modified)),
+        } => Response::from(ApiError::NotFound(message.into()))
+            .header("X-Plexd-Index", HeaderValue::Int(mod_rev))
+            .header("Last-Modified", HeaderValue::Date(modified)),
     }
 }
 
@@ -233,11 +222,16 @@ fn jitter(wait: Duration) -> Duration {
     Duration::from_millis(u64::from(nanos) % spread)
 }
 
-/// Answers a read resource: now, or — for a blocking query whose resource has not
-/// changed past `index` — later, without holding a worker.
-pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Reply, ApiError> {
+/// Answers a read resource as `view` shows it: now, or — for a blocking query whose
+/// resource has not changed past `index` — later, without holding a worker.
+pub fn read(
+    store: &Arc<Store>,
+    resource: Resource,
+    view: View,
+    req: &Request,
+) -> Result<Reply, ApiError> {
     let conditions = Conditions::from_request(req);
-    let Some(current) = lookup(store, &resource)? else {
+    let Some(current) = lookup(store, &resource, view)? else {
         return Err(ApiError::NotFound("not found".into()));
     };
     let Some(blocking) = blocking_params(req)? else {
@@ -258,9 +252,9 @@ pub fn read(store: &Arc<Store>, resource: Resource, req: &Request) -> Result<Rep
     // key appearing answers it early: other keys coming and going are not its news.
     let was_missing = matches!(current, Lookup::Missing { .. });
     let check = move |wake: Wake| -> Option<Response> {
-        let now = match lookup(&store, &resource) {
+        let now = match lookup(&store, &resource, view) {
             Ok(Some(l)) => l,
-            _ => return Some(Response::error(500, "resource vanished")),
+            _ => return Some(ApiError::Internal("resource vanished").into()),
         };
         let still_missing = was_missing && matches!(now, Lookup::Missing { .. });
         match wake {
@@ -286,13 +280,13 @@ mod tests {
             if_none_match: Some("\"7\", \"9\"".into()),
             if_modified_since: None,
         };
-        assert!(c.not_modified("\"9\"", t));
-        assert!(!c.not_modified("\"8\"", t));
+        assert!(c.not_modified(9, t));
+        assert!(!c.not_modified(8, t));
         let c = Conditions {
             if_none_match: None,
             if_modified_since: Some(t),
         };
-        assert!(c.not_modified("\"1\"", t));
-        assert!(!c.not_modified("\"1\"", t + Duration::from_secs(1)));
+        assert!(c.not_modified(1, t));
+        assert!(!c.not_modified(1, t + Duration::from_secs(1)));
     }
 }

@@ -4,8 +4,8 @@
 //! (`db%2Fpassword` → `db/password`); whether a key is *valid* for its resource
 //! (report key rules) is the handler's business.
 
+use crate::encoding::percent_decode;
 use crate::http::Method;
-use crate::keys::percent_decode;
 
 /// A resource of the local API.
 #[derive(Debug, Clone, PartialEq, Eq)]

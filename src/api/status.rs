@@ -1,40 +1,44 @@
 //! `GET /v1/health` and `GET /metrics`: the daemon's own state, for people and for
-//! Prometheus. Reads counters others keep (store, link health, HTTP core stats); keeps
-//! none of its own except the request counters it is handed.
+//! Prometheus. Reads what others keep (the store, the telemetry records of the link and
+//! the event stream, the HTTP core's stats); keeps nothing of its own except the
+//! request counters.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use serde_json::json;
 
-use crate::cp::health::{LinkHealth, SecretOutcome};
+use crate::api::error::ApiError;
 use crate::http::{RejectReason, Request, Response, ServerStats};
-use crate::metrics::{family, label, single, ApiReject, Rejections, RequestMetrics};
 use crate::pool::PoolStats;
+use crate::secrets::breaker::CircuitState;
+use crate::secrets::Secrets;
 use crate::store::Store;
+use crate::telemetry::health::LinkHealth;
+use crate::telemetry::kubernetes::KubeHealth;
+use crate::telemetry::metrics::{
+    family, label, single, unix_seconds, ApiReject, Rejections, RequestMetrics,
+};
+use crate::telemetry::stream::StreamMetrics;
 use crate::timefmt::format_rfc3339_utc;
-
-/// Counters owned by other threads (event stream, reconciler) that the metrics page shows.
-pub trait ExtraMetrics: Send + Sync {
-    fn render(&self, out: &mut String);
-    /// Fields merged into the health document's `control_plane` object.
-    fn health_fields(&self) -> serde_json::Map<String, serde_json::Value>;
-}
 
 pub struct Status {
     pub metrics: Arc<RequestMetrics>,
+    pub store: Arc<Store>,
+    pub health: Arc<LinkHealth>,
+    pub stream: Arc<StreamMetrics>,
+    pub server: OnceLock<Arc<ServerStats>>,
+    /// With `--kubernetes`: the mirror's health and counters.
+    pub kube: OnceLock<Arc<KubeHealth>>,
+    pub secret_auth: bool,
+    /// Refusals the API decides, by reason.
     pub rejections: Arc<Rejections>,
     /// The upstream pool (secret fetches), once it runs.
     pub upstream: OnceLock<Arc<PoolStats>>,
-    /// The secret route's circuit breaker.
-    pub circuit: OnceLock<Arc<crate::api::secrets::SecretSource>>,
+    /// The secret source, for its circuit breaker's state.
+    pub secrets: OnceLock<Arc<Secrets>>,
     pub max_connections: usize,
-    pub store: Arc<Store>,
-    pub health: Arc<LinkHealth>,
-    pub server: OnceLock<Arc<ServerStats>>,
-    pub extra: OnceLock<Arc<dyn ExtraMetrics>>,
-    pub secret_auth: bool,
     started: Instant,
 }
 
@@ -42,24 +46,25 @@ fn time_or_null(t: Option<SystemTime>) -> serde_json::Value {
     t.map_or(serde_json::Value::Null, |t| format_rfc3339_utc(t).into())
 }
 
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 impl Status {
-    pub fn new(store: Arc<Store>, health: Arc<LinkHealth>, secret_auth: bool) -> Status {
+    pub fn new(
+        store: Arc<Store>,
+        health: Arc<LinkHealth>,
+        stream: Arc<StreamMetrics>,
+        secret_auth: bool,
+    ) -> Status {
         Status {
             metrics: Arc::new(RequestMetrics::default()),
-            rejections: Arc::new(Rejections::default()),
-            upstream: OnceLock::new(),
-            circuit: OnceLock::new(),
-            max_connections: 0,
             store,
             health,
+            stream,
             server: OnceLock::new(),
-            extra: OnceLock::new(),
+            kube: OnceLock::new(),
             secret_auth,
+            rejections: Arc::new(Rejections::default()),
+            upstream: OnceLock::new(),
+            secrets: OnceLock::new(),
+            max_connections: 0,
             started: Instant::now(),
         }
     }
@@ -76,8 +81,10 @@ impl Status {
     }
 
     /// The health document. Always 200 while serving; with `?ready` (a readiness
-    /// probe) 503 until `ready()`.
-    pub fn health(&self, req: &Request) -> Response {
+    /// probe) `ApiError::NotReady` (503 with the same document) until `ready()`.
+    /// `secrets_visible`: whether the peer may see secrets; without it the secret
+    /// count is left out (`--secret-auth`).
+    pub fn health(&self, req: &Request, secrets_visible: bool) -> Result<Response, ApiError> {
         let link = self.health.snapshot();
         let counts = self.store.counts();
         let ready = self.ready();
@@ -91,80 +98,81 @@ impl Status {
             "last_error_at": time_or_null(link.last_error_at),
             "consecutive_sync_failures": link.consecutive_sync_failures,
         });
-        if let (Some(extra), Some(obj)) = (self.extra.get(), control_plane.as_object_mut()) {
-            obj.extend(extra.health_fields());
+        if let Some(obj) = control_plane.as_object_mut() {
+            obj.extend(self.stream.health_fields());
         }
-        let doc = json!({
-            "status": if link.degraded() { "degraded" } else { "ok" },
+        let mut cache = json!({
+            "loaded": true,
+            "metadata": counts.metadata,
+            "data": counts.data,
+            "secrets": counts.secrets,
+            "reports": counts.reports,
+            "revision": self.store.revision(),
+            "last_change": format_rfc3339_utc(counts.last_change),
+        });
+        if !secrets_visible {
+            if let Some(obj) = cache.as_object_mut() {
+                obj.remove("secrets");
+            }
+        }
+        let disk = self.store.disk_fault();
+        let storage = json!({
+            "writable": disk.is_none(),
+            "full": disk.as_ref().is_some_and(|f| f.full),
+            "error": disk.as_ref().map(|f| f.reason.as_str()),
+            "since": time_or_null(disk.as_ref().map(|f| f.since)),
+        });
+        let kube_degraded = self.kube.get().is_some_and(|k| k.degraded());
+        let degraded = link.degraded() || disk.is_some() || kube_degraded;
+        let mut doc = json!({
+            "status": if degraded { "degraded" } else { "ok" },
             "ready": ready,
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "cache": {
-                "loaded": true,
-                "metadata": counts.metadata,
-                "data": counts.data,
-                "secrets": counts.secrets,
-                "reports": counts.reports,
-                "revision": self.store.revision(),
-                "last_change": format_rfc3339_utc(counts.last_change),
-            },
+            "cache": cache,
+            "storage": storage,
             "control_plane": control_plane,
             "reports_pending": self.store.pending_count(),
             "secret_auth": self.secret_auth,
             "limits": self.limits_health(),
         });
-        let code = if req.query_param("ready").is_some() && !ready {
-            503
-        } else {
-            200
-        };
-        Response::json(code, doc.to_string().into_bytes()).header("Cache-Control", "no-store")
+        if let (Some(k), Some(obj)) = (self.kube.get(), doc.as_object_mut()) {
+            obj.insert("kubernetes".into(), k.health_json());
+        }
+        let body = doc.to_string().into_bytes();
+        if req.query_param("ready").is_some() && !ready {
+            return Err(ApiError::NotReady { health: body });
+        }
+        Ok(Response::json(200, body).header("Cache-Control", "no-store"))
     }
 
-    pub fn metrics(&self) -> Response {
+    /// The Prometheus page: requests, connections, the cache, the link and the event
+    /// stream, and the build.
+    /// `secrets_visible` as for `health`: without it the secret count is left out.
+    pub fn metrics(&self, secrets_visible: bool) -> Response {
         let mut out = String::with_capacity(8192);
         self.metrics.render(&mut out);
-        if let Some(s) = self.server.get() {
-            use std::sync::atomic::Ordering::Relaxed;
-            single(
-                &mut out,
-                "plexd_nodeapi_open_connections",
-                "gauge",
-                "Open client connections.",
-                s.open_connections.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_connections_accepted_total",
-                "counter",
-                "Connections accepted.",
-                s.accepted_total.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_connections_rejected_total",
-                "counter",
-                "Connections closed at once because the connection limit was reached.",
-                s.rejected_connections.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_parked_requests",
-                "gauge",
-                "Blocking queries waiting for a change.",
-                s.parked.load(Relaxed),
-            );
-            single(
-                &mut out,
-                "plexd_nodeapi_parked_rejected_total",
-                "counter",
-                "Blocking queries refused with 429 because too many were waiting.",
-                s.parked_rejected.load(Relaxed),
-            );
+        if let Some(stats) = self.server.get() {
+            render_connections(&mut out, stats);
         }
+        self.render_cache(&mut out, secrets_visible);
+        self.health.snapshot().render(&mut out);
+        self.stream.render(&mut out);
+        if let Some(k) = self.kube.get() {
+            k.render_metrics(&mut out);
+        }
+        self.render_limits(&mut out);
+        render_build_info(&mut out);
+        Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(out.into_bytes())
+    }
+
+    /// The cache's sizes, revision and last change, and the reports waiting for sync.
+    fn render_cache(&self, out: &mut String, secrets_visible: bool) {
         let counts = self.store.counts();
         family(
-            &mut out,
+            out,
             "plexd_nodeapi_cache_entries",
             "gauge",
             "Entries in the state cache, by kind.",
@@ -175,118 +183,102 @@ impl Status {
             ("secrets", counts.secrets),
             ("reports", counts.reports),
         ] {
+            if kind == "secrets" && !secrets_visible {
+                continue;
+            }
             let _ = writeln!(out, "plexd_nodeapi_cache_entries{{kind=\"{kind}\"}} {n}");
         }
         single(
-            &mut out,
+            out,
             "plexd_nodeapi_cache_revision",
             "gauge",
             "Store-wide revision (X-Plexd-Index).",
             self.store.revision(),
         );
         single(
-            &mut out,
+            out,
             "plexd_nodeapi_cache_last_change_timestamp_seconds",
             "gauge",
             "Unix time of the last cache change.",
             unix_seconds(counts.last_change),
         );
         single(
-            &mut out,
+            out,
+            "plexd_nodeapi_state_writable",
+            "gauge",
+            "1 while the state folder takes writes; 0 while it is full or read-only.",
+            u8::from(self.store.disk_fault().is_none()),
+        );
+        single(
+            out,
             "plexd_nodeapi_reports_pending",
             "gauge",
             "Report changes not yet acknowledged by the control plane.",
             self.store.pending_count(),
         );
-        let link = self.health.snapshot();
-        single(
-            &mut out,
-            "plexd_nodeapi_report_sync_attempts_total",
-            "counter",
-            "Report sync requests sent.",
-            link.sync_attempts,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_report_sync_failures_total",
-            "counter",
-            "Report sync requests that failed.",
-            link.sync_failures,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_reports_dropped_total",
-            "counter",
-            "Report entries rejected by the control plane and dropped.",
-            link.reports_dropped,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_report_last_sync_timestamp_seconds",
-            "gauge",
-            "Unix time of the last acknowledged report sync (0 = never).",
-            link.last_sync.map_or(0.0, unix_seconds),
-        );
-        family(
-            &mut out,
-            "plexd_nodeapi_secret_fetches_total",
-            "counter",
-            "Secret reads, by outcome.",
-        );
-        for outcome in SecretOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "plexd_nodeapi_secret_fetches_total{{outcome=\"{}\"}} {}",
-                outcome.as_str(),
-                link.secret_fetches(outcome)
-            );
-        }
-        single(
-            &mut out,
-            "plexd_nodeapi_control_plane_connected",
-            "gauge",
-            "1 while the control plane answers.",
-            u8::from(link.connected),
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_reconciliations_total",
-            "counter",
-            "Full-state fetches applied.",
-            link.reconciles,
-        );
-        single(
-            &mut out,
-            "plexd_nodeapi_reconciliation_failures_total",
-            "counter",
-            "Full-state fetches that failed.",
-            link.reconcile_failures,
-        );
-        if let Some(extra) = self.extra.get() {
-            extra.render(&mut out);
-        }
-        self.limits_metrics(&mut out);
-        family(
-            &mut out,
-            "plexd_nodeapi_build_info",
-            "gauge",
-            "Build information.",
-        );
-        let _ = writeln!(
-            out,
-            "plexd_nodeapi_build_info{{version=\"{}\",revision=\"{}\"}} 1",
-            label(env!("CARGO_PKG_VERSION")),
-            label(option_env!("PLEXD_NODEAPI_GIT_REVISION").unwrap_or("unknown"))
-        );
-        Response::new(200)
-            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(out.into_bytes())
     }
+}
+
+/// The HTTP core's connection and parking counters.
+fn render_connections(out: &mut String, s: &ServerStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    single(
+        out,
+        "plexd_nodeapi_open_connections",
+        "gauge",
+        "Open client connections.",
+        s.open_connections.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        s.accepted_total.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_connections_rejected_total",
+        "counter",
+        "Newcomers refused (503, closed) because every connection was busy at the connection limit.",
+        s.rejected_connections.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_parked_requests",
+        "gauge",
+        "Blocking queries waiting for a change.",
+        s.parked.load(Relaxed),
+    );
+    single(
+        out,
+        "plexd_nodeapi_parked_rejected_total",
+        "counter",
+        "Blocking queries refused with 429 because too many were waiting.",
+        s.parked_rejected.load(Relaxed),
+    );
+}
+
+/// `plexd_nodeapi_build_info{version,revision} 1`.
+fn render_build_info(out: &mut String) {
+    family(
+        out,
+        "plexd_nodeapi_build_info",
+        "gauge",
+        "Build information.",
+    );
+    let _ = writeln!(
+        out,
+        "plexd_nodeapi_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+        label(env!("CARGO_PKG_VERSION")),
+        label(option_env!("PLEXD_NODEAPI_GIT_REVISION").unwrap_or("unknown"))
+    );
 }
 
 impl Status {
     /// Use against every bound a client can push on, for `/v1/health`.
     fn limits_health(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
         let (keys, bytes, quota) = self.store.report_usage();
         let mut doc = json!({
             "reports": {
@@ -295,7 +287,6 @@ impl Status {
             },
         });
         if let Some(s) = self.server.get() {
-            use std::sync::atomic::Ordering::Relaxed;
             let (used, limit, waiting) = s.body_memory();
             doc["connections"] = json!({
                 "open": s.open_connections.load(Relaxed),
@@ -306,20 +297,19 @@ impl Status {
             doc["parked"] = json!(s.parked.load(Relaxed));
         }
         if let Some(p) = self.upstream.get() {
-            use std::sync::atomic::Ordering::Relaxed;
             doc["upstream"] = json!({
                 "queued": p.queued.load(Relaxed),
                 "running": p.running.load(Relaxed),
             });
         }
-        if let Some(s) = self.circuit.get() {
-            doc["secret_circuit"] = json!(s.breaker.state(Instant::now()).as_str());
+        if let Some(s) = self.secrets.get() {
+            doc["secret_circuit"] = json!(s.circuit().as_str());
         }
         doc
     }
 
     /// Refusals by reason, and the use of every bound, for `/metrics`.
-    fn limits_metrics(&self, out: &mut String) {
+    fn render_limits(&self, out: &mut String) {
         use std::sync::atomic::Ordering::Relaxed;
         family(
             out,
@@ -392,14 +382,13 @@ impl Status {
                 p.running.load(Relaxed),
             );
         }
-        if let Some(s) = self.circuit.get() {
-            let state = s.breaker.state(Instant::now());
+        if let Some(s) = self.secrets.get() {
             single(
                 out,
                 "plexd_nodeapi_secret_circuit_open",
                 "gauge",
                 "1 while secret requests are refused at once because the control plane is unreachable (or one probe runs).",
-                u8::from(state != crate::api::breaker::CircuitState::Closed),
+                u8::from(s.circuit() != CircuitState::Closed),
             );
         }
         let (keys, bytes, quota) = self.store.report_usage();

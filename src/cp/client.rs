@@ -1,4 +1,5 @@
-//! A blocking HTTP client for the control-plane API (SPEC §8), over `ureq` and rustls.
+//! A blocking HTTP client for the control-plane API (`/v1/nodes/{id}/…`: state,
+//! secrets, report sync, events), over `ureq` and rustls.
 //!
 //! `CpClient` knows the three calls the daemon makes — fetch the node's state, fetch
 //! one encrypted secret, post a batch of report changes — and the rules every call
@@ -22,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::keys::percent_encode_segment;
+use crate::encoding::percent_encode_segment;
 use crate::model::{NodeState, ReportSyncRequest, SecretResponse};
 
 /// Largest response body accepted (after gzip decoding).
@@ -128,7 +129,8 @@ pub struct CpClient {
     node_url: String,
     base_url: String,
     node_id: String,
-    authorization: Zeroizing<String>,
+    /// `Bearer <token>`: the one copy, shared with the event stream's agent.
+    authorization: Arc<Zeroizing<String>>,
     user_agent: String,
 }
 
@@ -169,7 +171,7 @@ impl CpClient {
             node_url: format!("{base}/v1/nodes/{}", percent_encode_segment(&cfg.node_id)),
             base_url: base,
             node_id: cfg.node_id,
-            authorization: Zeroizing::new(format!("Bearer {}", cfg.token.as_str())),
+            authorization: Arc::new(bearer(&cfg.token)),
             user_agent: cfg.user_agent,
         })
     }
@@ -227,7 +229,7 @@ impl CpClient {
         EventSource {
             agent: build_agent(self.tls.as_ref(), AgentTimeouts::Stream { idle_timeout }),
             url: format!("{}/events", self.node_url),
-            authorization: self.authorization.clone(),
+            authorization: Arc::clone(&self.authorization),
             user_agent: self.user_agent.clone(),
         }
     }
@@ -250,11 +252,20 @@ impl CpClient {
     }
 }
 
+/// `Bearer <token>`, built in a buffer of its final size (a growing `String` would
+/// leave partial copies of the token behind in the blocks it outgrew).
+fn bearer(token: &str) -> Zeroizing<String> {
+    let mut value = Zeroizing::new(String::with_capacity(7 + token.len()));
+    value.push_str("Bearer ");
+    value.push_str(token);
+    value
+}
+
 /// Opens the node's event stream; see `CpClient::event_source`.
 pub struct EventSource {
     agent: ureq::Agent,
     url: String,
-    authorization: Zeroizing<String>,
+    authorization: Arc<Zeroizing<String>>,
     user_agent: String,
 }
 

@@ -27,12 +27,12 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
-use super::health::LinkHealth;
-use super::stream_metrics::StreamMetrics;
 use super::syncer::MAX_RETRY_AFTER;
 use crate::events::{KeySet, Verifier};
 use crate::model::SigningKeys;
 use crate::store::{ApplyOutcome, CpUpdate, Store};
+use crate::telemetry::health::LinkHealth;
+use crate::telemetry::stream::StreamMetrics;
 
 /// State fetches per reconciliation when events keep landing during the fetch.
 const MAX_FETCHES: usize = 3;
@@ -223,7 +223,7 @@ impl Worker {
                     let msg = format!("applying node state failed: {e}");
                     log::error!("{msg}");
                     self.health.record_reconcile_failure(&msg, false);
-                    return Err(self.options.backoff.next_delay());
+                    return Err(self.retry_delay());
                 }
             }
         }
@@ -246,6 +246,16 @@ impl Worker {
         }
     }
 
+    /// The backoff's next delay, but never longer than the reconcile interval: once
+    /// the control plane answers usably again, the node recovers within one interval.
+    fn retry_delay(&mut self) -> Duration {
+        let delay = self.options.backoff.next_delay();
+        match self.options.reconcile_interval {
+            Some(interval) => delay.min(interval),
+            None => delay,
+        }
+    }
+
     /// Records a failed fetch; the delay before the next attempt.
     fn fetch_failed(&mut self, e: &CpError) -> Duration {
         let msg = format!("state fetch failed: {e}");
@@ -256,7 +266,7 @@ impl Worker {
                 status: 429,
                 retry_after: Some(after),
             } => (*after).min(MAX_RETRY_AFTER),
-            _ => self.options.backoff.next_delay(),
+            _ => self.retry_delay(),
         };
         log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(); "fetching node state failed; serving the cache and retrying");
         delay

@@ -1,6 +1,5 @@
-//! The daemon's side of the control-plane link: the NSK and secret decryption, the
-//! HTTP client, the report syncer, the state fetch and reconciler, the event stream,
-//! backoff, link health and the stream's counters.
+//! The daemon's side of the control-plane link: the HTTP client, the report syncer,
+//! the state fetch and reconciler, the event stream and backoff.
 //!
 //! Data flows one way: the store feeds the syncer, the link feeds the store, and
 //! handlers call the client for secrets. Nothing here serves HTTP or knows the local
@@ -10,10 +9,6 @@ pub mod background;
 pub mod backoff;
 pub mod client;
 pub mod event_apply;
-pub mod health;
 pub mod link;
-pub mod nsk;
-pub mod secret;
 pub mod stream;
-pub mod stream_metrics;
 pub mod syncer;

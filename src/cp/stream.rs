@@ -1,4 +1,4 @@
-//! The control-plane event stream client (SPEC §8): one thread that keeps
+//! The control-plane event stream client (`GET /v1/nodes/{id}/events`): one thread that keeps
 //! `GET {cp}/v1/nodes/{id}/events` open, verifies each envelope and applies it.
 //!
 //! Loop: connect (with `Last-Event-ID` once an event ID was seen) → ask the link for
@@ -19,7 +19,7 @@
 //!
 //! Tuning/test knob: the environment variable `PLEXD_NODEAPI_SSE_IDLE_TIMEOUT` (Go
 //! duration, e.g. `500ms`) replaces the 90 s idle timeout. It is not a CLI flag on
-//! purpose: the flags are fixed by the spec.
+//! purpose: the command-line flags are the Go agent's, and this is not one of them.
 //!
 //! Shutdown does not wait for a blocked read: `EventStreamHandle::shutdown` signals the
 //! thread, waits briefly, and otherwise leaves it behind (the process is exiting).
@@ -35,11 +35,11 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
 use super::event_apply::{apply_event, Applied, SIGNING_KEY_ROTATED};
-use super::health::LinkHealth;
-use super::stream_metrics::StreamMetrics;
 use super::syncer::MAX_RETRY_AFTER;
 use crate::events::{SseItem, SseParser, Verifier};
 use crate::store::Store;
+use crate::telemetry::health::LinkHealth;
+use crate::telemetry::stream::StreamMetrics;
 
 /// Default idle timeout: no byte for this long → reconnect.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

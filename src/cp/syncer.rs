@@ -1,4 +1,4 @@
-//! The report syncer (SPEC §6): one thread that sends the store's pending report
+//! The report syncer (reports are delivered upstream at least once): one thread that sends the store's pending report
 //! changes to the control plane, debounced, batched, retried with backoff.
 //!
 //! Writers call `SyncerHandle::notify()` (a non-blocking `try_send` on a one-slot
@@ -20,8 +20,8 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
 use super::backoff::Backoff;
 use super::client::{CpClient, CpError};
-use super::health::LinkHealth;
 use crate::store::Store;
+use crate::telemetry::health::LinkHealth;
 
 /// Most keys per report POST.
 pub const MAX_BATCH_KEYS: usize = 1000;

@@ -20,7 +20,6 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 
-use super::state::DevChange;
 use crate::events::{new_nonce, SignError, Signer};
 use crate::model::{DataEntry, Metadata, NodeState, SecretRef};
 use crate::timefmt::format_rfc3339_utc;
@@ -67,6 +66,17 @@ struct Hub {
     resume_ids: Vec<String>,
     connects: usize,
     keep_alive: Duration,
+}
+
+/// What an admin/test call changed. Subscribers get it with the new node state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevChange {
+    /// Metadata or data changed (a `node_state_updated` event).
+    State,
+    /// The secret index changed (a `node_secrets_updated` event).
+    Secrets,
+    /// The signing keys changed (a `signing_key_rotated` event).
+    SigningKeys,
 }
 
 /// The shared event state of a development control plane.

@@ -1,4 +1,4 @@
-//! The development control plane (SPEC §11): one node's control-plane API on a
+//! The development control plane: one node's control-plane API on a
 //! loopback TCP port, for the `dev` command, integration tests and benchmarks.
 //!
 //! `DevControlPlane::start` serves `devcp::routes::DevHandler` through the crate's
@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::cp::nsk::Nsk;
 use crate::events::{SignError, Signer};
 use crate::http::{Limits, Listener, Server, ServerConfig, ServerHandle};
 use crate::model::{Metadata, NodeState, ReportEntry, ReportSyncRequest, SigningKeys};
+use crate::secrets::nsk::Nsk;
 
-pub use events::EventHub;
+pub use events::{DevChange, EventHub};
 pub use routes::DevHandler;
-pub use state::{DevChange, DevState, FailRoute, PayloadError, Subscriber};
+pub use state::{DevState, FailRoute, PayloadError, Subscriber};
 
 /// How to start a development control plane.
 #[derive(Clone)]
@@ -254,6 +254,15 @@ impl DevControlPlane {
         self.state.events.stall_streams(stalled)
     }
 
+    /// While `true`, the node's state endpoint sends every data payload re-formatted
+    /// (pretty-printed, keys sorted, numbers re-spelled) — the same values as the
+    /// events carry, in other bytes, as a control plane with two encoders would.
+    pub fn reformat_state(&self, on: bool) {
+        self.state
+            .reformat_state
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
     /// Accepts secret requests without answering them while `true` (a stalled control
     /// plane); they are answered normally once the stall ends.
     pub fn stall_secrets(&self, stalled: bool) {
@@ -327,6 +336,12 @@ impl DevControlPlane {
 
     pub fn fail_next(&self, count: usize, status: u16, retry_after: Option<u64>, route: FailRoute) {
         self.state.fail_next(count, status, retry_after, route)
+    }
+
+    /// The next `count` requests to `route` get `status` with `body` verbatim (garbage,
+    /// a wrong shape, an oversized answer).
+    pub fn answer_next(&self, count: usize, status: u16, route: FailRoute, body: Vec<u8>) {
+        self.state.answer_next(count, status, route, body)
     }
 
     pub fn reject_report_keys(&self, keys: &[&str]) {

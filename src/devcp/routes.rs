@@ -1,4 +1,4 @@
-//! HTTP routes of the development control plane: the node API of SPEC §8 under
+//! HTTP routes of the development control plane: the control-plane node API under
 //! `/v1/nodes/{id}/` (bearer token required) and a small unauthenticated admin API
 //! under `/admin/` (loopback peers only).
 //!
@@ -13,12 +13,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::cp::secret::encrypt_secret;
+use crate::encoding::percent_decode;
 use crate::http::{
     Handler, Method, Park, ParkKind, Reply, Request, Response, Stream, Transport, Wake, Waker,
 };
-use crate::keys::percent_decode;
 use crate::model::{Metadata, ReportSyncRequest, SecretResponse};
+use crate::secrets::cipher::encrypt_secret;
 
 use super::state::{DevState, FailRoute, ReportOutcome};
 
@@ -67,7 +67,15 @@ struct FailBody {
     retry_after: Option<u64>,
     #[serde(default)]
     route: Option<String>,
+    /// Answer with this text as the body (status 200–599), `repeat` times over.
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    repeat: Option<usize>,
 }
+
+/// Largest injected body (`body` × `repeat`).
+const MAX_INJECTED_BODY: usize = 64 << 20;
 
 impl DevHandler {
     fn route(&self, req: &Request) -> Reply {
@@ -113,6 +121,9 @@ impl DevHandler {
             _ => return Response::error(404, "not found").into(),
         };
         if let Some(plan) = self.state.take_failure(route) {
+            if let Some(body) = plan.body {
+                return Response::json(plan.status, body).into();
+            }
             let mut resp = Response::error(plan.status, "injected failure");
             if let Some(secs) = plan.retry_after {
                 resp = resp.header("Retry-After", secs.to_string());
@@ -140,7 +151,7 @@ impl DevHandler {
 
     fn node_response(&self, req: &Request, rest: &[&str]) -> Response {
         match (rest, &req.method) {
-            (["state"], Method::Get | Method::Head) => json(200, &self.state.state()),
+            (["state"], Method::Get | Method::Head) => json(200, &self.state.node_state()),
             (["state"], _) => method_not_allowed("GET, HEAD"),
             (["secrets", key], Method::Get | Method::Head) => self.secret(key),
             (["secrets", _], _) => method_not_allowed("GET, HEAD"),
@@ -279,6 +290,18 @@ impl DevHandler {
                             }
                         },
                     };
+                    if let Some(text) = &body.body {
+                        if !(200..=599).contains(&body.status) {
+                            return Response::error(400, "status must be 200 to 599");
+                        }
+                        let repeat = body.repeat.unwrap_or(1);
+                        if text.len().saturating_mul(repeat) > MAX_INJECTED_BODY {
+                            return Response::error(400, "body × repeat must be at most 64 MiB");
+                        }
+                        let bytes = text.as_bytes().repeat(repeat);
+                        s.answer_next(body.count, body.status, route, bytes);
+                        return Response::new(204);
+                    }
                     if !(400..=599).contains(&body.status) {
                         return Response::error(400, "status must be 400 to 599");
                     }
@@ -298,6 +321,13 @@ impl DevHandler {
                 }
                 Err(_) => Response::error(400, "body must be true or false"),
             },
+            (["reformat-state"], Method::Post) => match serde_json::from_slice::<bool>(req.body) {
+                Ok(on) => {
+                    s.reformat_state.store(on, Ordering::Release);
+                    Response::new(204)
+                }
+                Err(_) => Response::error(400, "body must be true or false"),
+            },
             (["stall-secrets"], Method::Post) => match serde_json::from_slice::<bool>(req.body) {
                 Ok(stalled) => {
                     s.secrets_stalled.store(stalled, Ordering::Release);
@@ -309,9 +339,10 @@ impl DevHandler {
                 Err(_) => Response::error(400, "body must be true or false"),
             },
             (["events"], Method::Post) => self.publish_raw(req),
-            (["drop-streams" | "stall-streams" | "stall-secrets" | "events"], _) => {
-                method_not_allowed("POST")
-            }
+            (
+                ["drop-streams" | "stall-streams" | "stall-secrets" | "reformat-state" | "events"],
+                _,
+            ) => method_not_allowed("POST"),
             (["state" | "reports" | "report-posts"], _) => method_not_allowed("GET, HEAD"),
             (["metadata"], _) => method_not_allowed("PUT"),
             (["metadata" | "data" | "secrets", _], _) => method_not_allowed("PUT, DELETE"),

@@ -13,12 +13,12 @@ use std::time::SystemTime;
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
-use super::events::EventHub;
-use crate::cp::nsk::Nsk;
+use super::events::{DevChange, EventHub};
 use crate::events::Signer;
 use crate::model::{
     DataEntry, Metadata, NodeState, ReportEntry, ReportSyncRequest, SecretRef, SigningKeys,
 };
+use crate::secrets::nsk::Nsk;
 use crate::timefmt::format_rfc3339_utc;
 
 /// Which control-plane route an injected failure applies to.
@@ -44,17 +44,6 @@ impl FailRoute {
     }
 }
 
-/// What an admin/test call changed. Subscribers get it with the new node state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DevChange {
-    /// Metadata or data changed (a `node_state_updated` event).
-    State,
-    /// The secret index changed (a `node_secrets_updated` event).
-    Secrets,
-    /// The signing keys changed (a `signing_key_rotated` event).
-    SigningKeys,
-}
-
 /// Called after each change, outside the state lock.
 pub type Subscriber = Box<dyn Fn(DevChange, &NodeState) + Send + Sync>;
 
@@ -63,12 +52,15 @@ pub type Subscriber = Box<dyn Fn(DevChange, &NodeState) + Send + Sync>;
 #[error("payload is not valid JSON: {0}")]
 pub struct PayloadError(#[from] serde_json::Error);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct FailPlan {
     pub remaining: usize,
     pub status: u16,
     pub retry_after: Option<u64>,
     pub route: FailRoute,
+    /// Sent as the body instead of an error document (garbage, a wrong shape, an
+    /// oversized answer), with `status`, which may then be 2xx.
+    pub body: Option<std::sync::Arc<[u8]>>,
 }
 
 struct Secret {
@@ -98,6 +90,8 @@ pub struct DevState {
     pub(crate) events: Arc<EventHub>,
     /// Secret requests are accepted but not answered while set (a stalled upstream).
     pub(crate) secrets_stalled: std::sync::atomic::AtomicBool,
+    /// The state endpoint re-formats data payloads while set (see `node_state`).
+    pub(crate) reformat_state: std::sync::atomic::AtomicBool,
     world: Mutex<World>,
     subscribers: Mutex<Vec<Subscriber>>,
 }
@@ -131,6 +125,7 @@ impl DevState {
             token,
             events: Arc::clone(&events),
             secrets_stalled: std::sync::atomic::AtomicBool::new(false),
+            reformat_state: std::sync::atomic::AtomicBool::new(false),
             world: Mutex::new(world),
             subscribers: Mutex::new(Vec::new()),
         };
@@ -185,6 +180,27 @@ impl DevState {
             ),
             signing_keys: w.signing_keys.clone(),
         }
+    }
+
+    /// What the node's `GET /v1/nodes/{id}/state` returns: `state()`, with each data
+    /// payload pretty-printed, its object keys sorted and its numbers re-spelled by
+    /// serde while `reformat_state` is set (the same values in other bytes).
+    pub fn node_state(&self) -> NodeState {
+        let mut state = self.state();
+        if !self
+            .reformat_state
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return state;
+        }
+        for entry in state.data.iter_mut().flatten() {
+            let value: Result<serde_json::Value, _> = serde_json::from_str(entry.payload.get());
+            let pretty = value.and_then(|v| serde_json::to_string_pretty(&v));
+            if let Ok(raw) = pretty.and_then(RawValue::from_string) {
+                entry.payload = raw;
+            }
+        }
+        state
     }
 
     pub fn set_metadata(&self, key: &str, value: &str) {
@@ -310,6 +326,20 @@ impl DevState {
             status,
             retry_after,
             route,
+            body: None,
+        });
+    }
+
+    /// The next `count` requests to `route` are answered with `status` and `body` as
+    /// sent (`Content-Type: application/json` whatever it holds). Replaces any earlier
+    /// plan.
+    pub fn answer_next(&self, count: usize, status: u16, route: FailRoute, body: Vec<u8>) {
+        self.world().fail = (count > 0).then_some(FailPlan {
+            remaining: count,
+            status,
+            retry_after: None,
+            route,
+            body: Some(body.into()),
         });
     }
 
@@ -330,7 +360,7 @@ impl DevState {
         if plan.route != FailRoute::Any && plan.route != route {
             return None;
         }
-        let taken = *plan;
+        let taken = plan.clone();
         plan.remaining -= 1;
         if plan.remaining == 0 {
             w.fail = None;

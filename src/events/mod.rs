@@ -8,8 +8,7 @@
 //! * [`sign`] creates signed envelopes, for the development control plane and tests.
 //!
 //! Everything here is pure computation on bytes and clocks passed in: no network, no
-//! files except [`verify::KeySet::from_key_file`], and no knowledge of what an event's
-//! payload means. Applying a verified event to the cache is the caller's job.
+//! files, and no knowledge of what an event's payload means. Applying a verified event to the cache is the caller's job.
 
 pub mod canonical;
 pub mod sign;

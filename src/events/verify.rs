@@ -8,13 +8,10 @@
 //! replaced at run time ([`Verifier::set_keys`]) so a rotation advertised by the
 //! control plane takes effect without a restart.
 //!
-//! This module does not interpret payloads, fetch keys, or log: it returns a
-//! [`RejectReason`] and the caller logs and counts it. It reads one file,
-//! the signing key file, in [`KeySet::from_key_file`].
+//! This module does not interpret payloads, fetch keys, read files or log: it returns
+//! a [`RejectReason`] and the caller logs and counts it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -35,9 +32,6 @@ pub const FRESHNESS_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Most nonces remembered at once. Evicting the entry closest to expiry at this cap is
 /// safe because only genuine (signature-verified) events are recorded; see `NonceStore`.
 pub const NONCE_STORE_CAP: usize = 100_000;
-
-/// Largest signing key file read, in bytes (a key is 44 characters of base64).
-const MAX_KEY_FILE_BYTES: u64 = 4096;
 
 /// Why an envelope was refused. `as_label` names it for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -84,14 +78,6 @@ pub enum SigningKeyError {
     MissingCurrent,
     #[error("signing_keys.transition_expires is not an RFC 3339 time: {0:?}")]
     BadExpiry(String),
-    #[error("signing key file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("signing key file {0} is larger than 4 KiB")]
-    FileTooLarge(PathBuf),
 }
 
 /// An Ed25519 public key (32 bytes).
@@ -181,23 +167,6 @@ impl KeySet {
             set = set.with_previous(previous, expires.to_system_time());
         }
         Ok(set)
-    }
-
-    /// From the signing key file: one standard-base64 public key, white space trimmed.
-    pub fn from_key_file(path: &Path) -> Result<KeySet, SigningKeyError> {
-        let io = |source| SigningKeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut text = String::new();
-        file.take(MAX_KEY_FILE_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(io)?;
-        if text.len() as u64 > MAX_KEY_FILE_BYTES {
-            return Err(SigningKeyError::FileTooLarge(path.to_owned()));
-        }
-        Ok(KeySet::new(PublicKey::from_base64(&text)?))
     }
 }
 

@@ -19,7 +19,7 @@ use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Reject};
 use super::poller::{HUP_OR_ERR, IN, OUT, RDHUP};
 use super::resume::Resume;
 use super::server::RejectReason;
-use super::shared::{Mailbox, Shared};
+use super::shared::{Delivered, Mailbox, Shared};
 use super::write::{read_some, send_response, send_some, Framing, Pending};
 use super::{
     Headers, Later, Method, Park, ParkKind, Reply, Request, Response, Span, Stream, Transport, Wake,
@@ -105,6 +105,9 @@ pub(crate) struct Conn {
     /// A request completed during the last step (the loop moves the connection to the
     /// young end of its idle list).
     pub served: bool,
+    /// The peer shut down its sending side (`socat`, `nc -N` do after the request)
+    /// while a request waited: the answer is still sent, then the connection ends.
+    pub half_closed: bool,
     /// The loop's bookkeeping: idle-list links, place in the parked list, whether it is
     /// queued for budget.
     pub prev: u32,
@@ -112,6 +115,8 @@ pub(crate) struct Conn {
     pub in_idle: bool,
     pub parked_at: u32,
     pub budget_queued: bool,
+    /// The deadline the loop's timer heap holds for this connection.
+    pub timer: Option<Instant>,
 }
 
 /// What the loop does with a connection after a step.
@@ -170,11 +175,13 @@ impl Conn {
             reserved: 0,
             needs: 0,
             served: false,
+            half_closed: false,
             prev: NONE,
             next: NONE,
             in_idle: false,
             parked_at: NONE,
             budget_queued: false,
+            timer: None,
         }
     }
 
@@ -183,7 +190,8 @@ impl Conn {
     }
 
     /// The epoll interest the state calls for. Waiting states listen only for the peer
-    /// going away; a connection waiting for budget is not read at all.
+    /// going away (a half-close once, then only a full hang-up, which epoll always
+    /// reports); a connection waiting for budget is not read at all.
     pub fn wanted_interest(&self) -> u32 {
         if self.needs > 0 {
             return 0;
@@ -191,8 +199,8 @@ impl Conn {
         match self.state {
             State::Idle | State::Head | State::Body(_) | State::Linger => IN,
             State::Writing(_) => OUT,
-            State::Parked(_) | State::Waiting(_) => RDHUP,
-            State::BudgetWait => 0,
+            State::Parked(_) | State::Waiting(_) if !self.half_closed => RDHUP,
+            State::Parked(_) | State::Waiting(_) | State::BudgetWait => 0,
         }
     }
 
@@ -213,9 +221,11 @@ pub(crate) fn on_ready(cx: &mut Cx, conn: &mut Conn, events: u32) -> Next {
     match conn.state {
         State::Writing(_) => flush(cx, conn),
         State::Parked(_) | State::Waiting(_) => {
-            if events & (RDHUP | HUP_OR_ERR) != 0 {
+            if events & HUP_OR_ERR != 0 {
                 Next::Close
             } else {
+                // A half-close: the client still reads the answer.
+                conn.half_closed |= events & RDHUP != 0;
                 Next::Keep
             }
         }
@@ -232,17 +242,43 @@ pub(crate) fn on_ready(cx: &mut Cx, conn: &mut Conn, events: u32) -> Next {
     }
 }
 
+/// Empties `buf`, zeroing the bytes it held first: request bytes (a client's
+/// `Authorization` header among them) do not outlive their request in a loop's read
+/// buffer. `explicit_bzero` runs at `memset` speed, so this costs about what the
+/// request's bytes cost to read.
+pub(crate) fn wipe_clear(buf: &mut Vec<u8>) {
+    if !buf.is_empty() {
+        // SAFETY: the first `len` bytes of `buf` are initialised and ours.
+        unsafe { libc::explicit_bzero(buf.as_mut_ptr().cast(), buf.len()) };
+    }
+    buf.clear();
+}
+
 /// Reads what the socket has behind any bytes kept from before, and serves every
-/// complete request in it.
+/// complete request in it. The loop's read buffer is wiped when it returns.
 pub(crate) fn read_and_serve(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let next = read_and_serve_buffered(cx, conn);
+    wipe_clear(&mut cx.scratch.read);
+    next
+}
+
+fn read_and_serve_buffered(cx: &mut Cx, conn: &mut Conn) -> Next {
     let limits = &cx.shared.config.limits;
-    cx.scratch.read.clear();
+    wipe_clear(&mut cx.scratch.read);
     if !conn.inbuf.is_empty() {
         cx.scratch.read.extend_from_slice(&conn.inbuf);
         conn.inbuf = Vec::new();
     }
+    // While bodies wait for budget, read no more than a head: a connection that then
+    // has to wait keeps at most that much.
+    let budget = cx.shared.budget();
+    let tight = budget.waiters() > 0 || budget.used() + READ_CHUNK > budget.limit();
+    let room = if tight {
+        limits.max_head_bytes + 1
+    } else {
+        READ_CHUNK.max(limits.max_head_bytes + 1)
+    };
     loop {
-        let room = READ_CHUNK.max(limits.max_head_bytes + 1);
         let filled = match read_some(conn.raw(), &mut cx.scratch.read, room) {
             Ok(0) => return Next::Close,
             Ok(n) => n == room,
@@ -267,7 +303,7 @@ fn serve_buffered(cx: &mut Cx, conn: &mut Conn, filled: bool) -> Option<Next> {
                 conn.state = State::Idle;
                 conn.since = cx.now;
             }
-            cx.scratch.read.clear();
+            wipe_clear(&mut cx.scratch.read);
             return Some(Next::Keep);
         }
         if matches!(conn.state, State::Idle) {
@@ -287,7 +323,13 @@ fn serve_buffered(cx: &mut Cx, conn: &mut Conn, filled: bool) -> Option<Next> {
                     return Some(refuse(cx, conn, too_large_head(), head));
                 }
                 if filled {
+                    // Served requests go; the copy the move leaves behind the new end
+                    // is wiped too.
+                    let old_len = cx.scratch.read.len();
                     cx.scratch.read.drain(..pos);
+                    let new_len = cx.scratch.read.len();
+                    cx.scratch.read.resize(old_len, 0);
+                    cx.scratch.read.truncate(new_len);
                     return None;
                 }
                 keep_rest(cx, conn, pos);
@@ -307,7 +349,7 @@ fn keep_rest(cx: &mut Cx, conn: &mut Conn, pos: usize) {
     if pos < cx.scratch.read.len() {
         conn.inbuf = cx.scratch.read[pos..].to_vec();
     }
-    cx.scratch.read.clear();
+    wipe_clear(&mut cx.scratch.read);
 }
 
 fn too_large_head() -> Reject {
@@ -381,7 +423,7 @@ fn step(cx: &mut Cx, conn: &mut Conn, pos: usize) -> Step {
             if expect_continue {
                 send_continue(conn);
             }
-            cx.scratch.read.clear();
+            wipe_clear(&mut cx.scratch.read);
             Step::Stop(Next::Keep)
         }
         BodyFraming::Chunked => {
@@ -417,7 +459,7 @@ fn step(cx: &mut Cx, conn: &mut Conn, pos: usize) -> Step {
             if expect_continue {
                 send_continue(conn);
             }
-            cx.scratch.read.clear();
+            wipe_clear(&mut cx.scratch.read);
             Step::Stop(Next::Keep)
         }
     }
@@ -513,6 +555,12 @@ fn send_continue(conn: &Conn) {
 
 /// Reads more of a body; dispatches the request once it is complete.
 fn read_body(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let next = read_body_buffered(cx, conn);
+    wipe_clear(&mut cx.scratch.read);
+    next
+}
+
+fn read_body_buffered(cx: &mut Cx, conn: &mut Conn) -> Next {
     let limits = &cx.shared.config.limits;
     let fd = conn.raw();
     loop {
@@ -545,7 +593,7 @@ fn read_body(cx: &mut Cx, conn: &mut Conn) -> Next {
                     }
                 }
                 let room = conn.reserved.saturating_sub(held).clamp(1, READ_CHUNK);
-                cx.scratch.read.clear();
+                wipe_clear(&mut cx.scratch.read);
                 match read_some(fd, &mut cx.scratch.read, room) {
                     Ok(0) => return Next::Close,
                     Ok(_) => {}
@@ -744,7 +792,7 @@ pub(crate) fn recheck(cx: &mut Cx, conn: &mut Conn, wake: Wake) -> Option<Next> 
 }
 
 /// Work elsewhere answered request `seq`; `None` if the connection no longer waits for it.
-pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, resp: Response) -> Option<Next> {
+pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, reply: Delivered) -> Option<Next> {
     if !matches!(&conn.state, State::Waiting(w) if w.seq == seq) {
         return None;
     }
@@ -752,7 +800,18 @@ pub(crate) fn resume(cx: &mut Cx, conn: &mut Conn, seq: u64, resp: Response) -> 
         return None;
     };
     w.cancelled.store(true, Ordering::Release);
-    Some(answer(cx, conn, resp, w.framing))
+    match reply {
+        Delivered::Response(resp) => Some(answer(cx, conn, resp, w.framing)),
+        Delivered::Park(park) => {
+            // Nobody knows what changed while the work ran: check once at once.
+            let missed = cx.shared.change_gen.load(Ordering::SeqCst).wrapping_sub(1);
+            match park_request(cx, conn, park, w.framing, missed) {
+                Flow::Stop(next) => Some(next),
+                Flow::Continue if conn.inbuf.is_empty() => Some(Next::Keep),
+                Flow::Continue => Some(read_and_serve(cx, conn)),
+            }
+        }
+    }
 }
 
 /// A parked or waiting request's deadline passed (or the server stops now).
@@ -893,8 +952,14 @@ fn start_linger(cx: &mut Cx, conn: &mut Conn) -> Next {
 }
 
 fn linger(cx: &mut Cx, conn: &mut Conn) -> Next {
+    let next = drain_for_linger(cx, conn);
+    wipe_clear(&mut cx.scratch.read);
+    next
+}
+
+fn drain_for_linger(cx: &mut Cx, conn: &mut Conn) -> Next {
     for _ in 0..16 {
-        cx.scratch.read.clear();
+        wipe_clear(&mut cx.scratch.read);
         match read_some(conn.raw(), &mut cx.scratch.read, READ_CHUNK) {
             Ok(0) => return Next::Close,
             Ok(_) => continue,

@@ -267,16 +267,26 @@ impl EventLoop {
             self.idle_remove(idx);
         }
         match (deadline, parked_at) {
-            (Some(d), NONE) => {
+            (Some(_), NONE) => {
                 let at = self.parked.len() as u32;
                 if let Some(c) = self.conn_mut(idx) {
                     c.parked_at = at;
                 }
                 self.parked.push(idx as u32);
-                self.timers.push(Reverse((d, idx as u32, gen)));
             }
             (None, at) if at != NONE => self.parked_remove(idx),
             _ => {}
+        }
+        // A new deadline (a request parked, or a waiting one parked again with its own)
+        // gets its timer; an old one left in the heap no longer matches and is skipped.
+        if let Some(d) = deadline {
+            if let Some(c) = self.conn_mut(idx) {
+                if c.timer != Some(d) {
+                    c.timer = Some(d);
+                    self.timers.push(Reverse((d, idx as u32, gen)));
+                    self.compact_timers();
+                }
+            }
         }
         if wants_budget {
             self.budget_waiters.push_back((idx as u32, gen));
@@ -384,6 +394,23 @@ impl EventLoop {
         }
     }
 
+    /// Timers of requests answered early stay in the heap until they come due; when
+    /// they outnumber the live ones, drop them (writes park for up to 30 s each).
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.parked.len() + 1024 {
+            return;
+        }
+        let slots = &self.slots;
+        self.timers.retain(|Reverse((d, idx, gen))| {
+            slots
+                .get(*idx as usize)
+                .filter(|s| s.gen == *gen)
+                .and_then(|s| s.conn.as_ref())
+                .and_then(Conn::deadline)
+                .is_some_and(|live| live == *d)
+        });
+    }
+
     fn fire_timers(&mut self) {
         while let Some(Reverse((deadline, idx, gen))) = self.timers.peek().copied() {
             if deadline > self.now {
@@ -425,12 +452,16 @@ impl EventLoop {
         let answers = std::mem::take(&mut *lock(&self.mailbox.answers));
         for a in answers {
             let (idx, gen) = split(a.token);
-            let resp = a.response;
+            let reply = a.reply;
             if let Some(Some(next)) =
-                self.with_conn(idx, gen, |cx, c| conn::resume(cx, c, a.seq, resp))
+                self.with_conn(idx, gen, |cx, c| conn::resume(cx, c, a.seq, reply))
             {
                 self.after(idx, next);
             }
+        }
+        let adopted = std::mem::take(&mut *lock(&self.mailbox.adopted));
+        for sock in adopted {
+            self.admit(sock, true, None);
         }
         let evict = self.mailbox.evict.swap(0, Ordering::AcqRel);
         for _ in 0..evict {
@@ -577,7 +608,7 @@ impl EventLoop {
                 continue;
             }
             let oldest = m.oldest_idle.load(Ordering::Relaxed);
-            if best.map_or(true, |(_, t)| oldest < t) {
+            if best.is_none_or(|(_, t)| oldest < t) {
                 best = Some((i, oldest));
             }
         }

@@ -15,16 +15,20 @@
 //! `shared.rs` (what the loops share: configuration, the handler, counters, each loop's
 //! mailbox), `budget.rs` (bytes of request bodies in memory), `resume.rs` ([`Resume`]:
 //! answering a request from another thread), `parse.rs` (request heads, chunked bodies),
-//! `write.rs` (response heads, nonblocking sends), `poller.rs` (epoll/eventfd).
+//! `write.rs` (response heads, nonblocking sends), `poller.rs` (epoll/eventfd),
+//! `listen.rs` (binding the Unix socket and TCP listener), `activation.rs` (listeners
+//! passed by systemd).
 //!
 //! Invariants: the thread count is fixed at start (plus one thread per `Reply::Stream`);
 //! a worker never waits on a peer — every socket is nonblocking and every wait is an
 //! epoll wait; a connection with no complete request holds no thread and keeps only its
 //! received bytes; the core never panics on input.
 
+pub mod activation;
 mod budget;
 mod conn;
 mod event_loop;
+pub mod listen;
 mod parse;
 mod poller;
 mod resume;
@@ -96,21 +100,24 @@ pub struct Headers<'a> {
 }
 
 impl<'a> Headers<'a> {
-    fn text(&self, (start, len): (u32, u32)) -> &'a str {
-        let bytes = self
-            .head
+    fn bytes(&self, (start, len): (u32, u32)) -> &'a [u8] {
+        self.head
             .get(start as usize..(start + len) as usize)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn text(&self, place: (u32, u32)) -> &'a str {
         // httparse admits only visible ASCII and obs-text; the latter is not UTF-8 text
         // a handler could use, so such a value reads as empty.
-        std::str::from_utf8(bytes).map_or("", str::trim)
+        std::str::from_utf8(self.bytes(place)).map_or("", str::trim)
     }
 
     /// First header named `name` (case-insensitive), trimmed.
     pub fn get(&self, name: &str) -> Option<&'a str> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.spans
+            .iter()
+            .find(|s| self.bytes(s.name).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|s| self.text(s.value))
     }
 
     /// Every header as (name as sent, value trimmed).
@@ -476,6 +483,92 @@ impl Default for ServerConfig {
             max_parked: 4096,
             max_body_memory: 64 * 1024 * 1024,
             limits: Limits::default(),
+        }
+    }
+}
+
+/// Entry points for the coverage-guided fuzz targets (`fuzz/`), compiled only there
+/// (`--cfg fuzzing`). Each runs one parser on hostile bytes and panics if an invariant
+/// the core relies on does not hold; the parsers themselves must never panic.
+#[cfg(fuzzing)]
+pub mod fuzz {
+    use super::parse::{parse_head, ChunkedDecoder, Framing};
+    use super::Limits;
+
+    /// A request head: a parsed head lies within the input and the limits, every
+    /// header span lies within the head, and a refusal is a 4xx/5xx.
+    pub fn head(bytes: &[u8]) {
+        let limits = Limits::default();
+        let mut spans = Vec::new();
+        match parse_head(bytes, &limits, &mut spans) {
+            Ok(Some(head)) => {
+                assert!(head.len <= bytes.len() && head.len <= limits.max_head_bytes);
+                assert!(spans.len() <= limits.max_headers);
+                for s in &spans {
+                    for (start, len) in [s.name, s.value] {
+                        assert!((start + len) as usize <= head.len);
+                    }
+                }
+                assert!(head.path.starts_with('/') || head.path == "*");
+                if let Framing::Length(n) = head.framing {
+                    assert!(n <= limits.max_body_bytes);
+                }
+                let headers = super::Headers {
+                    head: &bytes[..head.len],
+                    spans: &spans,
+                };
+                let _ = headers.get("content-type");
+                let transport = super::Transport::Unix(None);
+                let req = super::Request {
+                    method: head.method,
+                    path: head.path,
+                    query: head.query,
+                    headers,
+                    body: &[],
+                    transport: &transport,
+                };
+                let _ = req.query_param("index");
+            }
+            Ok(None) => {}
+            Err(reject) => assert!((400..600).contains(&reject.status)),
+        }
+    }
+
+    /// A chunked body: fed whole and fed in pieces (the first byte picks the piece
+    /// size) it decodes to the same body and the same end; the body stays within its
+    /// limit; what is left over after the end is never consumed.
+    pub fn chunked(bytes: &[u8]) {
+        const MAX: usize = 64 * 1024;
+        let Some((&step, input)) = bytes.split_first() else {
+            return;
+        };
+        let step = usize::from(step).max(1);
+        let mut whole = ChunkedDecoder::new(MAX);
+        let whole_result = whole.feed(input);
+        let mut pieces = ChunkedDecoder::new(MAX);
+        let mut used = 0;
+        let mut piece_result = Ok(0);
+        while used < input.len() && !pieces.is_done() {
+            let end = (used + step).min(input.len());
+            match pieces.feed(&input[used..end]) {
+                Ok(n) => used += n,
+                Err(e) => {
+                    piece_result = Err(e);
+                    break;
+                }
+            }
+        }
+        assert!(whole.body.len() <= MAX && pieces.body.len() <= MAX);
+        match (whole_result, piece_result) {
+            (Ok(n), Ok(_)) => {
+                assert_eq!(whole.is_done(), pieces.is_done());
+                if whole.is_done() {
+                    assert_eq!(n, used, "the end is found at the same byte");
+                    assert_eq!(whole.body, pieces.body);
+                }
+            }
+            (Err(a), Err(b)) => assert_eq!(a.status, b.status),
+            (a, b) => panic!("whole: {a:?}, in pieces: {b:?}"),
         }
     }
 }

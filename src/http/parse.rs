@@ -83,7 +83,7 @@ pub(crate) fn parse_head<'a>(
     spans.clear();
     let base = buf.as_ptr() as usize;
     let place = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
-    let mut content_length: Option<usize> = None;
+    let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
@@ -120,14 +120,13 @@ pub(crate) fn parse_head<'a>(
         (Some(_), Some(_)) => return Err(reject(400, "both Content-Length and Transfer-Encoding")),
         (Some(te), None) if te.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
         (Some(_), None) => return Err(reject(501, "unsupported Transfer-Encoding")),
-        (None, Some(n)) => Framing::Length(n),
+        (None, Some(n)) if n > limits.max_body_bytes as u64 => {
+            return Err(reject(413, "request body too large"))
+        }
+        // Within `max_body_bytes`, so it fits a `usize`.
+        (None, Some(n)) => Framing::Length(n as usize),
         (None, None) => Framing::Length(0),
     };
-    if let Framing::Length(n) = framing {
-        if n > limits.max_body_bytes {
-            return Err(reject(413, "request body too large"));
-        }
-    }
     let keep_alive = !conn_close && (!http10 || conn_keep_alive);
     Ok(Some(Head {
         method,
@@ -163,13 +162,15 @@ fn version_error(buf: &[u8]) -> Reject {
     }
 }
 
-fn parse_content_length(value: &[u8]) -> Result<usize, Reject> {
+/// A `Content-Length` value as a `u64` on every CPU, so a length past a 32-bit `usize`
+/// is still "too large" (413), not "invalid" (400).
+fn parse_content_length(value: &[u8]) -> Result<u64, Reject> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(reject(400, "invalid Content-Length"));
     }
-    value.iter().try_fold(0usize, |n, &d| {
+    value.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)
-            .and_then(|n| n.checked_add(usize::from(d - b'0')))
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
             .ok_or(reject(400, "invalid Content-Length"))
     })
 }
@@ -386,6 +387,11 @@ mod tests {
             400
         );
         assert_eq!(e("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n"), 413);
+        // Past a 32-bit usize: still too large, not malformed, on every CPU.
+        assert_eq!(
+            e("POST / HTTP/1.1\r\nContent-Length: 5000000000\r\n\r\n"),
+            413
+        );
         assert_eq!(
             e("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             501

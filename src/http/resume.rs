@@ -2,7 +2,8 @@
 //! off with `Reply::Later`.
 //!
 //! The answer is posted to the owning loop's mailbox and its doorbell rung; the loop
-//! writes it as if the client had just asked. A `Resume` dropped without an answer
+//! writes it as if the client had just asked — or, with `Resume::park`, parks the
+//! request as if its handler had returned `Reply::Park`. A `Resume` dropped without an answer
 //! (the work failed in a way it did not report) answers 500, so no request waits past
 //! its deadline for nothing. A loop that stopped waiting (deadline, client gone,
 //! shutdown) marks the `Resume` cancelled; a late answer is then dropped.
@@ -10,8 +11,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::shared::{Answer, Mailbox};
-use super::Response;
+use super::shared::{Answer, Delivered, Mailbox};
+use super::{Park, Response};
 
 pub struct Resume {
     mailbox: Arc<Mailbox>,
@@ -46,17 +47,24 @@ impl Resume {
     /// Answers the request (dropped if it stopped waiting).
     pub fn answer(mut self, response: Response) {
         self.answered = true;
-        self.post(response);
+        self.post(Delivered::Response(response));
     }
 
-    fn post(&self, response: Response) {
+    /// Parks the request instead: it now waits for a change (`Reply::Park`'s rules:
+    /// checked at once, then on every change, answered by its deadline at the latest).
+    pub fn park(mut self, park: Park) {
+        self.answered = true;
+        self.post(Delivered::Park(park));
+    }
+
+    fn post(&self, reply: Delivered) {
         if self.is_cancelled() {
             return;
         }
         self.mailbox.post(Answer {
             token: self.token,
             seq: self.seq,
-            response,
+            reply,
         });
     }
 }
@@ -64,7 +72,7 @@ impl Resume {
 impl Drop for Resume {
     fn drop(&mut self) {
         if !self.answered {
-            self.post(Response::error(500, "internal error"));
+            self.post(Delivered::Response(Response::error(500, "internal error")));
         }
     }
 }

@@ -299,6 +299,18 @@ impl ServerHandle {
         Arc::clone(&self.shared.stats)
     }
 
+    /// Serves a Unix stream connected elsewhere (e.g. one end of `UnixStream::pair()`)
+    /// like an accepted connection, with its peer's credentials.
+    pub fn adopt(&self, stream: std::os::unix::net::UnixStream) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let n = self.shared.mailboxes.len();
+        let i = self.shared.stream_seq.fetch_add(1, Ordering::Relaxed) as usize % n;
+        let m = &self.shared.mailboxes[i];
+        lock(&m.adopted).push(stream.into());
+        m.doorbell.ring();
+        Ok(())
+    }
+
     /// Requests the loops handed to the handler so far.
     pub fn requests_total(&self) -> u64 {
         self.shared

@@ -28,7 +28,14 @@ pub(crate) const NO_IDLE: u64 = u64::MAX;
 pub(crate) struct Answer {
     pub token: u64,
     pub seq: u64,
-    pub response: Response,
+    pub reply: Delivered,
+}
+
+/// What work done elsewhere hands back for a request: its response, or a park (the
+/// request now waits for a change, like a blocking query).
+pub(crate) enum Delivered {
+    Response(Response),
+    Park(super::Park),
 }
 
 /// One loop's inbox and the facts it publishes for the others.
@@ -51,6 +58,8 @@ pub(crate) struct Mailbox {
     pub oldest_idle: AtomicU64,
     /// Requests this loop handed to the handler.
     pub requests: AtomicU64,
+    /// Connections accepted elsewhere for this loop to serve (`ServerHandle::adopt`).
+    pub adopted: Mutex<Vec<OwnedFd>>,
 }
 
 impl Mailbox {
@@ -65,6 +74,7 @@ impl Mailbox {
             idle: AtomicUsize::new(0),
             oldest_idle: AtomicU64::new(NO_IDLE),
             requests: AtomicU64::new(0),
+            adopted: Mutex::new(Vec::new()),
         })
     }
 

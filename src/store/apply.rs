@@ -1,10 +1,13 @@
 //! Applying state pushed by the control plane (events and reconciliation).
 //!
 //! Applies are serialized on one mutex. Each compares the update with the cache, writes
-//! only what changed (data files whose content type, payload text, version or timestamp
-//! differ; `metadata.json` / `secrets.json` only when they differ), deletes the files of
-//! vanished data keys, and then swaps metadata, data and the secret index into the cache
-//! in one write-lock section, under one new revision. Keys that cannot name a file are
+//! only what changed (data files whose content type, version or timestamp differ, or
+//! whose payload is another JSON *value* — the same value in other bytes, as two
+//! encoders of one control plane may send it, keeps its file, its bytes as first
+//! received and its revision; `metadata.json` / `secrets.json` only when they differ),
+//! so an update that changes only metadata moves only metadata's revision; deletes the
+//! files of vanished data keys, and then swaps metadata, data and the secret index into
+//! the cache in one write-lock section, under one new revision. Keys that cannot name a file are
 //! skipped and reported, never written. If any write fails nothing is published and the
 //! error is returned; the next reconcile retries. This module does not fetch anything.
 
@@ -12,11 +15,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::MutexGuard;
 use std::time::SystemTime;
 
-use crate::keys;
-use crate::model::{DataEntry, SecretRef};
+use super::keys;
+use crate::json_eq;
+use crate::model::{DataEntry, Metadata, SecretRef};
 
-use super::cache::{render, render_meta_item, DataItem, MetaItem, Stamp};
-use super::{io_err, lock, ApplyOutcome, Change, ChangeKind, CpUpdate, Json, Store, StoreError};
+use super::cache::{normalize_secrets, render, render_meta_item, DataItem, MetaItem, Stamp};
+use super::{
+    lock, ApplyOutcome, Change, ChangeKind, CpUpdate, Json, Store, StoreError, METADATA_FILE,
+    SECRETS_FILE,
+};
 
 /// A data entry to write: the entry, its canonical file name, its body (= file content),
 /// and a differently named old file of the same key to remove.
@@ -40,12 +47,36 @@ impl DataPlan {
     }
 }
 
-/// Sorted by key, one entry per key (the last one wins).
-pub(super) fn normalize_secrets(refs: Vec<SecretRef>) -> Vec<SecretRef> {
-    let map: BTreeMap<String, i64> = refs.into_iter().map(|r| (r.key, r.version)).collect();
-    map.into_iter()
-        .map(|(key, version)| SecretRef { key, version })
-        .collect()
+/// What an update changes, decided against the cache: the new metadata map and secret
+/// index (`None` where they are unchanged) and the data files to write and remove.
+struct Plan {
+    metadata: Option<Metadata>,
+    secrets: Option<Vec<SecretRef>>,
+    data: DataPlan,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.metadata.is_none() && self.secrets.is_none() && self.data.is_empty()
+    }
+}
+
+/// A plan once on disk, with the rendered metadata items it publishes.
+struct Written {
+    /// `(key, value, rendered {"key","value"})`.
+    metadata: Option<Vec<(String, String, Json)>>,
+    secrets: Option<Vec<SecretRef>>,
+    data: DataPlan,
+}
+
+/// Whether `new` is `old` again: the same fields, and the same payload value however
+/// it is spelled (see `json_eq`).
+fn same_entry(old: &DataEntry, new: &DataEntry) -> bool {
+    old.key == new.key
+        && old.content_type == new.content_type
+        && old.version == new.version
+        && old.updated_at == new.updated_at
+        && json_eq::same_value(old.payload.get(), new.payload.get())
 }
 
 impl Store {
@@ -83,12 +114,38 @@ impl Store {
         update: CpUpdate,
     ) -> Result<ApplyOutcome, StoreError> {
         *serial += 1;
-        let mut outcome = ApplyOutcome::default();
+        let (plan, skipped_keys) = self.plan(update);
+        for key in &skipped_keys {
+            log::warn!(
+                "control plane sent a data key that cannot be stored (empty or too long), skipped: {:?}",
+                key.chars().take(64).collect::<String>()
+            );
+        }
+        let mut outcome = ApplyOutcome {
+            skipped_keys,
+            ..ApplyOutcome::default()
+        };
+        if plan.is_empty() {
+            return Ok(outcome);
+        }
+        self.ready_to_write()?;
+        let jump = self.epoch_jump()?;
+        let written = self.persist(plan)?;
+        outcome.metadata_changed = written.metadata.is_some();
+        outcome.secrets_changed = written.secrets.is_some();
+        outcome.data_written = written.data.writes.len();
+        outcome.data_removed = written.data.removals.len();
+        let changes = self.publish(written, jump);
+        drop(serial);
+        self.notify(&changes);
+        Ok(outcome)
+    }
 
-        // Plan: compare with the cache (CPU only, under the read lock).
+    /// Compares `update` with the cache (CPU only, under the read lock): what must be
+    /// written, and the data keys that cannot be stored.
+    fn plan(&self, update: CpUpdate) -> (Plan, Vec<String>) {
         let secrets = update.secret_refs.map(normalize_secrets);
-        let mut wanted_data: Option<BTreeMap<String, DataEntry>> = None;
-        if let Some(entries) = update.data {
+        let wanted_data = update.data.map(|entries| {
             let mut map = BTreeMap::new();
             for e in entries {
                 if map.contains_key(&e.key) {
@@ -99,67 +156,68 @@ impl Store {
                 }
                 map.insert(e.key.clone(), e);
             }
-            wanted_data = Some(map);
-        }
-        let (metadata, secrets, mut plan) = {
-            let c = self.read();
-            let metadata = update.metadata.filter(|m| {
-                m.len() != c.metadata.len()
-                    || m.iter()
-                        .any(|(k, v)| c.metadata.get(k).map(|i| &i.value) != Some(v))
-            });
-            let secrets = secrets.filter(|s| *s != c.secrets);
-            let mut plan = DataPlan::default();
-            if let Some(wanted) = wanted_data {
-                for (key, item) in &c.data {
-                    if !wanted.contains_key(key) {
-                        plan.removals.push((key.clone(), item.file.clone()));
-                    }
-                }
-                for (key, entry) in wanted {
-                    let current = c.data.get(&key);
-                    // A key too long to encode can still live in the plain-named file a
-                    // Go agent wrote it to; otherwise it cannot be stored.
-                    let Some(file) =
-                        keys::file_name_for(&key).or_else(|| current.map(|cur| cur.file.clone()))
-                    else {
-                        outcome.skipped_keys.push(key);
-                        continue;
-                    };
-                    // An unchanged entry stays where it is, even in a Go agent's file name.
-                    if current.is_some_and(|cur| cur.entry == entry) {
-                        continue;
-                    }
-                    plan.writes.push(DataWrite {
-                        old_file: current.map(|cur| cur.file.clone()).filter(|f| *f != file),
-                        body: Json::from(&[][..]),
-                        entry,
-                        file,
-                    });
+            map
+        });
+        let mut skipped = Vec::new();
+        let c = self.read();
+        let metadata = update.metadata.filter(|m| {
+            m.len() != c.metadata.len()
+                || m.iter()
+                    .any(|(k, v)| c.metadata.get(k).map(|i| &i.value) != Some(v))
+        });
+        let secrets = secrets.filter(|s| *s != c.secrets);
+        let mut data = DataPlan::default();
+        if let Some(wanted) = wanted_data {
+            for (key, item) in &c.data {
+                if !wanted.contains_key(key) {
+                    data.removals.push((key.clone(), item.file.clone()));
                 }
             }
-            (metadata, secrets, plan)
+            for (key, entry) in wanted {
+                let current = c.data.get(&key);
+                // A key too long to encode can still live in the plain-named file a
+                // Go agent wrote it to; otherwise it cannot be stored.
+                let Some(file) =
+                    keys::file_name_for(&key).or_else(|| current.map(|cur| cur.file.clone()))
+                else {
+                    skipped.push(key);
+                    continue;
+                };
+                // An unchanged entry stays where it is, even in a Go agent's file name.
+                if current.is_some_and(|cur| same_entry(&cur.entry, &entry)) {
+                    continue;
+                }
+                data.writes.push(DataWrite {
+                    old_file: current.map(|cur| cur.file.clone()).filter(|f| *f != file),
+                    body: Json::from(&[][..]),
+                    entry,
+                    file,
+                });
+            }
+        }
+        let plan = Plan {
+            metadata,
+            secrets,
+            data,
         };
-        for key in &outcome.skipped_keys {
-            log::warn!(
-                "control plane sent a data key that cannot be stored (empty or too long), skipped: {:?}",
-                key.chars().take(64).collect::<String>()
-            );
-        }
-        if metadata.is_none() && secrets.is_none() && plan.is_empty() {
-            return Ok(outcome);
-        }
+        (plan, skipped)
+    }
+
+    /// Renders and writes the plan, outside every cache lock: first every new file is
+    /// written to a durable temp file (a failure here leaves disk and memory as they
+    /// were), then all are renamed into place and the vanished files removed.
+    fn persist(&self, plan: Plan) -> Result<Written, StoreError> {
+        let Plan {
+            metadata,
+            secrets,
+            mut data,
+        } = plan;
         // Rendered outside the lock; the body is also the file content.
-        for w in &mut plan.writes {
+        for w in &mut data.writes {
             w.body = render(&w.entry);
         }
-        let jump = self.epoch_jump()?;
-
-        // Persist, outside every cache lock: first every new file is written to a durable
-        // temp file (a failure here leaves disk and memory as they were), then all are
-        // renamed into place and the vanished files removed.
         let secrets_body = secrets.as_ref().map(render);
-        let metadata_items = metadata.map(|m| {
+        let metadata = metadata.map(|m| {
             m.into_iter()
                 .map(|(k, v)| {
                     let body = render_meta_item(&k, &v);
@@ -167,7 +225,7 @@ impl Store {
                 })
                 .collect::<Vec<_>>()
         });
-        let metadata_body = metadata_items.as_ref().map(|items| {
+        let metadata_body = metadata.as_ref().map(|items| {
             let map: BTreeMap<&str, &str> = items
                 .iter()
                 .map(|(k, v, _)| (k.as_str(), v.as_str()))
@@ -176,94 +234,94 @@ impl Store {
         });
         let mut state_files: Vec<(&str, &[u8])> = Vec::new();
         if let Some(body) = &secrets_body {
-            state_files.push((super::load::SECRETS_FILE, body));
+            state_files.push((SECRETS_FILE, body));
         }
         if let Some(body) = &metadata_body {
-            state_files.push((super::load::METADATA_FILE, body));
+            state_files.push((METADATA_FILE, body));
         }
-        let data_files: Vec<(&str, &[u8])> = plan
+        let data_files: Vec<(&str, &[u8])> = data
             .writes
             .iter()
             .map(|w| (w.file.as_str(), &*w.body))
             .collect();
-        let data_prepared = self.data.prepare(&data_files).map_err(io_err(format!(
-            "writing {} data entries failed",
-            data_files.len()
-        )))?;
+        let data_prepared = self.data.prepare(&data_files).map_err(|e| {
+            self.write_failed(
+                &format!("writing {} data entries failed", data_files.len()),
+                e,
+            )
+        })?;
         let state_prepared = self
             .state
             .prepare(&state_files)
-            .map_err(io_err("writing metadata or the secret index failed"))?;
-        let data_removals: Vec<&str> = plan
+            .map_err(|e| self.write_failed("writing metadata or the secret index failed", e))?;
+        let data_removals: Vec<&str> = data
             .writes
             .iter()
             .filter_map(|w| w.old_file.as_deref())
-            .chain(plan.removals.iter().map(|(_, f)| f.as_str()))
+            .chain(data.removals.iter().map(|(_, f)| f.as_str()))
             .collect();
         data_prepared
             .commit(&data_removals)
-            .map_err(io_err("replacing data entry files failed"))?;
+            .map_err(|e| self.write_failed("replacing data entry files failed", e))?;
         state_prepared
             .commit(&[])
-            .map_err(io_err("replacing metadata or the secret index failed"))?;
+            .map_err(|e| self.write_failed("replacing metadata or the secret index failed", e))?;
+        Ok(Written {
+            metadata,
+            secrets,
+            data,
+        })
+    }
 
-        // Publish, in one write-lock section.
-        outcome.metadata_changed = metadata_items.is_some();
-        outcome.secrets_changed = secrets.is_some();
-        outcome.data_written = plan.writes.len();
-        outcome.data_removed = plan.removals.len();
+    /// Swaps what was written into the cache in one write-lock section, under one new
+    /// revision (or the reserved epoch `jump`); the changes to announce.
+    fn publish(&self, written: Written, jump: Option<u64>) -> Vec<Change> {
         let mut kinds = Vec::new();
-        let rev = {
-            let mut c = self.write();
-            let stamp: Stamp = c.next_stamp(SystemTime::now(), jump);
-            if let Some(items) = metadata_items {
-                let mut old = std::mem::take(&mut c.metadata);
-                let new = items
-                    .into_iter()
-                    .map(|(k, value, body)| {
-                        let item = match old.remove(&k) {
-                            Some(o) if o.value == value => o,
-                            _ => MetaItem { value, body, stamp },
-                        };
-                        (k, item)
-                    })
-                    .collect();
-                c.set_metadata(new, stamp);
-                kinds.push(ChangeKind::Metadata);
+        let mut c = self.write();
+        let stamp: Stamp = c.next_stamp(SystemTime::now(), jump);
+        if let Some(items) = written.metadata {
+            let mut old = std::mem::take(&mut c.metadata);
+            let new = items
+                .into_iter()
+                .map(|(k, value, body)| {
+                    let item = match old.remove(&k) {
+                        Some(o) if o.value == value => o,
+                        _ => MetaItem { value, body, stamp },
+                    };
+                    (k, item)
+                })
+                .collect();
+            c.set_metadata(new, stamp);
+            kinds.push(ChangeKind::Metadata);
+        }
+        if !written.data.is_empty() {
+            let mut data = std::mem::take(&mut c.data);
+            let removed: BTreeSet<&String> = written.data.removals.iter().map(|(k, _)| k).collect();
+            data.retain(|k, _| !removed.contains(k));
+            for w in written.data.writes {
+                data.insert(
+                    w.entry.key.clone(),
+                    DataItem {
+                        entry: w.entry,
+                        body: w.body,
+                        file: w.file,
+                        stamp,
+                    },
+                );
             }
-            if !plan.is_empty() {
-                let mut data = std::mem::take(&mut c.data);
-                let removed: BTreeSet<&String> = plan.removals.iter().map(|(k, _)| k).collect();
-                data.retain(|k, _| !removed.contains(k));
-                for w in plan.writes {
-                    data.insert(
-                        w.entry.key.clone(),
-                        DataItem {
-                            entry: w.entry,
-                            body: w.body,
-                            file: w.file,
-                            stamp,
-                        },
-                    );
-                }
-                c.set_data(data, stamp);
-                kinds.push(ChangeKind::Data);
-            }
-            if let Some(s) = secrets {
-                c.set_secrets(s, stamp);
-                kinds.push(ChangeKind::Secrets);
-            }
-            stamp.rev
-        };
-        let changes: Vec<Change> = kinds
+            c.set_data(data, stamp);
+            kinds.push(ChangeKind::Data);
+        }
+        if let Some(s) = written.secrets {
+            c.set_secrets(s, stamp);
+            kinds.push(ChangeKind::Secrets);
+        }
+        kinds
             .into_iter()
             .map(|kind| Change {
-                revision: rev,
+                revision: stamp.rev,
                 kind,
             })
-            .collect();
-        drop(serial);
-        self.notify(&changes);
-        Ok(outcome)
+            .collect()
     }
 }

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use crate::model::{DataEntry, DataKey, KeyVersion, ReportEntry, SecretRef};
 
-use super::outbox::Mark;
+use super::marks::Mark;
 use super::Json;
 
 /// When a resource last changed: the store revision and the wall time.
@@ -30,31 +30,85 @@ pub struct MetaItem {
     pub stamp: Stamp,
 }
 
-/// A data entry, its rendered body (also its file content) and the file holding it.
-pub struct DataItem {
-    pub entry: DataEntry,
+/// An entry (data or report), its rendered body (also its file content), the file
+/// holding it and when it last changed.
+pub struct Item<E> {
+    pub entry: E,
     pub body: Json,
     pub file: String,
     pub stamp: Stamp,
 }
 
-/// A report entry, its rendered body (also its file content) and the file holding it.
-pub struct ReportItem {
-    pub entry: ReportEntry,
-    pub body: Json,
-    pub file: String,
-    pub stamp: Stamp,
-}
+/// A data entry pushed by the control plane, as the cache holds it.
+pub type DataItem = Item<DataEntry>;
 
-/// Renders `value` as JSON bytes. Our types (string maps, entries with a RawValue
-/// payload) always serialize; the fallback keeps a bug from becoming a panic.
+/// A report entry written by a local workload, as the cache holds it.
+pub type ReportItem = Item<ReportEntry>;
+
+/// Renders `value` as JSON bytes straight into a shared buffer of the exact size: one
+/// pass counts the bytes, the second writes them, so a large entry is never held twice
+/// (a growing `Vec` plus the `Arc` it would be copied into). Our types (string maps,
+/// entries with a RawValue payload) always serialize; the fallback keeps a bug from
+/// becoming a panic.
 pub fn render<T: serde::Serialize + ?Sized>(value: &T) -> Json {
-    match serde_json::to_vec(value) {
-        Ok(v) => Arc::from(v),
-        Err(e) => {
-            log::error!("cannot render JSON: {e}");
-            Arc::from(&b"null"[..])
+    let rendered = (|| {
+        let mut count = Counter(0);
+        serde_json::to_writer(&mut count, value)?;
+        let mut buf: Arc<[std::mem::MaybeUninit<u8>]> = Arc::new_uninit_slice(count.0);
+        let slots = Arc::get_mut(&mut buf).ok_or_else(|| {
+            serde_json::Error::io(std::io::Error::other("fresh buffer is shared"))
+        })?;
+        let mut fill = Fill { slots, at: 0 };
+        serde_json::to_writer(&mut fill, value)?;
+        if fill.at != count.0 {
+            return Err(serde_json::Error::io(std::io::Error::other(
+                "rendering changed size between passes",
+            )));
         }
+        // SAFETY: the second pass wrote every one of the `count.0` bytes (checked above).
+        Ok(unsafe { buf.assume_init() })
+    })();
+    rendered.unwrap_or_else(|e: serde_json::Error| {
+        log::error!("cannot render JSON: {e}");
+        Arc::from(&b"null"[..])
+    })
+}
+
+/// Counts bytes written.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes into uninitialised bytes, refusing to overflow them.
+struct Fill<'a> {
+    slots: &'a mut [std::mem::MaybeUninit<u8>],
+    at: usize,
+}
+
+impl std::io::Write for Fill<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let end = self.at + b.len();
+        let Some(dst) = self.slots.get_mut(self.at..end) else {
+            return Err(std::io::Error::other("rendering grew between passes"));
+        };
+        for (d, s) in dst.iter_mut().zip(b) {
+            d.write(*s);
+        }
+        self.at = end;
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -91,6 +145,7 @@ pub struct Cache {
     pub report_bytes: u64,
 
     summary_body: OnceLock<Json>,
+    summary_without_secrets_body: OnceLock<Json>,
 
     /// Per report key, the state the control plane last acknowledged.
     pub marks: HashMap<String, Mark>,
@@ -117,6 +172,7 @@ impl Cache {
             reports_body: OnceLock::new(),
             report_bytes: 0,
             summary_body: OnceLock::new(),
+            summary_without_secrets_body: OnceLock::new(),
             marks: HashMap::new(),
             pending: BTreeSet::new(),
         }
@@ -132,11 +188,12 @@ impl Cache {
     /// Takes the next store revision for a change made at `at`, honouring a jump to a
     /// reserved epoch.
     pub fn next_stamp(&mut self, at: SystemTime, jump: Option<u64>) -> Stamp {
-        self.revision = self.revision.max(jump.unwrap_or(0)) + 1;
+        self.revision = self.revision.max(jump.unwrap_or(0)).saturating_add(1);
         // Writers take their clock reading before their durable write, so publish order
         // and clock order can differ slightly; the store-wide time never goes back.
         self.last_change = self.last_change.max(at);
         self.summary_body = OnceLock::new();
+        self.summary_without_secrets_body = OnceLock::new();
         Stamp {
             rev: self.revision,
             at,
@@ -210,23 +267,40 @@ impl Cache {
     /// The summary, assembled from the four cached list bodies.
     pub fn summary_json(&self) -> Json {
         self.summary_body
-            .get_or_init(|| {
-                let parts = [
-                    (&b"{\"metadata\":"[..], self.metadata_json()),
-                    (&b",\"data_keys\":"[..], self.data_list_json()),
-                    (&b",\"secret_keys\":"[..], self.secret_list_json()),
-                    (&b",\"report_keys\":"[..], self.report_list_json()),
-                ];
-                let len = parts.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + 1;
-                let mut out = Vec::with_capacity(len);
-                for (label, body) in parts {
-                    out.extend_from_slice(label);
-                    out.extend_from_slice(&body);
-                }
-                out.push(b'}');
-                Arc::from(out)
-            })
+            .get_or_init(|| self.assemble_summary(self.secret_list_json()))
             .clone()
+    }
+
+    /// The summary with an empty `secret_keys` (for peers that may not see secrets).
+    pub fn summary_without_secrets_json(&self) -> Json {
+        self.summary_without_secrets_body
+            .get_or_init(|| self.assemble_summary(Arc::from(&b"[]"[..])))
+            .clone()
+    }
+
+    /// The latest change to metadata, data or reports.
+    pub fn summary_without_secrets_stamp(&self) -> Stamp {
+        [self.metadata_stamp, self.data_stamp, self.reports_stamp]
+            .into_iter()
+            .max_by_key(|s| s.rev)
+            .unwrap_or(self.metadata_stamp)
+    }
+
+    fn assemble_summary(&self, secret_keys: Json) -> Json {
+        let parts = [
+            (&b"{\"metadata\":"[..], self.metadata_json()),
+            (&b",\"data_keys\":"[..], self.data_list_json()),
+            (&b",\"secret_keys\":"[..], secret_keys),
+            (&b",\"report_keys\":"[..], self.report_list_json()),
+        ];
+        let len = parts.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + 1;
+        let mut out = Vec::with_capacity(len);
+        for (label, body) in parts {
+            out.extend_from_slice(label);
+            out.extend_from_slice(&body);
+        }
+        out.push(b'}');
+        Arc::from(out)
     }
 
     // ---- mutations -------------------------------------------------------------
@@ -300,4 +374,13 @@ impl Cache {
             self.refresh_pending(&k);
         }
     }
+}
+
+/// The secret index as the cache keeps it: sorted by key, one entry per key (the last
+/// one wins).
+pub fn normalize_secrets(refs: Vec<SecretRef>) -> Vec<SecretRef> {
+    let map: BTreeMap<String, i64> = refs.into_iter().map(|r| (r.key, r.version)).collect();
+    map.into_iter()
+        .map(|(key, version)| SecretRef { key, version })
+        .collect()
 }

@@ -16,7 +16,8 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{io_err, lock, Inner, Json, StoreError};
+use super::disk::PROBE_EVERY;
+use super::{lock, Inner, Json, StoreError};
 
 /// How long changes are collected before files are written (a key changed many times
 /// meanwhile is written once).
@@ -52,6 +53,12 @@ impl Checkpoints {
         self.wake.notify_all();
     }
 
+    /// Wakes the thread without asking for a checkpoint (the disk turned read-only:
+    /// it probes it in the background from now on).
+    pub(super) fn nudge(&self) {
+        self.wake.notify_all();
+    }
+
     pub(super) fn stop(&self) {
         lock(&self.signal).stop = true;
         self.wake.notify_all();
@@ -66,7 +73,22 @@ pub(super) fn run(inner: Arc<Inner>) {
         {
             let mut s = lock(&cp.signal);
             while !s.pending && !s.stop {
-                s = cp.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+                if inner.disk.writable() {
+                    s = cp.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                // A disk that took no writes is probed now and then, so writing
+                // resumes by itself once there is room again.
+                drop(s);
+                inner.probe_disk();
+                s = lock(&cp.signal);
+                if !inner.disk.writable() && !s.pending && !s.stop {
+                    s = cp
+                        .wake
+                        .wait_timeout(s, PROBE_EVERY)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
             }
             let until = Instant::now() + DELAY;
             while !s.stop && lock(&inner.writes.journal).journal.len() < EAGER_BYTES {
@@ -86,7 +108,11 @@ pub(super) fn run(inner: Arc<Inner>) {
             s.pending = false;
         }
         if let Err(e) = checkpoint(&inner, false) {
-            log::error!(error:% = e; "report checkpoint failed; the journal keeps the changes, retrying");
+            if matches!(e, StoreError::Unwritable { .. }) {
+                log::debug!(error:% = e; "report checkpoint waits for the disk to take writes");
+            } else {
+                log::error!(error:% = e; "report checkpoint failed; the journal keeps the changes, retrying");
+            }
             let s = lock(&cp.signal);
             let (mut s, _) = cp
                 .wake
@@ -115,10 +141,11 @@ type Dirty = BTreeMap<String, BTreeSet<String>>;
 /// or always when `force`.
 pub(super) fn checkpoint(inner: &Inner, force: bool) -> Result<(), StoreError> {
     let _serial = lock(&inner.checkpoints.serial);
+    inner.ready_to_write()?;
     let dirty = std::mem::take(&mut lock(&inner.writes.journal).dirty);
     if let Err(e) = write_files(inner, &dirty) {
         merge_back(&mut lock(&inner.writes.journal).dirty, dirty);
-        return Err(io_err("writing report files failed")(e));
+        return Err(inner.write_failed("writing report files failed", e));
     }
     let mut js = lock(&inner.writes.journal);
     if !js.dirty.is_empty() {
@@ -128,7 +155,7 @@ pub(super) fn checkpoint(inner: &Inner, force: bool) -> Result<(), StoreError> {
         let rest = std::mem::take(&mut js.dirty);
         if let Err(e) = write_files(inner, &rest) {
             merge_back(&mut js.dirty, rest);
-            return Err(io_err("writing report files failed")(e));
+            return Err(inner.write_failed("writing report files failed", e));
         }
     }
     if js.journal.is_broken() {
@@ -136,7 +163,7 @@ pub(super) fn checkpoint(inner: &Inner, force: bool) -> Result<(), StoreError> {
     }
     js.journal
         .reset()
-        .map_err(io_err("emptying the report journal failed"))
+        .map_err(|e| inner.write_failed("emptying the report journal failed", e))
 }
 
 fn merge_back(into: &mut Dirty, from: Dirty) {

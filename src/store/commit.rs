@@ -111,7 +111,7 @@ pub(super) struct Op {
     pub key: String,
     pub kind: OpKind,
     pub at: SystemTime,
-    pub record: Vec<u8>,
+    pub record: super::journal::Frame,
     /// What the write changes in the report quota's use, counted while it is in flight.
     pub usage: UsageDelta,
 }
@@ -261,16 +261,14 @@ pub(super) fn run(inner: Arc<Inner>) {
 }
 
 fn commit(inner: &Inner, group: Vec<Op>) {
-    let size: usize = group.iter().map(|op| op.record.len()).sum();
-    let mut bytes = Vec::with_capacity(size);
-    for op in &group {
-        bytes.extend_from_slice(&op.record);
-    }
+    let frames: Vec<&super::journal::Frame> = group.iter().map(|op| &op.record).collect();
     let mut js = lock(&inner.writes.journal);
     inner.writes.syncs.fetch_add(1, Ordering::Relaxed);
     #[cfg(test)]
     std::thread::sleep(*lock(&inner.writes.delay));
-    if let Err(e) = js.journal.append(&bytes) {
+    let appended = js.journal.append(&frames);
+    drop(frames);
+    if let Err(e) = appended {
         drop(js);
         fail(inner, group, &e);
         return;
@@ -356,10 +354,20 @@ fn fail(inner: &Inner, group: Vec<Op>, e: &io::Error) {
         }
         behind
     };
+    let disk = inner.disk.failed("appending to the report journal", e);
+    if disk.is_some() {
+        inner.checkpoints.nudge();
+    }
     for op in group.into_iter().chain(behind) {
-        let err = StoreError::Io {
-            context: format!("persisting report {:?} failed", op.key),
-            source: io::Error::new(e.kind(), e.to_string()),
+        let err = match &disk {
+            Some(StoreError::Unwritable { full, reason }) => StoreError::Unwritable {
+                full: *full,
+                reason: reason.clone(),
+            },
+            _ => StoreError::Io {
+                context: format!("persisting report {:?} failed", op.key),
+                source: io::Error::new(e.kind(), e.to_string()),
+            },
         };
         match op.kind {
             OpKind::Put { ticket, .. } => ticket.complete(Err(err)),

@@ -29,20 +29,134 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Creates `path` (and missing parents) with mode 0700; an existing folder is tightened
-/// to 0700 as well.
+/// to 0700 as well (a folder that cannot be changed, on a read-only file system, is
+/// used as it is, with a warning). Something else at `path` — a file, a FIFO, a
+/// dangling symbolic link — is moved aside as `*.corrupt` (with a warning) and the
+/// folder created in its place. A symbolic link to a folder is used as the folder.
 pub fn ensure_dir(path: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
-    let meta = fs::metadata(path)?;
-    if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a folder", path.display()),
-        ));
+    let meta = match fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    match meta {
+        Some(m) if m.is_dir() => {
+            if m.permissions().mode() & 0o777 != 0o700 {
+                if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(0o700)) {
+                    log::warn!(folder:% = path.display(), error:% = e; "cannot tighten the folder to 0700; using it as it is");
+                }
+            }
+            return Ok(());
+        }
+        Some(m) => set_aside_unusable(path, kind_of(m.file_type()))?,
+        None if fs::symlink_metadata(path).is_ok() => {
+            set_aside_unusable(path, "a dangling symbolic link")?
+        }
+        None => {}
     }
-    if meta.permissions().mode() & 0o777 != 0o700 {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+fn set_aside_unusable(path: &Path, kind: &str) -> io::Result<()> {
+    let to = set_aside(path, CORRUPT_SUFFIX)?;
+    log::warn!(
+        "{} is {kind}, not a folder; moved it to {} and created the folder",
+        path.display(),
+        to.display()
+    );
+    if let Some(parent) = path.parent() {
+        File::open(parent).and_then(|d| d.sync_all())?;
     }
     Ok(())
+}
+
+/// Renames `path` to `path` + `suffix` (or `.1`, `.2`, … after that if taken), without
+/// any fsync; returns the new path.
+pub fn set_aside(path: &Path, suffix: &str) -> io::Result<PathBuf> {
+    let mut base = path.as_os_str().to_owned();
+    base.push(suffix);
+    let mut target = PathBuf::from(&base);
+    let mut i = 1;
+    while fs::symlink_metadata(&target).is_ok() {
+        let mut t = base.clone();
+        t.push(format!(".{i}"));
+        target = PathBuf::from(t);
+        i += 1;
+    }
+    fs::rename(path, &target)?;
+    Ok(target)
+}
+
+/// What a file type is, for messages.
+pub fn kind_of(t: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a folder"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
+}
+
+/// Why `open_regular` gave no file.
+#[derive(Debug)]
+pub enum OpenError {
+    Missing,
+    /// Something other than a regular file is there (its kind, for the log).
+    NotRegular(&'static str),
+    Io(io::Error),
+}
+
+/// Opens `path` for reading only if it is a regular file. Anything else (a FIFO, a
+/// folder, a socket, a device, a symbolic link) is reported, never opened: the name
+/// is checked first and then opened with `O_NOFOLLOW | O_NONBLOCK` and checked again
+/// on the descriptor, so a FIFO swapped in meanwhile cannot block the caller.
+pub fn open_regular(path: &Path) -> Result<File, OpenError> {
+    let not_found = |e: io::Error| {
+        if e.kind() == io::ErrorKind::NotFound {
+            OpenError::Missing
+        } else {
+            OpenError::Io(e)
+        }
+    };
+    let meta = fs::symlink_metadata(path).map_err(not_found)?;
+    if !meta.file_type().is_file() {
+        return Err(OpenError::NotRegular(kind_of(meta.file_type())));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => OpenError::NotRegular("a symbolic link"),
+            _ => not_found(e),
+        })?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(OpenError::NotRegular(kind_of(meta.file_type())));
+    }
+    Ok(file)
+}
+
+/// Whether `e` says the disk cannot take writes now (full, over quota, read-only, or
+/// not ours to write): the store then runs read-only until a write works again.
+pub fn is_unwritable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EACCES | libc::EPERM)
+    )
+}
+
+/// Whether `e` says the disk is full (or the quota used up), rather than read-only.
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Whether `name` is a temp file left behind by an interrupted write (ours, or the Go
@@ -278,20 +392,16 @@ impl Folder {
             }
         }
         if removed > 0 {
-            self.sync()?;
+            if let Err(e) = self.sync() {
+                log::warn!(folder:% = self.path.display(), error:% = e; "cannot fsync the folder after removing temp files");
+            }
         }
         Ok(removed)
     }
 
     /// Moves `name` aside as `name` + `suffix` (a free name is picked if that exists).
     pub fn move_aside(&self, name: &str, suffix: &str) -> io::Result<PathBuf> {
-        let mut target = self.path.join(format!("{name}{suffix}"));
-        let mut i = 1;
-        while target.exists() {
-            target = self.path.join(format!("{name}{suffix}.{i}"));
-            i += 1;
-        }
-        fs::rename(self.path.join(name), &target)?;
+        let target = set_aside(&self.path.join(name), suffix)?;
         self.sync()?;
         Ok(target)
     }

@@ -1,5 +1,12 @@
 //! Opening the store: folder creation, temp-file cleanup, quarantine and loading.
 //!
+//! Only regular files are read, never through a symbolic link and never blocking (a
+//! FIFO named like a state file); anything else under a state file's name — a folder,
+//! a FIFO, a socket, a device, a link — is moved aside as `<name>.corrupt` with a
+//! warning, like a file that does not parse. A disk that takes no writes (full,
+//! read-only) does not stop the start: the cache is loaded all the same and the store
+//! starts read-only (see `disk`).
+//!
 //! Reads `metadata.json`, `secrets.json`, `data/*.json`, `report/*.json` and
 //! `report-sync.json` as the Go agent or this store wrote them. The key of an entry comes
 //! from its JSON, never from its file name, and the file it came from is remembered so a
@@ -13,57 +20,118 @@
 //! fails), so every acknowledged write is visible and counted as pending sync.
 //! Nothing here runs after `open` returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::keys;
-
 use serde::de::DeserializeOwned;
 
-use crate::keys::ReportKey;
+use super::keys::{self, ReportKey};
 use crate::model::{DataEntry, Metadata, ReportEntry, SecretRef};
 
-use super::apply::normalize_secrets;
-use super::cache::{render, render_meta_item, Cache, DataItem, MetaItem, ReportItem, Stamp};
+use super::cache::{
+    normalize_secrets, render, render_meta_item, Cache, Item, MetaItem, ReportItem, Stamp,
+};
 use super::checkpoint::{self, Checkpoints};
 use super::commit::{mark_dirty, JournalState, Writes};
-use super::files::{ensure_dir, Folder, CORRUPT_SUFFIX, STALE_SUFFIX};
+use super::disk::Disk;
+use super::files::{
+    ensure_dir, kind_of, open_regular, set_aside, Folder, OpenError, CORRUPT_SUFFIX, STALE_SUFFIX,
+};
 use super::journal::{Journal, Record, JOURNAL_FILE};
-use super::outbox::{decode_marks, MARKS_FILE};
+use super::marks::{decode_marks, Mark, MARKS_FILE};
 use super::revision::Epochs;
-use super::{folders, io_err, Inner, Json, StoreError};
-
-pub const METADATA_FILE: &str = "metadata.json";
-pub const SECRETS_FILE: &str = "secrets.json";
+use super::{folders, io_err, Inner, Json, StoreError, METADATA_FILE, SECRETS_FILE};
 
 pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
-    let (s, d, r) = folders(state_dir);
-    for p in [&s, &d, &r] {
-        ensure_dir(p).map_err(io_err(format!("creating folder {} failed", p.display())))?;
+    let disk = Disk::new();
+    let [state, data, report] = prepare_folders(state_dir, &disk)?;
+    let (epochs, base) = Epochs::load(&state)?;
+    if let Err(e) = epochs.persist(&state) {
+        if disk.failed("writing the revision file", &e).is_none() {
+            return Err(io_err("updating the revision file failed")(e));
+        }
     }
-    let state = Folder::new(s);
-    let data = Folder::new(d);
-    let report = Folder::new(r);
-    for f in [&state, &data, &report] {
-        f.remove_temp_files().map_err(io_err(format!(
-            "cleaning temp files in {} failed",
-            f.path().display()
-        )))?;
-    }
-    let (epochs, base) =
-        Epochs::open(&state).map_err(io_err("updating the revision file failed"))?;
     let now = SystemTime::now();
     let mut cache = Cache::empty(Stamp { rev: base, at: now });
+
+    let mut last = load_state_files(&state, &mut cache, base);
+    last = last.max(load_data(&data, &mut cache, base)?);
+    let (report_time, journal) = load_reports(&state, &report, &mut cache, base, now)?;
+    last = last.max(report_time);
+    cache.marks = load_marks(&state);
+    cache.rebuild_pending();
+    cache.last_change = if last == SystemTime::UNIX_EPOCH {
+        now
+    } else {
+        last
+    };
+    log::info!(
+        "state cache loaded: {} metadata, {} data, {} secrets, {} reports ({} pending sync), revision {}",
+        cache.metadata.len(),
+        cache.data.len(),
+        cache.secrets.len(),
+        cache.reports.len(),
+        cache.pending.len(),
+        cache.revision
+    );
+
+    let needs_checkpoint = journal.journal.len() > 0;
+    let inner = Inner {
+        state,
+        data,
+        report,
+        epochs,
+        cache: RwLock::new(cache),
+        apply_lock: Mutex::new(0),
+        marks_lock: Mutex::new(()),
+        writes: Writes::new(journal),
+        checkpoints: Checkpoints::default(),
+        subscribers: RwLock::new(Vec::new()),
+        disk,
+    };
+    if needs_checkpoint {
+        if let Err(e) = checkpoint::checkpoint(&inner, true) {
+            log::error!(error:% = e; "checkpointing the replayed report journal failed; it is kept and retried");
+            inner.checkpoints.request();
+        }
+    }
+    Ok(inner)
+}
+
+/// Creates `state/`, `data/` and `report/` (0700) and removes stray temp files there.
+/// `data/` or `report/` that cannot be created on a disk taking no writes are loaded
+/// as empty and the store starts read-only.
+fn prepare_folders(state_dir: &std::path::Path, disk: &Disk) -> Result<[Folder; 3], StoreError> {
+    let (s, d, r) = folders(state_dir);
+    for p in [&s, &d, &r] {
+        if let Err(e) = ensure_dir(p) {
+            let what = format!("creating folder {} failed", p.display());
+            if *p == s || disk.failed(&what, &e).is_none() {
+                return Err(io_err(what)(e));
+            }
+        }
+    }
+    let folders = [Folder::new(s), Folder::new(d), Folder::new(r)];
+    for f in &folders {
+        if let Err(e) = f.remove_temp_files() {
+            log::warn!(folder:% = f.path().display(), error:% = e; "cannot clean up temp files");
+        }
+    }
+    Ok(folders)
+}
+
+/// Loads `metadata.json` and `secrets.json` into `cache` at revision `base`; returns
+/// the newer of their modification times (the epoch if neither exists). The Go agent
+/// writes `null` for an empty map or list.
+fn load_state_files(state: &Folder, cache: &mut Cache, base: u64) -> SystemTime {
     let at = |t: SystemTime| Stamp { rev: base, at: t };
     let mut last = SystemTime::UNIX_EPOCH;
-
-    // The Go agent writes `null` for an empty map or list.
-    if let Some((m, t)) = load_json::<Option<Metadata>>(&state, METADATA_FILE) {
-        let m = m.unwrap_or_default();
+    if let Some((m, t)) = load_json::<Option<Metadata>>(state, METADATA_FILE) {
         let items = m
+            .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| {
                 let body = render_meta_item(&k, &v);
@@ -78,82 +146,151 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
         cache.set_metadata(items, at(t));
         last = last.max(t);
     }
-    if let Some((refs, t)) = load_json::<Option<Vec<SecretRef>>>(&state, SECRETS_FILE) {
-        let refs = refs.unwrap_or_default();
-        cache.set_secrets(normalize_secrets(refs), at(t));
+    if let Some((refs, t)) = load_json::<Option<Vec<SecretRef>>>(state, SECRETS_FILE) {
+        cache.set_secrets(normalize_secrets(refs.unwrap_or_default()), at(t));
         last = last.max(t);
     }
+    last
+}
 
-    let mut data_items: BTreeMap<String, DataItem> = BTreeMap::new();
-    let mut data_time = folder_mtime(&data);
-    for (name, (entry, body), t) in load_folder(&data, with_body::<DataEntry>)? {
-        if entry.key.is_empty() {
-            quarantine(&data, &name, "empty key");
+/// Loads `data/` into `cache` at revision `base`; returns the newest time seen.
+fn load_data(data: &Folder, cache: &mut Cache, base: u64) -> Result<SystemTime, StoreError> {
+    let (items, newest) = load_entries::<DataEntry>(data, base, |e| {
+        (!e.key.is_empty())
+            .then_some(())
+            .ok_or_else(|| "empty key".to_owned())
+    })?;
+    cache.set_data(
+        items,
+        Stamp {
+            rev: base,
+            at: newest,
+        },
+    );
+    Ok(newest)
+}
+
+/// Loads `report/`, replays the report journal over it and puts the result into
+/// `cache` at revision `base` (replayed entries stamped `now`). Returns the newest time
+/// seen and the journal with the keys whose files it made stale.
+fn load_reports(
+    state: &Folder,
+    report: &Folder,
+    cache: &mut Cache,
+    base: u64,
+    now: SystemTime,
+) -> Result<(SystemTime, JournalState), StoreError> {
+    let (mut reports, mut newest) = load_entries::<ReportEntry>(report, base, |e| {
+        ReportKey::parse(&e.key)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })?;
+    let (journal, replayed) = replay_journal(state, &mut reports, Stamp { rev: base, at: now })?;
+    if replayed > 0 {
+        newest = newest.max(now);
+    }
+    for (_, item) in reports {
+        cache.put_report(item);
+    }
+    cache.reports_stamp = Stamp {
+        rev: base,
+        at: newest,
+    };
+    Ok((newest, journal))
+}
+
+/// What an entry file holds, as far as loading a folder of them is concerned.
+trait Entry: DeserializeOwned + serde::Serialize + Send {
+    fn key(&self) -> &str;
+    fn version(&self) -> i64;
+}
+
+impl Entry for DataEntry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+impl Entry for ReportEntry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// Loads a folder of entry files (`data/` or `report/`), keyed by the key inside each
+/// and stamped with revision `base` and the file's mtime. A file whose entry `check`
+/// refuses is quarantined with `check`'s reason; of two files carrying the same key the
+/// newer (by version, then mtime) wins and the other is moved aside as `<name>.stale`.
+/// Also returns the newest time seen: the folder's mtime or that of any usable file.
+fn load_entries<E: Entry>(
+    f: &Folder,
+    base: u64,
+    check: fn(&E) -> Result<(), String>,
+) -> Result<(BTreeMap<String, Item<E>>, SystemTime), StoreError> {
+    let mut items: BTreeMap<String, Item<E>> = BTreeMap::new();
+    let mut newest = folder_mtime(f);
+    for (file, (entry, body), modified) in load_folder(f, with_body::<E>)? {
+        if let Err(why) = check(&entry) {
+            quarantine(f, &file, &why);
             continue;
         }
-        data_time = data_time.max(t);
-        let item = DataItem {
-            body,
-            file: name,
-            stamp: at(t),
+        newest = newest.max(modified);
+        let new = Item {
             entry,
+            body,
+            file,
+            stamp: Stamp {
+                rev: base,
+                at: modified,
+            },
         };
-        if let Some(old) = data_items.get(&item.entry.key) {
-            let keep_new = (item.entry.version, item.stamp.at) > (old.entry.version, old.stamp.at);
+        if let Some(old) = items.get(new.entry.key()) {
+            let keep_new =
+                (new.entry.version(), new.stamp.at) > (old.entry.version(), old.stamp.at);
             let (lose, win) = if keep_new {
-                (old.file.clone(), item.file.clone())
+                (&old.file, &new.file)
             } else {
-                (item.file.clone(), old.file.clone())
+                (&new.file, &old.file)
             };
-            set_aside_duplicate(&data, &item.entry.key, &lose, &win);
+            set_aside_duplicate(f, new.entry.key(), lose, win);
             if !keep_new {
                 continue;
             }
         }
-        data_items.insert(item.entry.key.clone(), item);
+        items.insert(new.entry.key().to_owned(), new);
     }
-    last = last.max(data_time);
-    cache.set_data(data_items, at(data_time));
+    Ok((items, newest))
+}
 
-    let mut report_items: BTreeMap<String, ReportItem> = BTreeMap::new();
-    let mut report_time = folder_mtime(&report);
-    for (name, (entry, body), t) in load_folder(&report, with_body::<ReportEntry>)? {
-        if let Err(e) = ReportKey::parse(&entry.key) {
-            quarantine(&report, &name, &e.to_string());
-            continue;
-        }
-        report_time = report_time.max(t);
-        let item = ReportItem {
-            body,
-            file: name,
-            stamp: at(t),
-            entry,
-        };
-        if let Some(old) = report_items.get(&item.entry.key) {
-            let keep_new = (item.entry.version, item.stamp.at) > (old.entry.version, old.stamp.at);
-            let (lose, win) = if keep_new {
-                (old.file.clone(), item.file.clone())
-            } else {
-                (item.file.clone(), old.file.clone())
-            };
-            set_aside_duplicate(&report, &item.entry.key, &lose, &win);
-            if !keep_new {
-                continue;
-            }
-        }
-        report_items.insert(item.entry.key.clone(), item);
-    }
-
+/// Opens the report journal and replays its valid prefix over `reports` (stamped
+/// `stamp`), in order. Returns the journal with the keys whose files the replay made
+/// stale (for the checkpointer), and how many records were replayed.
+fn replay_journal(
+    state: &Folder,
+    reports: &mut BTreeMap<String, ReportItem>,
+    stamp: Stamp,
+) -> Result<(JournalState, usize), StoreError> {
     let journal_path = state.file(JOURNAL_FILE);
+    if let Ok(meta) = fs::symlink_metadata(&journal_path) {
+        if !meta.file_type().is_file() {
+            quarantine(state, JOURNAL_FILE, kind_of(meta.file_type()));
+        }
+    }
     let (journal, records, dropped, created) =
         Journal::open(&journal_path).map_err(io_err(format!(
             "opening the report journal {} failed",
             journal_path.display()
         )))?;
     if created {
-        state
-            .sync()
-            .map_err(io_err("creating the report journal failed"))?;
+        if let Err(e) = state.sync() {
+            log::warn!(error:% = e; "cannot fsync the state folder after creating the report journal");
+        }
     }
     if dropped > 0 {
         log::warn!(bytes = dropped; "report journal ended in a torn or corrupt record; ignored it");
@@ -167,7 +304,7 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
                     log::error!(key:? = entry.key; "report journal record with an invalid key; skipped");
                     continue;
                 }
-                let old = report_items.get(&entry.key).map(|i| i.file.clone());
+                let old = reports.get(&entry.key).map(|i| i.file.clone());
                 let Some(file) = keys::file_name_for(&entry.key).or_else(|| old.clone()) else {
                     log::error!(key:? = entry.key; "report journal record for a key that cannot be stored; skipped");
                     continue;
@@ -180,74 +317,40 @@ pub fn open(state_dir: &std::path::Path) -> Result<Inner, StoreError> {
                 let item = ReportItem {
                     body: render(&entry),
                     file,
-                    stamp: at(now),
+                    stamp,
                     entry,
                 };
-                report_items.insert(item.entry.key.clone(), item);
+                reports.insert(item.entry.key.clone(), item);
             }
             Record::Delete(key) => {
-                if let Some(old) = report_items.remove(&key) {
+                if let Some(old) = reports.remove(&key) {
                     mark_dirty(&mut dirty, &key, Some(&old.file));
                 }
             }
         }
     }
     if replayed > 0 {
-        report_time = report_time.max(now);
         log::info!(records = replayed, keys = dirty.len(); "replayed the report journal");
     }
-    last = last.max(report_time);
-    for (_, item) in report_items {
-        cache.put_report(item);
-    }
-    cache.reports_stamp = at(report_time);
+    Ok((JournalState { journal, dirty }, replayed))
+}
 
-    match fs::read(state.file(MARKS_FILE)) {
-        Ok(bytes) => match decode_marks(&bytes) {
-            Ok(marks) => cache.marks = marks,
-            Err(e) => quarantine(&state, MARKS_FILE, &e.to_string()),
+/// The sync marks from `report-sync.json`; none if it is missing, unreadable (logged:
+/// every report is then pending) or unparsable (quarantined).
+fn load_marks(state: &Folder) -> HashMap<String, Mark> {
+    match read_with_mtime(&state.file(MARKS_FILE)) {
+        Ok((bytes, _)) => match decode_marks(&bytes) {
+            Ok(marks) => return marks,
+            Err(e) => quarantine(state, MARKS_FILE, &e.to_string()),
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => log::error!(
+        Err(OpenError::Missing) => {}
+        Err(OpenError::NotRegular(kind)) => quarantine(state, MARKS_FILE, kind),
+        Err(OpenError::Io(e)) => log::error!(
             "cannot read {}: {e}; every report is treated as pending",
             state.file(MARKS_FILE).display()
         ),
     }
-    cache.rebuild_pending();
-    cache.last_change = last.max(SystemTime::UNIX_EPOCH);
-    if last == SystemTime::UNIX_EPOCH {
-        cache.last_change = now;
-    }
-    log::info!(
-        "state cache loaded: {} metadata, {} data, {} secrets, {} reports ({} pending sync), revision {}",
-        cache.metadata.len(),
-        cache.data.len(),
-        cache.secrets.len(),
-        cache.reports.len(),
-        cache.pending.len(),
-        cache.revision
-    );
-
-    let needs_checkpoint = journal.len() > 0;
-    let inner = Inner {
-        state,
-        data,
-        report,
-        epochs,
-        cache: RwLock::new(cache),
-        apply_lock: Mutex::new(0),
-        marks_lock: Mutex::new(()),
-        writes: Writes::new(JournalState { journal, dirty }),
-        checkpoints: Checkpoints::default(),
-        subscribers: RwLock::new(Vec::new()),
-    };
-    if needs_checkpoint {
-        if let Err(e) = checkpoint::checkpoint(&inner, true) {
-            log::error!(error:% = e; "checkpointing the replayed report journal failed; it is kept and retried");
-            inner.checkpoints.request();
-        }
-    }
-    Ok(inner)
+    HashMap::new()
 }
 
 fn folder_mtime(f: &Folder) -> SystemTime {
@@ -257,12 +360,18 @@ fn folder_mtime(f: &Folder) -> SystemTime {
 }
 
 fn quarantine(f: &Folder, name: &str, why: &str) {
-    match f.move_aside(name, CORRUPT_SUFFIX) {
-        Ok(to) => log::error!(
-            "unusable state file {} ({why}); moved to {}",
-            f.file(name).display(),
-            to.display()
-        ),
+    match set_aside(&f.file(name), CORRUPT_SUFFIX) {
+        Ok(to) => {
+            log::error!(
+                "unusable state file {} ({why}); moved to {}",
+                f.file(name).display(),
+                to.display()
+            );
+            // A lost rename only repeats the quarantine at the next start.
+            if let Err(e) = f.sync() {
+                log::warn!(folder:% = f.path().display(), error:% = e; "cannot fsync the folder after a quarantine");
+            }
+        }
         Err(e) => log::error!(
             "unusable state file {} ({why}); could not move it aside: {e}",
             f.file(name).display()
@@ -287,6 +396,7 @@ enum Parsed<T> {
     Ok(T, SystemTime),
     Missing,
     Unreadable(io::Error),
+    /// Unparsable, or not a regular file: moved aside.
     Invalid(String),
 }
 
@@ -300,8 +410,9 @@ fn with_body<T: serde::Serialize>(entry: T) -> (T, Json) {
 fn read_parse<T: DeserializeOwned>(f: &Folder, name: &str) -> Parsed<T> {
     let (bytes, mtime) = match read_with_mtime(&f.file(name)) {
         Ok(x) => x,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Parsed::Missing,
-        Err(e) => return Parsed::Unreadable(e),
+        Err(OpenError::Missing) => return Parsed::Missing,
+        Err(OpenError::NotRegular(kind)) => return Parsed::Invalid(format!("it is {kind}")),
+        Err(OpenError::Io(e)) => return Parsed::Unreadable(e),
     };
     match serde_json::from_slice(&bytes) {
         Ok(v) => Parsed::Ok(v, mtime),
@@ -335,12 +446,16 @@ fn load_json<T: DeserializeOwned>(f: &Folder, name: &str) -> Option<(T, SystemTi
     settle(f, name, read_parse(f, name))
 }
 
-fn read_with_mtime(path: &std::path::Path) -> io::Result<(Vec<u8>, SystemTime)> {
-    let mut file = fs::File::open(path)?;
-    let mtime = file.metadata()?.modified()?;
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut file, &mut bytes)?;
-    Ok((bytes, mtime))
+/// Reads a regular file whole (see `open_regular`), with its mtime.
+fn read_with_mtime(path: &std::path::Path) -> Result<(Vec<u8>, SystemTime), OpenError> {
+    let mut file = open_regular(path)?;
+    let read = (|| {
+        let mtime = file.metadata()?.modified()?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok((bytes, mtime))
+    })();
+    read.map_err(OpenError::Io)
 }
 
 /// Files per loader thread below which fewer threads are used.
@@ -354,8 +469,12 @@ fn load_folder<T: DeserializeOwned, U: Send>(
     prepare: fn(T) -> U,
 ) -> Result<Vec<(String, U, SystemTime)>, StoreError> {
     let mut names = Vec::new();
-    let dir =
-        fs::read_dir(f.path()).map_err(io_err(format!("listing {} failed", f.path().display())))?;
+    let dir = match fs::read_dir(f.path()) {
+        Ok(d) => d,
+        // Not created: a disk that took no writes at start (see `prepare_folders`).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("listing {} failed", f.path().display()))(e)),
+    };
     for entry in dir {
         let entry = entry.map_err(io_err(format!("listing {} failed", f.path().display())))?;
         let Ok(name) = entry.file_name().into_string() else {
@@ -370,7 +489,10 @@ fn load_folder<T: DeserializeOwned, U: Send>(
         }
         match entry.file_type() {
             Ok(t) if t.is_file() => names.push(name),
-            _ => continue,
+            Ok(t) => quarantine(f, &name, kind_of(t)),
+            Err(e) => {
+                log::warn!(file:% = entry.path().display(), error:% = e; "cannot tell what this is; skipped")
+            }
         }
     }
     names.sort();

@@ -12,7 +12,7 @@
 //! Files under `state_dir` (= `{data_dir}/state`): `metadata.json`, `secrets.json`,
 //! `data/{key}.json`, `report/{key}.json` (the Go agent's formats, key names encoded by
 //! `keys::file_name_for`), plus `revision` (see `revision`), `report-sync.json` (see
-//! `outbox`) and `report.journal` (see `journal`). Report writes go through the journal
+//! `marks`) and `report.journal` (see `journal`). Report writes go through the journal
 //! with group commit (`commit`); the report files are written from it in the background
 //! (`checkpoint`) and at `close`. Two threads run per store: `report-commit` and
 //! `report-checkpoint`. Lock order: checkpoint serial lock, then journal state, then
@@ -28,12 +28,17 @@ mod apply;
 mod cache;
 mod checkpoint;
 mod commit;
+mod disk;
 mod files;
 mod journal;
+pub mod keys;
 mod load;
+mod lock;
+mod marks;
 mod outbox;
 mod reports;
 mod revision;
+mod snapshot;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -42,17 +47,22 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 use std::{fmt, io};
 
-use crate::keys::ReportKey;
 use crate::model::{DataEntry, Metadata, SecretRef};
 
 use cache::{Cache, Stamp};
 use checkpoint::Checkpoints;
 use commit::Writes;
+use disk::Disk;
 use files::Folder;
+use keys::ReportKey;
 use revision::Epochs;
 
 pub use commit::{Quota, Ticket};
+pub use disk::Fault as DiskFault;
+pub use lock::{LockError, StateLock};
 pub use outbox::SyncBatch;
+pub use revision::EpochError;
+pub use snapshot::Snapshot;
 
 /// A JSON body rendered once and served many times.
 pub type Json = Arc<[u8]>;
@@ -158,20 +168,13 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-impl StoreError {
-    /// The HTTP status a local API answer should carry for this error: 409 conflict,
-    /// 404 not found, 400 for a key that cannot be stored, 500 for persistence failures.
-    pub fn status_code(&self) -> u16 {
-        match self {
-            StoreError::Conflict { .. } => 409,
-            StoreError::NotFound => 404,
-            StoreError::KeyNotStorable => 400,
-            StoreError::QuotaExceeded { .. } => 507,
-            StoreError::Io { .. } | StoreError::Encode { .. } => 500,
-        }
-    }
+    /// The state folder takes no writes now (`full`: no space left or over quota;
+    /// otherwise read-only). Reads go on from the cache; writing resumes by itself.
+    #[error("the state folder cannot be written now ({reason}); writes resume by themselves once it can")]
+    Unwritable { full: bool, reason: String },
+    /// The revision epoch cannot be used (see `revision`).
+    #[error(transparent)]
+    Epoch(#[from] EpochError),
 }
 
 /// Which report quota a write ran into.
@@ -250,6 +253,8 @@ pub struct Inner {
     writes: Writes,
     checkpoints: Checkpoints,
     subscribers: RwLock<Vec<Subscriber>>,
+    /// Whether the folder takes writes now (see `disk`).
+    disk: Disk,
 }
 
 impl Deref for Store {
@@ -322,7 +327,7 @@ impl Store {
 
     /// Journal appends so far (each one `fdatasync`), to observe group commit.
     #[cfg(test)]
-    fn journal_syncs(&self) -> u64 {
+    pub(crate) fn journal_syncs(&self) -> u64 {
         self.writes.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -345,10 +350,26 @@ impl Store {
         self.state.path()
     }
 
+    /// Why the store refuses writes now (a full or read-only disk), if it does.
+    pub fn disk_fault(&self) -> Option<DiskFault> {
+        self.disk.fault()
+    }
+
     /// `{"metadata":{…},"data_keys":[…],"secret_keys":[…],"report_keys":[…]}`.
     pub fn summary(&self) -> Versioned<Json> {
         let c = self.read();
         Versioned::new(c.summary_json(), c.summary_stamp())
+    }
+
+    /// The summary as a peer that may not read secrets sees it: `secret_keys` empty,
+    /// and the revision of the latest change to anything else, so a secret rotation
+    /// does not show in it either.
+    pub fn summary_without_secrets(&self) -> Versioned<Json> {
+        let c = self.read();
+        Versioned::new(
+            c.summary_without_secrets_json(),
+            c.summary_without_secrets_stamp(),
+        )
     }
 
     /// The metadata map.
@@ -432,13 +453,14 @@ impl Store {
     pub fn mark_synced(&self, batch: &SyncBatch) -> Result<(), StoreError> {
         let _serial = lock(&self.marks_lock);
         let next = outbox::acknowledge(&self.read().marks, batch);
-        let bytes = outbox::encode_marks(&next).map_err(|source| StoreError::Encode {
+        let bytes = marks::encode_marks(&next).map_err(|source| StoreError::Encode {
             what: "report sync marks",
             source,
         })?;
+        self.ready_to_write()?;
         self.state
-            .replace(outbox::MARKS_FILE, &bytes)
-            .map_err(io_err("writing report sync marks failed"))?;
+            .replace(marks::MARKS_FILE, &bytes)
+            .map_err(|e| self.write_failed("writing report sync marks failed", e))?;
         let mut c = self.write();
         c.marks = next;
         for key in batch.keys() {
@@ -495,7 +517,53 @@ impl Inner {
         let current = self.revision();
         self.epochs
             .reserve_ahead(&self.state, current)
-            .map_err(io_err("reserving the next revision epoch failed"))
+            .map_err(|e| self.write_failed("reserving the next revision epoch failed", e))
+    }
+
+    /// `Ok` when a write may go ahead: the disk takes writes, or a probe (rewriting
+    /// the revision file) just showed that it does again. Otherwise the refusal
+    /// (`StoreError::Unwritable`), at once and without touching the disk.
+    fn ready_to_write(&self) -> Result<(), StoreError> {
+        if self.disk.writable() {
+            return Ok(());
+        }
+        self.probe_disk();
+        match self.disk.refusal() {
+            None => Ok(()),
+            Some(refused) => Err(refused),
+        }
+    }
+
+    /// Probes a disk that took no writes, at most once per `disk::PROBE_EVERY`: the
+    /// revision epoch is written first (a start on a full disk could not), so no change
+    /// is published under an epoch that is not on disk.
+    fn probe_disk(&self) {
+        if !self.disk.probe_due() {
+            return;
+        }
+        match self.epochs.persist(&self.state) {
+            Ok(()) => {
+                self.disk.recovered();
+                self.checkpoint_soon();
+            }
+            Err(e) => {
+                if self.disk.failed("writing the revision file", &e).is_none() {
+                    log::warn!(error:% = e; "probing the state folder failed");
+                }
+            }
+        }
+    }
+
+    /// The error for a failed write of `what`: a full or read-only disk turns the store
+    /// read-only (`StoreError::Unwritable`); anything else is an I/O error.
+    fn write_failed(&self, what: &str, e: io::Error) -> StoreError {
+        match self.disk.failed(what, &e) {
+            Some(refused) => {
+                self.checkpoints.nudge();
+                refused
+            }
+            None => io_err(what)(e),
+        }
     }
 
     /// Asks the checkpointer to write changed report files soon.
@@ -503,6 +571,11 @@ impl Inner {
         self.checkpoints.request();
     }
 }
+
+/// The metadata map's file in `state_dir`.
+const METADATA_FILE: &str = "metadata.json";
+/// The secret index's file in `state_dir`.
+const SECRETS_FILE: &str = "secrets.json";
 
 /// Paths of the three folders under `state_dir`.
 fn folders(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -515,3 +588,41 @@ fn folders(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[cfg(test)]
 mod tests;
+
+/// Entry points for the coverage-guided fuzz targets (`fuzz/`), compiled only there
+/// (`--cfg fuzzing`). The state files themselves are fuzzed through `Store::open`.
+#[cfg(fuzzing)]
+pub mod fuzz {
+    use super::cache::render;
+    use super::journal::{decode, encode_delete, encode_put, Record};
+
+    /// Journal replay: the valid prefix lies within the input and replays to the same
+    /// records again, and the records re-encoded replay to equal records.
+    pub fn journal(bytes: &[u8]) {
+        let (records, valid) = decode(bytes);
+        assert!(valid <= bytes.len());
+        let (again, valid_again) = decode(&bytes[..valid]);
+        assert_eq!(valid_again, valid);
+        assert_eq!(again.len(), records.len());
+        let mut encoded = Vec::new();
+        for r in &records {
+            let frame = match r {
+                Record::Put(entry) => encode_put(&render(entry)),
+                Record::Delete(key) => encode_delete(key),
+            };
+            for part in frame.parts() {
+                encoded.extend_from_slice(part);
+            }
+        }
+        let (round, len) = decode(&encoded);
+        assert_eq!(len, encoded.len());
+        assert_eq!(round.len(), records.len());
+        for (a, b) in records.iter().zip(&round) {
+            match (a, b) {
+                (Record::Put(x), Record::Put(y)) => assert_eq!(x, y),
+                (Record::Delete(x), Record::Delete(y)) => assert_eq!(x, y),
+                _ => panic!("record kind changed in a round trip"),
+            }
+        }
+    }
+}

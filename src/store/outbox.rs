@@ -1,46 +1,21 @@
 //! What still has to be synced upstream, derived from the report files and one file of
 //! acknowledgements, so a PUT needs no extra fsync and nothing is lost on a crash.
 //!
-//! `state/report-sync.json` maps each report key to the `(version, updated_at)` the
-//! control plane last acknowledged, keys sorted:
-//! `{"app-health":{"version":3,"updated_at":"2026-03-01T12:00:00.5Z"}}`. It is written
-//! atomically and durably by `mark_synced`/`drop_rejected`, off the request path. A key is pending when its report differs from its
-//! mark, or when it is marked but its report is gone (a pending deletion). A key created
+//! The acknowledgements are the marks file, `state/report-sync.json` (see `marks`),
+//! written atomically and durably by `mark_synced`/`drop_rejected`, off the request
+//! path. A key is pending when its report differs from its mark, or when it is marked but its report is gone (a pending deletion). A key created
 //! and deleted between two syncs has neither, so nothing is sent. Without the file (a
 //! cache written by the Go agent) every report is pending: at-least-once delivery.
 //! A `SyncBatch` remembers exactly which state it carried per key, so acknowledging it
 //! never marks a newer write. This module builds batches and the marks file; it does not
 //! send anything or decide when to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-use crate::model::{ReportEntry, ReportSyncRequest};
+use crate::model::ReportSyncRequest;
 
 use super::cache::Cache;
-
-pub const MARKS_FILE: &str = "report-sync.json";
-
-/// The state of one report key the control plane acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mark {
-    pub version: i64,
-    pub updated_at: String,
-}
-
-impl Mark {
-    pub fn of(entry: &ReportEntry) -> Mark {
-        Mark {
-            version: entry.version,
-            updated_at: entry.updated_at.clone(),
-        }
-    }
-
-    pub fn matches(&self, entry: &ReportEntry) -> bool {
-        self.version == entry.version && self.updated_at == entry.updated_at
-    }
-}
+use super::marks::Mark;
 
 /// A batch of report changes to send upstream, and what it carried for each key.
 #[derive(Debug, Clone)]
@@ -116,14 +91,4 @@ pub fn acknowledge(marks: &HashMap<String, Mark>, batch: &SyncBatch) -> HashMap<
         }
     }
     next
-}
-
-/// The marks file's content: keys sorted, so the file is stable and diffable.
-pub fn encode_marks(marks: &HashMap<String, Mark>) -> Result<Vec<u8>, serde_json::Error> {
-    let sorted: BTreeMap<&String, &Mark> = marks.iter().collect();
-    serde_json::to_vec(&sorted)
-}
-
-pub fn decode_marks(bytes: &[u8]) -> Result<HashMap<String, Mark>, serde_json::Error> {
-    serde_json::from_slice(bytes)
 }

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use serde_json::value::RawValue;
 
-use crate::keys::{self, ReportKey};
+use super::keys::{self, ReportKey};
 use crate::model::ReportEntry;
 use crate::timefmt;
 
@@ -22,7 +22,8 @@ use super::commit::{pair, Latest, Op, OpKind, Queue, Quota, Ticket, UsageDelta};
 use super::journal;
 use super::{lock, Inner, Json, QuotaLimit, Store, StoreError, Versioned};
 
-/// Whether `if_match` allows writing over `current` (SPEC §4).
+/// Whether `if_match` allows writing over `current`: no `If-Match` always does, `N`
+/// only over version `N`, and `0` only where the key does not exist.
 fn precondition_holds(if_match: Option<i64>, current: Option<i64>) -> bool {
     match (if_match, current) {
         (None, _) => true,
@@ -96,6 +97,9 @@ impl Store {
         payload: Box<RawValue>,
         if_match: Option<i64>,
     ) -> Ticket<Versioned<Json>> {
+        if let Err(refused) = self.ready_to_write() {
+            return Ticket::ready(Err(refused));
+        }
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));
@@ -153,6 +157,9 @@ impl Store {
     /// Submits a deletion. The ticket completes with the new store revision once the
     /// deletion is durable and visible, or with `NotFound` or the error.
     pub fn submit_delete(&self, key: &ReportKey) -> Ticket<u64> {
+        if let Err(refused) = self.ready_to_write() {
+            return Ticket::ready(Err(refused));
+        }
         let mut q = lock(&self.writes.queue);
         if q.closed {
             return Ticket::ready(Err(closed()));

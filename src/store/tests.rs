@@ -526,10 +526,27 @@ fn apply_rewrites_only_what_changed() {
         names(&f.state.join("data")),
         BTreeSet::from(["change.json".into(), "keep.json".into(), "new.json".into()])
     );
-    // Each payload text difference counts, even if the JSON value is equal.
+    // The same payload value in other bytes is no change: the entry keeps its file,
+    // its bytes as first received and its revision.
+    let keep_body = st.data_entry("keep").unwrap().value;
     let out = st
         .apply_control_plane(CpUpdate {
-            data: Some(vec![entry("keep", "{\"x\": 1}", 1)]),
+            data: Some(vec![
+                entry("keep", "{ \"x\" : 1.0 }", 1),
+                entry("change", "1e0", 1),
+                entry("new", "2", 1),
+            ]),
+            ..CpUpdate::default()
+        })
+        .unwrap();
+    assert_eq!((out.data_written, out.data_removed), (1, 0), "{out:?}");
+    assert_eq!(ident("data/keep.json"), keep);
+    assert_eq!(st.data_entry("keep").unwrap().mod_rev, keep_rev);
+    assert_eq!(st.data_entry("keep").unwrap().value, keep_body);
+    // Another value is a change.
+    let out = st
+        .apply_control_plane(CpUpdate {
+            data: Some(vec![entry("keep", "{\"x\": 2}", 1)]),
             ..CpUpdate::default()
         })
         .unwrap();
@@ -773,10 +790,18 @@ fn failed_writes_on_a_full_disk_leave_memory_and_disk_unchanged() {
     let report = st.report(&rk("r")).unwrap();
     let big = format!("\"{}\"", "x".repeat(64 * 1024));
     let err = put(&st, "r", &big, None).unwrap_err();
-    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Unwritable { full: true, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(st.disk_fault().is_some_and(|f| f.full));
+    // From now on writes are refused at once, without touching the disk.
     let err = put(&st, "new", &big, None).unwrap_err();
-    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Unwritable { full: true, .. }),
+        "{err}"
+    );
     let err = st
         .apply_control_plane(CpUpdate {
             metadata: Some([("m".to_owned(), "2".to_owned())].into()),
@@ -784,13 +809,25 @@ fn failed_writes_on_a_full_disk_leave_memory_and_disk_unchanged() {
             ..CpUpdate::default()
         })
         .unwrap_err();
-    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Unwritable { full: true, .. }),
+        "{err}"
+    );
     assert_eq!(st.summary(), summary);
     assert_eq!(st.report(&rk("r")).unwrap(), report);
     assert!(st.report(&rk("new")).is_none());
     assert_eq!(snapshot(&state), disk, "disk changed by a failed write");
-    // With space again, writes work and the state is consistent after reopen.
+    // With space again, writing resumes by itself (the checkpointer probes the disk)
+    // and the state is consistent after reopen.
     fs::remove_file(filler).unwrap();
+    let t = std::time::Instant::now();
+    while st.disk_fault().is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the store never took writes again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     put(&st, "r", &big, Some(1)).unwrap();
     drop(st);
     let st = Store::open(&state).unwrap();
@@ -854,13 +891,7 @@ fn fsize_limit_child() {
 #[test]
 fn failed_writes_over_the_file_size_limit_leave_memory_and_disk_unchanged() {
     let f = fixture();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "store::tests::fsize_limit_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = crate::test_child::child_command("store::tests::fsize_limit_child")
         .env("PLEXD_STORE_FSIZE_CHILD", &f.state)
         .output()
         .unwrap();
@@ -1044,13 +1075,7 @@ fn sigkill_loses_nothing_acknowledged() {
     use std::io::{BufRead, BufReader};
     let f = fixture();
     for round in 0..3 {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::tests::kill_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = crate::test_child::child_command("store::tests::kill_child")
             .env("PLEXD_STORE_KILL_CHILD", &f.state)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -1214,7 +1239,7 @@ fn go_agent_keys_too_long_to_encode_stay_in_their_plain_files() {
     let f = fixture();
     fs::create_dir_all(f.state.join("data")).unwrap();
     let key = "é".repeat(100);
-    assert!(crate::keys::file_name_for(&key).is_none());
+    assert!(super::keys::file_name_for(&key).is_none());
     let plain = format!("{key}.json");
     fs::write(
         f.state.join("data").join(&plain),
@@ -1350,12 +1375,12 @@ fn entry_body(key: &str, v: i64) -> Vec<u8> {
 
 /// `a` put then deleted, `b` put, then `c` put as the last record.
 fn sample_journal() -> (Vec<u8>, usize) {
-    let mut bytes = journal::encode_put(&entry_body("a", 1));
-    bytes.extend(journal::encode_put(&entry_body("b", 1)));
-    bytes.extend(journal::encode_delete("a"));
-    bytes.extend(journal::encode_put(&entry_body("b", 2)));
+    let mut bytes = journal::encode_put(&std::sync::Arc::from(entry_body("a", 1))).to_bytes();
+    bytes.extend(journal::encode_put(&std::sync::Arc::from(entry_body("b", 1))).to_bytes());
+    bytes.extend(journal::encode_delete("a").to_bytes());
+    bytes.extend(journal::encode_put(&std::sync::Arc::from(entry_body("b", 2))).to_bytes());
     let before_last = bytes.len();
-    bytes.extend(journal::encode_put(&entry_body("c", 1)));
+    bytes.extend(journal::encode_put(&std::sync::Arc::from(entry_body("c", 1))).to_bytes());
     (bytes, before_last)
 }
 
@@ -1417,8 +1442,12 @@ fn torn_journal_tail_is_ignored_at_every_offset() {
 fn journal_crc_mismatch_stops_replay_at_that_record() {
     let f = fixture();
     let (mut bytes, _) = sample_journal();
-    let first = journal::encode_put(&entry_body("a", 1)).len();
-    let second = journal::encode_put(&entry_body("b", 1)).len();
+    let first = journal::encode_put(&std::sync::Arc::from(entry_body("a", 1)))
+        .to_bytes()
+        .len();
+    let second = journal::encode_put(&std::sync::Arc::from(entry_body("b", 1)))
+        .to_bytes()
+        .len();
     // Flip a payload byte of the second record: it and everything after are ignored.
     bytes[first + second - 3] ^= 0x20;
     fs::create_dir_all(&f.state).unwrap();
@@ -1498,12 +1527,23 @@ fn a_failed_group_fails_every_writer_and_changes_nothing() {
         .collect();
     for t in &tickets {
         let err = t.wait().unwrap_err();
-        assert_eq!(err.status_code(), 500, "{err}");
+        assert!(
+            matches!(err, StoreError::Unwritable { full: true, .. }),
+            "{err}"
+        );
     }
     assert_eq!(st.summary(), summary);
     assert_eq!(snapshot(&state), disk, "disk changed by a failed group");
     st.slow_commits(Duration::ZERO);
     fs::remove_file(filler).unwrap();
+    let t = std::time::Instant::now();
+    while st.disk_fault().is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the store never took writes again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         parse(&put(&st, "r", "2", Some(1)).unwrap().value)["version"],
         2
@@ -1554,19 +1594,14 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
     let f = fixture();
     let mut last: HashMap<String, Option<i64>> = HashMap::new();
     for round in 0..8 {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::tests::group_kill_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = crate::test_child::child_command("store::tests::group_kill_child")
             .env("PLEXD_STORE_GROUP_KILL_CHILD", &f.state)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, acked) = std::sync::mpsc::channel();
         let reader = thread::spawn(move || {
             let mut acks = 0;
             let mut seen: Vec<(String, Option<i64>)> = Vec::new();
@@ -1577,6 +1612,9 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
                         if let Ok(v) = v.parse() {
                             seen.push((k.to_string(), Some(v)));
                             acks += 1;
+                            if acks == 1 {
+                                let _ = first_ack.send(());
+                            }
                         }
                     }
                     ["DEL", k] => seen.push((k.to_string(), None)),
@@ -1585,8 +1623,10 @@ fn sigkill_mid_group_commit_loses_nothing_acknowledged() {
             }
             (acks, seen)
         });
-        // Wait for the first acknowledgements, then kill at a varying moment.
-        thread::sleep(Duration::from_millis(250 + 37 * round));
+        // Wait for the first acknowledgement (a loaded machine may take a while to
+        // start the child), then kill at a varying moment.
+        let _ = acked.recv_timeout(Duration::from_secs(20));
+        thread::sleep(Duration::from_millis(50 + 37 * round));
         child.kill().unwrap();
         child.wait().unwrap();
         let (acks, seen) = reader.join().unwrap();
@@ -1678,4 +1718,260 @@ fn a_full_state_fetched_before_an_event_does_not_step_back_over_it() {
         parse(&st.metadata_value("region").unwrap().value)["value"],
         "fresh"
     );
+}
+
+// ---- a damaged state folder -------------------------------------------------------
+
+/// Opens the store on another thread; fails the test instead of hanging if opening
+/// blocks (a FIFO opened for reading waits for a writer forever).
+fn open_within(state: &Path, limit: Duration) -> Result<Store, StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = state.to_owned();
+    thread::spawn(move || {
+        let _ = tx.send(Store::open(&path));
+    });
+    rx.recv_timeout(limit)
+        .expect("opening the store blocked on the state folder")
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+#[test]
+fn fifos_folders_and_links_under_state_file_names_are_moved_aside() {
+    let f = fixture();
+    let st = Store::open(&f.state).unwrap();
+    put(&st, "kept", "{\"ok\":true}", None).unwrap();
+    st.apply_control_plane(CpUpdate {
+        metadata: Some([("m".to_owned(), "1".to_owned())].into()),
+        data: Some(vec![entry("d", "1", 1)]),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    drop(st);
+    // Every state file name gets something that is not a regular file.
+    for name in ["metadata.json", "revision", "report-sync.json"] {
+        fs::remove_file(f.state.join(name)).unwrap_or(());
+        mkfifo(&f.state.join(name));
+    }
+    fs::remove_file(f.state.join("report.journal")).unwrap();
+    fs::create_dir(f.state.join("report.journal")).unwrap();
+    fs::write(f.state.join("report.journal/inside"), b"x").unwrap();
+    fs::create_dir(f.state.join("data/folder.json")).unwrap();
+    mkfifo(&f.state.join("data/fifo.json"));
+    std::os::unix::fs::symlink("/etc/passwd", f.state.join("report/link.json")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", f.state.join("secrets.json")).unwrap();
+
+    let st = open_within(&f.state, Duration::from_secs(10)).unwrap();
+    // What could be read still is: data and reports from their files.
+    assert_eq!(parse(&st.data_entry("d").unwrap().value)["payload"], 1);
+    assert_eq!(
+        parse(&st.report(&rk("kept")).unwrap().value)["payload"]["ok"],
+        true
+    );
+    assert!(st.report(&rk("link")).is_none());
+    for name in [
+        "metadata.json",
+        "revision",
+        "report-sync.json",
+        "report.journal",
+        "secrets.json",
+        "data/folder.json",
+        "data/fifo.json",
+        "report/link.json",
+    ] {
+        let aside = f.state.join(format!("{name}.corrupt"));
+        assert!(
+            fs::symlink_metadata(&aside).is_ok(),
+            "{name} was not moved aside"
+        );
+    }
+    assert_eq!(
+        fs::read(f.state.join("report.journal.corrupt/inside")).unwrap(),
+        b"x",
+        "what was moved aside is kept as it was"
+    );
+    // The store works: new files are regular files, writes land.
+    put(&st, "after", "2", None).unwrap();
+    st.flush().unwrap();
+    assert!(fs::metadata(f.state.join("report.journal"))
+        .unwrap()
+        .is_file());
+    assert!(fs::metadata(f.state.join("revision")).unwrap().is_file());
+    assert!(f.state.join("report/after.json").is_file());
+    drop(st);
+    let st = Store::open(&f.state).unwrap();
+    assert!(st.report(&rk("after")).is_some() && st.report(&rk("kept")).is_some());
+}
+
+#[test]
+fn a_file_where_a_folder_belongs_is_moved_aside() {
+    let f = fixture();
+    fs::create_dir_all(&f.state).unwrap();
+    fs::write(f.state.join("report"), b"not a folder").unwrap();
+    mkfifo(&f.state.join("data"));
+    let st = open_within(&f.state, Duration::from_secs(10)).unwrap();
+    assert!(f.state.join("report").is_dir() && f.state.join("data").is_dir());
+    assert_eq!(
+        fs::read(f.state.join("report.corrupt")).unwrap(),
+        b"not a folder"
+    );
+    assert!(fs::symlink_metadata(f.state.join("data.corrupt")).is_ok());
+    put(&st, "r", "1", None).unwrap();
+    st.flush().unwrap();
+    assert!(f.state.join("report/r.json").is_file());
+}
+
+/// A tmpfs mounted over a folder, made read-only and writable again at will.
+fn remount(dir: &Path, mode: &str) {
+    let ok = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,{mode}")])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "remount {mode} failed");
+}
+
+#[test]
+fn a_full_disk_at_start_serves_the_cache_and_resumes_writing_with_space() {
+    let f = fixture();
+    let Some(small) = SmallFs::mount(&f.root.join("mnt")) else {
+        eprintln!("SKIP: cannot mount a tmpfs here");
+        return;
+    };
+    let state = small.0.join("state");
+    let st = Store::open(&state).unwrap();
+    put(&st, "r", "{\"v\":1}", None).unwrap();
+    st.apply_control_plane(CpUpdate {
+        metadata: Some([("m".to_owned(), "1".to_owned())].into()),
+        data: Some(vec![entry("d", "1", 1)]),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    drop(st);
+    let before_rev = fs::read_to_string(state.join("revision")).unwrap();
+    let filler = small.fill();
+    let disk = snapshot(&state);
+
+    // The revision file cannot be rewritten: the store starts read-only.
+    let st = open_within(&state, Duration::from_secs(10)).unwrap();
+    let fault = st.disk_fault().expect("starts read-only");
+    assert!(fault.full && fault.reason.contains("revision"), "{fault:?}");
+    assert_eq!(
+        parse(&st.report(&rk("r")).unwrap().value)["payload"]["v"],
+        1
+    );
+    assert_eq!(text(&st.metadata().value), "{\"m\":\"1\"}");
+    assert!(st.data_entry("d").is_some());
+    let rev = st.revision();
+    let err = put(&st, "r", "{\"v\":2}", Some(1)).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unwritable { full: true, .. }),
+        "{err}"
+    );
+    let err = st.delete_report(&rk("r")).unwrap_err();
+    assert!(matches!(err, StoreError::Unwritable { .. }), "{err}");
+    let err = st
+        .apply_control_plane(CpUpdate {
+            metadata: Some([("m".to_owned(), "2".to_owned())].into()),
+            ..CpUpdate::default()
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unwritable { .. }), "{err}");
+    assert_eq!(st.revision(), rev, "nothing was published");
+    assert_eq!(
+        snapshot(&state),
+        disk,
+        "nothing acknowledged was deleted or rewritten"
+    );
+
+    // Space returns: the store notices by itself and writes again.
+    fs::remove_file(filler).unwrap();
+    let t = Instant::now();
+    while st.disk_fault().is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never took writes again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(
+        fs::read_to_string(state.join("revision")).unwrap(),
+        before_rev,
+        "the epoch of this run is on disk before anything is published"
+    );
+    let v = put(&st, "r", "{\"v\":2}", Some(1)).unwrap();
+    assert!(v.mod_rev > rev);
+    drop(st);
+    let st = Store::open(&state).unwrap();
+    assert_eq!(parse(&st.report(&rk("r")).unwrap().value)["version"], 2);
+    assert!(st.revision() > v.mod_rev);
+}
+
+#[test]
+fn a_read_only_folder_at_start_replays_the_journal_and_resumes_when_writable() {
+    let f = fixture();
+    let Some(small) = SmallFs::mount_sized(&f.root.join("mnt"), "4m") else {
+        eprintln!("SKIP: cannot mount a tmpfs here");
+        return;
+    };
+    let state = small.0.join("state");
+    let st = Store::open(&state).unwrap();
+    put(&st, "r", "1", None).unwrap();
+    drop(st);
+    // An acknowledged write still only in the journal (as after SIGKILL), plus a torn
+    // record behind it.
+    let (mut journal, _, _, _) = journal::Journal::open(&state.join("report.journal")).unwrap();
+    let body: Json = Arc::from(
+        &br#"{"key":"j","content_type":"t","payload":7,"version":1,"updated_at":"2026-03-01T12:00:00Z"}"#[..],
+    );
+    journal.append(&[&journal::encode_put(&body)]).unwrap();
+    drop(journal);
+    {
+        use std::io::Write;
+        let mut j = fs::OpenOptions::new()
+            .append(true)
+            .open(state.join("report.journal"))
+            .unwrap();
+        j.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+    }
+    remount(&small.0, "ro");
+    let st = open_within(&state, Duration::from_secs(10)).unwrap();
+    let fault = st.disk_fault().expect("starts read-only");
+    assert!(!fault.full, "{fault:?}");
+    assert_eq!(parse(&st.report(&rk("j")).unwrap().value)["payload"], 7);
+    assert!(st.report(&rk("r")).is_some());
+    let err = put(&st, "x", "1", None).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unwritable { full: false, .. }),
+        "{err}"
+    );
+    remount(&small.0, "rw");
+    let t = Instant::now();
+    while st.disk_fault().is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never took writes again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    put(&st, "x", "1", None).unwrap();
+    // The torn tail was cut before anything was appended behind it.
+    let bytes = fs::read(state.join("report.journal")).unwrap();
+    assert_eq!(
+        journal::decode(&bytes).1,
+        bytes.len(),
+        "records behind a torn tail"
+    );
+    drop(st);
+    let st = Store::open(&state).unwrap();
+    assert_eq!(parse(&st.report(&rk("j")).unwrap().value)["payload"], 7);
+    assert!(
+        state.join("report/j.json").is_file(),
+        "the replayed write reached its file"
+    );
+    assert!(st.report(&rk("x")).is_some());
+    drop(st);
 }
