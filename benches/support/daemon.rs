@@ -1,9 +1,9 @@
 //! The daemon under test: a data directory prepared the way plexd leaves one (NSK file,
 //! HTTP token file, a state cache of data entries written straight to
-//! `state/data/*.json` plus `state/metadata.json`), spawning `plexd-nodeapi serve` with
-//! the `serve` flags of the README, waiting for the socket to answer `GET /v1/state` with 200, and
-//! stopping it (SIGTERM, then SIGKILL after a bound). The daemon's stderr goes to
-//! `DIR/daemon.log`, whose tail is quoted when it fails to start.
+//! `state/data/*.json` plus `state/metadata.json`), spawning a subject (ours or the
+//! reference, `subject.rs`) with the `serve` flags of the README, waiting for the socket to answer
+//! `GET /v1/state` with 200, and stopping it (SIGTERM, then SIGKILL after a bound). The
+//! daemon's stderr goes to `DIR/daemon.log`, whose tail is quoted when it fails to start.
 //!
 //! It deliberately does not build the binary (cargo builds it before a bench runs,
 //! see `daemon_binary`) nor know anything about routes beyond the readiness probe.
@@ -12,7 +12,7 @@ use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 use plexd_nodeapi::model::DataEntry;
 
 use super::loadgen::{build_request, request_once, Target};
+use super::subject::Subject;
 use super::BenchError;
 
 pub const NODE_ID: &str = "bench-node";
@@ -30,8 +31,9 @@ pub const NODE_ID: &str = "bench-node";
 pub const NSK_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const HTTP_TOKEN: &str = "bench-http-token";
 
-/// The binary cargo built for this bench (release profile under `cargo bench`), or
-/// `$PLEXD_NODEAPI_BIN` when set (e.g. to measure the static musl build).
+/// Our binary: the one cargo built for this bench (release profile under `cargo
+/// bench`), or `$PLEXD_NODEAPI_BIN` when set (e.g. the static musl build, or an older
+/// commit's build for a before/after comparison).
 pub fn daemon_binary() -> PathBuf {
     std::env::var_os("PLEXD_NODEAPI_BIN")
         .map(PathBuf::from)
@@ -124,8 +126,25 @@ pub fn kill_all_live() {
 /// How to start one daemon.
 pub struct DaemonConfig<'a> {
     pub dir: &'a Path,
-    pub control_plane: Option<String>,
+    pub control_plane: String,
     pub tcp: bool,
+    /// The control plane's event signing key (base64), written to `DIR/signing-key` and
+    /// passed as `--signing-key-file` (the Go agent refuses to start without one).
+    pub signing_key: Option<String>,
+    /// Further flags (`--name`, value) beyond the basic ones.
+    pub extra: Vec<(&'static str, Option<String>)>,
+}
+
+impl<'a> DaemonConfig<'a> {
+    pub fn new(dir: &'a Path, control_plane: String) -> DaemonConfig<'a> {
+        DaemonConfig {
+            dir,
+            control_plane,
+            tcp: false,
+            signing_key: None,
+            extra: Vec::new(),
+        }
+    }
 }
 
 /// A running daemon; killed on drop if not stopped.
@@ -138,43 +157,42 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn spawn(cfg: &DaemonConfig<'_>) -> Result<Daemon, BenchError> {
-        let bin = daemon_binary();
+    /// Starts `subject` on `cfg.dir`. `BenchError::Unsupported` if the subject lacks a
+    /// flag `cfg` needs.
+    pub fn spawn(subject: &Subject, cfg: &DaemonConfig<'_>) -> Result<Daemon, BenchError> {
         let socket = cfg.dir.join("api.sock");
         let log = cfg.dir.join("daemon.log");
-        let log_file = fs::File::create(&log).map_err(io_err("creating daemon.log"))?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(cfg.dir)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--node-id")
-            .arg(NODE_ID)
-            .arg("--nsk-file")
-            .arg(cfg.dir.join("nsk"))
-            .arg("--log-level")
-            .arg("warn");
-        if let Some(url) = &cfg.control_plane {
-            cmd.arg("--control-plane").arg(url);
-        }
+        let path = |p: &Path| Some(p.display().to_string());
+        let mut flags: Vec<(&str, Option<String>)> = vec![
+            ("--data-dir", path(cfg.dir)),
+            ("--socket", path(&socket)),
+            ("--node-id", Some(NODE_ID.to_string())),
+            ("--nsk-file", path(&cfg.dir.join("nsk"))),
+            ("--control-plane", Some(cfg.control_plane.clone())),
+        ];
         let tcp = if cfg.tcp {
             let addr = free_port()?;
-            cmd.arg("--http-listen")
-                .arg(addr.to_string())
-                .arg("--http-token-file")
-                .arg(cfg.dir.join("http-token"));
+            flags.push(("--http-listen", Some(addr.to_string())));
+            flags.push(("--http-token-file", path(&cfg.dir.join("http-token"))));
             Some(addr)
         } else {
             None
         };
+        if let Some(key) = &cfg.signing_key {
+            let file = cfg.dir.join("signing-key");
+            fs::write(&file, key).map_err(io_err("writing the signing key file"))?;
+            flags.push(("--signing-key-file", path(&file)));
+        }
+        flags.extend(cfg.extra.iter().cloned());
+        let mut cmd = subject.command(&flags)?;
+        let log_file = fs::File::create(&log).map_err(io_err("creating daemon.log"))?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file));
         let spawned_at = Instant::now();
         let child = cmd
             .spawn()
-            .map_err(io_err(format!("spawning {}", bin.display())))?;
+            .map_err(io_err(format!("spawning {}", subject.bin.display())))?;
         set_live(child.id(), true);
         Ok(Daemon {
             child: Some(child),
@@ -226,7 +244,8 @@ impl Daemon {
         }
     }
 
-    fn log_tail(&self) -> String {
+    /// The last 5 lines of the daemon's log, joined with ` | `.
+    pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(5)..].join(" | ");

@@ -3,15 +3,15 @@
 //! the connections with one level-triggered epoll instance (`nix`). Every connection has
 //! exactly one request outstanding; request bytes are pre-built and sent round-robin
 //! from a list of templates. Responses are parsed just enough to frame them: status
-//! line, end of head, `Content-Length` (bodies are skipped, not stored), and
-//! `Connection: close` (the connection is then re-opened). A response is counted as
-//! completed when its status is 2xx; anything else — non-2xx, malformed framing, a reset
-//! or a close mid-response — is counted as an error. Only responses that finish inside
+//! line, end of head, `Content-Length` or chunked bodies (skipped, not stored; the Go
+//! reference answers large bodies chunked), and `Connection: close` (the connection is
+//! then re-opened). A response is counted as completed when its status is 2xx; anything
+//! else — non-2xx, malformed framing, a reset or a close mid-response — is counted as an
+//! error. Only responses that finish inside
 //! the measured window (after the warm-up) are counted, and their latencies (send of
 //! the first request byte to the last response byte) are kept in µs.
 //!
-//! It deliberately does not pipeline, speak chunked response bodies (the daemon always
-//! sends `Content-Length` outside 204/304), retry failed requests, or validate bodies.
+//! It deliberately does not pipeline, retry failed requests, or validate bodies.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -574,8 +574,8 @@ pub enum Feed {
     },
 }
 
-/// Minimal response framing: head up to 64 KiB, then a `Content-Length` body that is
-/// counted down, not stored.
+/// Minimal response framing: head up to 64 KiB, then a `Content-Length` or chunked body
+/// that is counted down, not stored.
 #[derive(Debug, Default)]
 pub struct ResponseParser {
     head: Vec<u8>,
@@ -585,24 +585,96 @@ pub struct ResponseParser {
 #[derive(Debug)]
 struct BodyLeft {
     status: u16,
-    remaining: usize,
     close: bool,
+    framing: Framing,
+}
+
+/// How the rest of a body is delimited.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(usize),
+    /// Reading a chunk-size line; its bytes so far.
+    ChunkSize(Vec<u8>),
+    /// Bytes of chunk data left, its closing CRLF included.
+    ChunkData(usize),
+    /// Reading trailer lines after the last chunk; the current line's bytes so far.
+    Trailer(Vec<u8>),
 }
 
 const MAX_HEAD: usize = 64 * 1024;
+const MAX_CHUNK_LINE: usize = 1024;
+
+impl Framing {
+    /// Consumes body bytes from `data`; `Some(n)` when the body ended after `n` of them.
+    fn consume(&mut self, data: &[u8]) -> Result<Option<usize>, String> {
+        let mut at = 0;
+        loop {
+            match self {
+                Framing::Length(left) => {
+                    let take = (*left).min(data.len() - at);
+                    *left -= take;
+                    at += take;
+                    return Ok((*left == 0).then_some(at));
+                }
+                Framing::ChunkData(left) => {
+                    let take = (*left).min(data.len() - at);
+                    *left -= take;
+                    at += take;
+                    if *left > 0 {
+                        return Ok(None);
+                    }
+                    *self = Framing::ChunkSize(Vec::new());
+                }
+                Framing::ChunkSize(line) | Framing::Trailer(line) => {
+                    let Some(nl) = data[at..].iter().position(|&b| b == b'\n') else {
+                        line.extend_from_slice(&data[at..]);
+                        if line.len() > MAX_CHUNK_LINE {
+                            return Err("chunk line over 1 KiB".into());
+                        }
+                        return Ok(None);
+                    };
+                    line.extend_from_slice(&data[at..at + nl]);
+                    at += nl + 1;
+                    let text = String::from_utf8_lossy(line)
+                        .trim_end_matches('\r')
+                        .to_string();
+                    if matches!(self, Framing::Trailer(_)) {
+                        if text.is_empty() {
+                            return Ok(Some(at));
+                        }
+                        *self = Framing::Trailer(Vec::new());
+                        continue;
+                    }
+                    let size = text.split(';').next().unwrap_or_default().trim();
+                    let size = usize::from_str_radix(size, 16)
+                        .map_err(|_| format!("bad chunk size line {text:?}"))?;
+                    *self = if size == 0 {
+                        Framing::Trailer(Vec::new())
+                    } else {
+                        Framing::ChunkData(size + 2)
+                    };
+                }
+            }
+            if at == data.len() {
+                // Nothing left to read; a zero-length body part ends only a finished
+                // Length framing, handled above.
+                return Ok(None);
+            }
+        }
+    }
+}
 
 impl ResponseParser {
     pub fn feed(&mut self, data: &[u8]) -> Result<Feed, String> {
         if let Some(b) = self.body.as_mut() {
-            return Ok(if data.len() >= b.remaining {
-                Feed::Done {
+            return Ok(match b.framing.consume(data)? {
+                Some(used) => Feed::Done {
                     status: b.status,
-                    extra: data.len() - b.remaining,
+                    extra: data.len() - used,
                     close: b.close,
-                }
-            } else {
-                b.remaining -= data.len();
-                Feed::More
+                },
+                None => Feed::More,
             });
         }
         let from = self.head.len().saturating_sub(3);
@@ -614,20 +686,28 @@ impl ResponseParser {
             return Ok(Feed::More);
         };
         let head_end = from + pos + 4;
-        let (status, length, close) = parse_head(&self.head[..head_end])?;
-        let have = self.head.len() - head_end;
-        if have >= length {
+        let (status, framing, close) = parse_head(&self.head[..head_end])?;
+        let rest = self.head.split_off(head_end);
+        let mut body = BodyLeft {
+            status,
+            close,
+            framing,
+        };
+        if body.framing == Framing::Length(0) {
             return Ok(Feed::Done {
                 status,
-                extra: have - length,
+                extra: rest.len(),
                 close,
             });
         }
-        self.body = Some(BodyLeft {
-            status,
-            remaining: length - have,
-            close,
-        });
+        if let Some(used) = body.framing.consume(&rest)? {
+            return Ok(Feed::Done {
+                status,
+                extra: rest.len() - used,
+                close,
+            });
+        }
+        self.body = Some(body);
         Ok(Feed::More)
     }
 }
@@ -636,8 +716,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Status code, body length and whether the server will close, from a response head.
-fn parse_head(head: &[u8]) -> Result<(u16, usize, bool), String> {
+/// Status code, body framing and whether the server will close, from a response head.
+fn parse_head(head: &[u8]) -> Result<(u16, Framing, bool), String> {
     let text = std::str::from_utf8(head).map_err(|_| "response head is not UTF-8")?;
     let mut lines = text.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -667,16 +747,41 @@ fn parse_head(head: &[u8]) -> Result<(u16, usize, bool), String> {
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if !value.eq_ignore_ascii_case("chunked") {
+                return Err(format!("unsupported Transfer-Encoding {value:?}"));
+            }
             chunked = true;
         }
     }
-    let length = match (length, chunked) {
-        (_, true) => return Err("chunked response bodies are not supported".into()),
-        (Some(n), false) => n,
-        (None, false) if status == 204 || status == 304 || status < 200 => 0,
+    let framing = match (length, chunked) {
+        (_, true) if status == 204 || status == 304 || status < 200 => Framing::Length(0),
+        (_, true) => Framing::ChunkSize(Vec::new()),
+        (Some(n), false) => Framing::Length(n),
+        (None, false) if status == 204 || status == 304 || status < 200 => Framing::Length(0),
         (None, false) => return Err(format!("status {status} without Content-Length")),
     };
-    Ok((status, length, close))
+    Ok((status, framing, close))
+}
+
+/// The data of a complete chunked body (`raw` as framed by `ResponseParser`).
+fn dechunk(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at = 0;
+    while let Some(nl) = raw[at..].iter().position(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(&raw[at..at + nl]);
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or_default(), 16)
+            .unwrap_or(0);
+        at += nl + 1;
+        if size == 0 || at + size > raw.len() {
+            break;
+        }
+        out.extend_from_slice(&raw[at..at + size]);
+        at += size + 2;
+        if at >= raw.len() {
+            break;
+        }
+    }
+    out
 }
 
 /// One blocking request/response on a fresh or given stream, for probes and readiness
@@ -715,7 +820,13 @@ pub fn request_once(
             Ok(Feed::More) => {}
             Ok(Feed::Done { status, extra, .. }) => {
                 let head_end = find(&all, b"\r\n\r\n").map_or(0, |p| p + 4);
-                let body = all[head_end..all.len() - extra].to_vec();
+                let raw = &all[head_end..all.len() - extra];
+                let head = String::from_utf8_lossy(&all[..head_end]).to_ascii_lowercase();
+                let body = if head.contains("\r\ntransfer-encoding: chunked") {
+                    dechunk(raw)
+                } else {
+                    raw.to_vec()
+                };
                 return Ok((status, body));
             }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),

@@ -1,10 +1,14 @@
-//! Building blocks of the `nodeapi` benchmark: the load generator, process probes, the
-//! daemon fixture, the in-process control plane (adapter), the tiny test server, and the
-//! one error type they share. Scenario logic lives in `benches/nodeapi.rs`, not here.
+//! Building blocks of the `nodeapi` benchmark: the load generator, process probes, fresh
+//! request probes, the daemon fixture and the subjects it can start (ours, a reference),
+//! the in-process control plane (adapter), result reporting, the tiny test server, and
+//! the one error type they share. Scenario logic lives in `benches/scenarios/`, not here.
 
 pub mod daemon;
 pub mod loadgen;
+pub mod probe;
 pub mod procstat;
+pub mod report;
+pub mod subject;
 pub mod tinyserver;
 pub mod upstream;
 
@@ -29,6 +33,9 @@ pub enum BenchError {
     Load(String),
     #[error("usage: {0}")]
     Usage(String),
+    /// The subject cannot run this scenario (e.g. the reference lacks a flag).
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 impl BenchError {

@@ -13,6 +13,8 @@ use std::io;
 pub struct ProcSample {
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
+    /// utime alone (user mode), in clock ticks.
+    pub user_ticks: u64,
     pub rss_kb: u64,
     pub threads: u64,
 }
@@ -31,7 +33,7 @@ pub fn clk_tck() -> u64 {
 /// Reads the counters of `pid`.
 pub fn sample(pid: u32) -> io::Result<ProcSample> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let cpu_ticks = parse_stat_cpu(&stat).ok_or_else(|| {
+    let (user_ticks, system_ticks) = parse_stat_cpu(&stat).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "unexpected /proc/PID/stat format",
@@ -47,26 +49,65 @@ pub fn sample(pid: u32) -> io::Result<ProcSample> {
             .unwrap_or(0)
     };
     Ok(ProcSample {
-        cpu_ticks,
+        cpu_ticks: user_ticks + system_ticks,
+        user_ticks,
         rss_kb: field("VmRSS:"),
         threads: field("Threads:"),
     })
 }
 
-/// utime (field 14) + stime (field 15); the command name (field 2) may contain spaces
+/// The whole machine's CPU time from the first line of `/proc/stat`, in clock ticks:
+/// (busy = everything but idle and iowait, total).
+pub fn machine_ticks() -> io::Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no cpu line in /proc/stat"))?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// `VmRSS` of `pid` in kB (reads `/proc/<pid>/status` only; cheap enough to poll every
+/// few milliseconds).
+pub fn vm_rss_kb(pid: u32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS line"))
+}
+
+/// utime (field 14) and stime (field 15); the command name (field 2) may contain spaces
 /// and parentheses, so fields are counted after its last `)`.
-fn parse_stat_cpu(stat: &str) -> Option<u64> {
+fn parse_stat_cpu(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     // `rest` starts at field 3 (state); utime is field 14 → index 11.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// CPU time between two samples, in µs.
 pub fn cpu_us_between(a: &ProcSample, b: &ProcSample) -> f64 {
     ticks_to_us(b.cpu_ticks.saturating_sub(a.cpu_ticks))
+}
+
+/// User-mode CPU time between two samples, in µs.
+pub fn user_us_between(a: &ProcSample, b: &ProcSample) -> f64 {
+    ticks_to_us(b.user_ticks.saturating_sub(a.user_ticks))
 }
 
 /// Clock ticks → µs.

@@ -4,7 +4,7 @@
 //! by closing the connection.
 //!
 //! It deliberately does not bound its threads, time out slow clients, decode chunked
-//! request bodies (answered 411), or aim for speed: it is test equipment, not the
+//! request bodies (answered 411; it can send chunked responses), or aim for speed: it is test equipment, not the
 //! product.
 
 use std::io::{self, Read, Write};
@@ -42,6 +42,13 @@ pub enum Reply {
         status: u16,
         body: Vec<u8>,
         close: bool,
+    },
+    /// `body` sent with `Transfer-Encoding: chunked`, `chunk` bytes per chunk, each
+    /// chunk written on its own (as the Go reference sends large bodies).
+    Chunked {
+        status: u16,
+        body: Vec<u8>,
+        chunk: usize,
     },
 }
 
@@ -227,6 +234,15 @@ fn serve_conn(mut s: Stream, handler: &Handler, stop: &AtomicBool) {
                         return;
                     }
                 }
+                Reply::Chunked {
+                    status,
+                    body,
+                    chunk,
+                } => {
+                    if write_chunked(&mut s, status, &body, chunk).is_err() {
+                        return;
+                    }
+                }
             }
         }
         if stop.load(Ordering::Relaxed) {
@@ -253,6 +269,24 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         _ => "Status",
     }
+}
+
+fn write_chunked(s: &mut Stream, status: u16, body: &[u8], chunk: usize) -> io::Result<()> {
+    s.write_all(
+        format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            reason(status)
+        )
+        .as_bytes(),
+    )?;
+    for part in body.chunks(chunk.max(1)) {
+        let mut out = format!("{:x}\r\n", part.len()).into_bytes();
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+        s.write_all(&out)?;
+    }
+    s.write_all(b"0\r\n\r\n")
 }
 
 fn write_full(s: &mut Stream, status: u16, body: &[u8], close: bool) -> io::Result<()> {

@@ -5,8 +5,11 @@
 //! (`Upstream::data_entries`), so a daemon that fetches state at start finds its cache
 //! already current.
 //!
+//! Secrets can be added and their requests stalled (accepted, not answered) to play a
+//! slow control plane.
+//!
 //! It deliberately does not verify the daemon's requests (that is the integration
-//! tests' job), push events, or hold secrets.
+//! tests' job) or push events.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -38,6 +41,30 @@ impl Upstream {
             .as_ref()
             .and_then(|cp| cp.state().data)
             .unwrap_or_default()
+    }
+
+    /// The base64 Ed25519 public key its events are signed with (the content of a
+    /// daemon's `--signing-key-file`).
+    pub fn signing_key(&self) -> String {
+        self.cp
+            .as_ref()
+            .map(DevControlPlane::signing_public_key)
+            .unwrap_or_default()
+    }
+
+    /// Adds (or replaces) a secret the node may fetch.
+    pub fn set_secret(&self, key: &str, plaintext: &str) {
+        if let Some(cp) = &self.cp {
+            cp.set_secret(key, plaintext);
+        }
+    }
+
+    /// While `true`, secret requests are accepted but not answered; `false` answers the
+    /// held ones.
+    pub fn stall_secrets(&self, stalled: bool) {
+        if let Some(cp) = &self.cp {
+            cp.stall_secrets(stalled);
+        }
     }
 
     pub fn stop(mut self) {
