@@ -333,12 +333,9 @@ pub fn get_while_1000_parked(ctx: &mut Ctx<'_>, r: &mut ScenarioReport) -> Resul
                 .unix_target()
                 .connect()
                 .map_err(BenchError::io("connecting"))?;
-            let (status, _) = loadgen::request_once(
-                &mut c,
-                &put("/v1/state/report/hot"),
-                Duration::from_secs(5),
-            )
-            .map_err(BenchError::io("PUT"))?;
+            let (status, _) =
+                loadgen::request_once(&mut c, &put("/v1/state/report/hot"), Duration::from_secs(5))
+                    .map_err(BenchError::io("PUT"))?;
             if status != 200 {
                 return Err(BenchError::Setup(format!("PUT answered {status}")));
             }
@@ -374,7 +371,11 @@ pub fn get_while_1000_parked(ctx: &mut Ctx<'_>, r: &mut ScenarioReport) -> Resul
             drop(waiters);
             let side = s.side;
             r.push(side, Spec::info("GET alone", "req/s"), alone.load.rps());
-            r.push(side, Spec::info("GET, 1000 parked", "req/s"), parked.load.rps());
+            r.push(
+                side,
+                Spec::info("GET, 1000 parked", "req/s"),
+                parked.load.rps(),
+            );
             r.push(
                 side,
                 Spec::info("GET share kept", "x").goal(Goal::AtLeast(0.8)),
