@@ -6,8 +6,10 @@
 //! served byte for byte as they arrived. This module does no I/O.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 /// Metadata: string keys to string values, kept sorted by key.
@@ -39,7 +41,7 @@ impl PartialEq for DataEntry {
 pub struct ReportEntry {
     pub key: String,
     pub content_type: String,
-    pub payload: Box<RawValue>,
+    pub payload: RawJson,
     pub version: i64,
     /// RFC 3339 UTC, written by us.
     pub updated_at: String,
@@ -48,7 +50,111 @@ pub struct ReportEntry {
 impl ReportEntry {
     /// Bytes of the payload's JSON text: what the report quota counts.
     pub fn payload_len(&self) -> u64 {
-        self.payload.get().len() as u64
+        self.payload.len() as u64
+    }
+}
+
+/// A JSON value's text, kept byte for byte: in its own allocation, or as a range of a
+/// rendered document it shares. A stored report keeps its payload as the range of its
+/// rendered entry (`RawJson::share_within`), so a large payload is held once, not twice.
+#[derive(Clone)]
+pub struct RawJson(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Owned(Box<RawValue>),
+    /// `doc[start..start + len]` is valid UTF-8 and valid JSON (checked when made).
+    Within {
+        doc: Arc<[u8]>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        match &self.0 {
+            Repr::Owned(raw) => raw.get(),
+            Repr::Within { doc, start, len } => {
+                // Checked to be UTF-8 when made; the fallback only guards against a bug.
+                std::str::from_utf8(&doc[*start..*start + *len]).unwrap_or("null")
+            }
+        }
+    }
+
+    /// Bytes of the JSON text.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Owned(raw) => raw.get().len(),
+            Repr::Within { len, .. } => *len,
+        }
+    }
+
+    /// Whether the text is empty (never, for valid JSON).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Points this value at its own bytes inside `doc` (a rendering of something that
+    /// holds it) and frees its own copy. Left as it is when `doc` does not hold the
+    /// same bytes.
+    pub fn share_within(&mut self, doc: &Arc<[u8]>) {
+        if let Some(start) = locate(doc, self.get().as_bytes()) {
+            let len = self.len();
+            self.0 = Repr::Within {
+                doc: Arc::clone(doc),
+                start,
+                len,
+            };
+        }
+    }
+}
+
+/// Where `text` is in `doc`: right after a `"payload":` field name as serde renders it
+/// (found near the start; such a name cannot occur inside a JSON string, whose quotes
+/// are escaped), else anywhere (any occurrence holds the same bytes).
+fn locate(doc: &[u8], text: &[u8]) -> Option<usize> {
+    const FIELD: &[u8] = b"\"payload\":";
+    if let Some(at) = doc.windows(FIELD.len()).position(|w| w == FIELD) {
+        let start = at + FIELD.len();
+        if doc.get(start..start + text.len()) == Some(text) {
+            return Some(start);
+        }
+    }
+    let text = std::str::from_utf8(text).ok()?;
+    std::str::from_utf8(doc).ok()?.find(text)
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(raw: Box<RawValue>) -> RawJson {
+        RawJson(Repr::Owned(raw))
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Repr::Owned(raw) => raw.serialize(serializer),
+            Repr::Within { .. } => {
+                // Borrowed, not copied: serde_json checks the text and hands it back.
+                let raw: &RawValue =
+                    serde_json::from_str(self.get()).map_err(serde::ser::Error::custom)?;
+                raw.serialize(serializer)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawJson, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(RawJson::from)
     }
 }
 
@@ -140,4 +246,49 @@ pub struct NodeStateUpdate {
 pub struct NodeSecretsUpdate {
     #[serde(default)]
     pub secret_refs: Option<Vec<SecretRef>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(payload: &str) -> ReportEntry {
+        ReportEntry {
+            key: "k\"payload\":1".into(),
+            content_type: "application/json".into(),
+            payload: RawValue::from_string(payload.into()).unwrap().into(),
+            version: 3,
+            updated_at: "2026-11-29T10:00:00Z".into(),
+        }
+    }
+
+    fn shared(p: &RawJson) -> bool {
+        matches!(p.0, Repr::Within { .. })
+    }
+
+    #[test]
+    fn a_payload_shares_its_rendering_and_renders_the_same() {
+        let mut e = entry(r#"{"a": [1, 2, "x\"y"]}"#);
+        let doc: Arc<[u8]> = serde_json::to_vec(&e).unwrap().into();
+        e.payload.share_within(&doc);
+        assert!(shared(&e.payload));
+        assert_eq!(e.payload.get(), r#"{"a": [1, 2, "x\"y"]}"#);
+        assert_eq!(e.payload_len(), 21);
+        assert_eq!(serde_json::to_vec(&e).unwrap(), &doc[..]);
+        let back: ReportEntry = serde_json::from_slice(&doc).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn a_pretty_document_is_searched_and_a_foreign_one_left_alone() {
+        let mut p: RawJson = RawValue::from_string("[1,2]".into()).unwrap().into();
+        let pretty: Arc<[u8]> = Arc::from(&b"{\n  \"payload\": [1,2]\n}"[..]);
+        p.share_within(&pretty);
+        assert!(shared(&p));
+        assert_eq!(p.get(), "[1,2]");
+        let mut q: RawJson = RawValue::from_string("[3]".into()).unwrap().into();
+        q.share_within(&pretty);
+        assert!(!shared(&q));
+        assert_eq!(q.get(), "[3]");
+    }
 }

@@ -92,7 +92,7 @@ fn hex_sha256(bytes: &[u8]) -> String {
 
 /// The digest of a stored entry.
 pub fn entry_digest(e: &ReportEntry) -> String {
-    digest(&e.content_type, &payload_value(&e.payload))
+    digest(&e.content_type, &payload_value(e.payload.get()))
 }
 
 struct Valid {
@@ -256,7 +256,7 @@ mod tests {
         ReportEntry {
             key: key.into(),
             content_type: "application/json".into(),
-            payload: RawValue::from_string(payload.to_owned()).unwrap(),
+            payload: RawValue::from_string(payload.to_owned()).unwrap().into(),
             version,
             updated_at: "2026-01-01T00:00:00Z".into(),
         }

@@ -59,14 +59,14 @@ pub fn spec(snapshot: &Snapshot, ctx: &SpecContext<'_>) -> Value {
 
 /// Parses a stored payload. Stored payloads are valid JSON; the fallback keeps a bug
 /// from becoming a panic.
-pub fn payload_value(raw: &serde_json::value::RawValue) -> Value {
-    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+pub fn payload_value(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or(Value::Null)
 }
 
 fn entry_item(
     key: &str,
     content_type: &str,
-    payload: &serde_json::value::RawValue,
+    payload: &str,
     version: i64,
     updated_at: &str,
 ) -> Value {
@@ -86,7 +86,7 @@ fn data_item(d: &DataEntry) -> Value {
     entry_item(
         &d.key,
         &d.content_type,
-        &d.payload,
+        d.payload.get(),
         d.version,
         &d.updated_at,
     )
@@ -97,7 +97,7 @@ pub fn report_item(r: &ReportEntry) -> Value {
     entry_item(
         &r.key,
         &r.content_type,
-        &r.payload,
+        r.payload.get(),
         r.version,
         &r.updated_at,
     )

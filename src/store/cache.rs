@@ -42,8 +42,18 @@ pub struct Item<E> {
 /// A data entry pushed by the control plane, as the cache holds it.
 pub type DataItem = Item<DataEntry>;
 
-/// A report entry written by a local workload, as the cache holds it.
+/// A report entry written by a local workload, as the cache holds it: its payload is a
+/// range of its body (`render_report`), so it is held once.
 pub type ReportItem = Item<ReportEntry>;
+
+/// Renders a report entry and points its payload at the payload's bytes in the
+/// rendering, freeing the entry's own copy: a stored or queued report holds its payload
+/// once.
+pub fn render_report(entry: &mut ReportEntry) -> Json {
+    let body = render(entry);
+    entry.payload.share_within(&body);
+    body
+}
 
 /// Renders `value` as JSON bytes straight into a shared buffer of the exact size: one
 /// pass counts the bytes, the second writes them, so a large entry is never held twice

@@ -32,7 +32,8 @@ use super::keys::{self, ReportKey};
 use crate::model::{DataEntry, Metadata, ReportEntry, SecretRef};
 
 use super::cache::{
-    normalize_secrets, render, render_meta_item, Cache, Item, MetaItem, ReportItem, Stamp,
+    normalize_secrets, render, render_meta_item, render_report, Cache, Item, MetaItem, ReportItem,
+    Stamp,
 };
 use super::checkpoint::{self, Checkpoints};
 use super::commit::{mark_dirty, JournalState, Writes};
@@ -203,6 +204,14 @@ fn load_reports(
 trait Entry: DeserializeOwned + serde::Serialize + Send {
     fn key(&self) -> &str;
     fn version(&self) -> i64;
+    /// The entry with its rendered body (on the loader threads too).
+    fn with_body(self) -> (Self, Json)
+    where
+        Self: Sized,
+    {
+        let body = render(&self);
+        (self, body)
+    }
 }
 
 impl Entry for DataEntry {
@@ -221,6 +230,11 @@ impl Entry for ReportEntry {
     fn version(&self) -> i64 {
         self.version
     }
+    /// A report keeps its payload once: inside its body.
+    fn with_body(mut self) -> (Self, Json) {
+        let body = render_report(&mut self);
+        (self, body)
+    }
 }
 
 /// Loads a folder of entry files (`data/` or `report/`), keyed by the key inside each
@@ -235,7 +249,7 @@ fn load_entries<E: Entry>(
 ) -> Result<(BTreeMap<String, Item<E>>, SystemTime), StoreError> {
     let mut items: BTreeMap<String, Item<E>> = BTreeMap::new();
     let mut newest = folder_mtime(f);
-    for (file, (entry, body), modified) in load_folder(f, with_body::<E>)? {
+    for (file, (entry, body), modified) in load_folder(f, E::with_body)? {
         if let Err(why) = check(&entry) {
             quarantine(f, &file, &why);
             continue;
@@ -299,7 +313,7 @@ fn replay_journal(
     let mut dirty = BTreeMap::new();
     for record in records {
         match record {
-            Record::Put(entry) => {
+            Record::Put(mut entry) => {
                 if ReportKey::parse(&entry.key).is_err() {
                     log::error!(key:? = entry.key; "report journal record with an invalid key; skipped");
                     continue;
@@ -315,7 +329,7 @@ fn replay_journal(
                     old.as_deref().filter(|o| *o != file),
                 );
                 let item = ReportItem {
-                    body: render(&entry),
+                    body: render_report(&mut entry),
                     file,
                     stamp,
                     entry,
@@ -398,12 +412,6 @@ enum Parsed<T> {
     Unreadable(io::Error),
     /// Unparsable, or not a regular file: moved aside.
     Invalid(String),
-}
-
-/// An entry with its rendered body (rendered on the loader threads too).
-fn with_body<T: serde::Serialize>(entry: T) -> (T, Json) {
-    let body = render(&entry);
-    (entry, body)
 }
 
 /// Reads and parses one file; touches nothing (safe to run on any thread).

@@ -19,7 +19,7 @@ use super::keys::{self, ReportKey};
 use crate::model::ReportEntry;
 use crate::timefmt;
 
-use super::cache::render;
+use super::cache::render_report;
 use super::commit::{pair, Latest, Op, OpKind, Queue, Quota, Ticket, UsageDelta};
 use super::journal;
 use super::{lock, Inner, Json, QuotaLimit, Store, StoreError, Versioned};
@@ -217,14 +217,14 @@ impl Store {
             return Ticket::ready(Err(refused));
         }
         let at = SystemTime::now();
-        let entry = ReportEntry {
+        let mut entry = ReportEntry {
             key: key.as_str().to_owned(),
             content_type,
-            payload,
+            payload: payload.into(),
             version: version.map_or(1, |v| v.saturating_add(1)),
             updated_at: timefmt::format_rfc3339_utc(at),
         };
-        let body = render(&entry);
+        let body = render_report(&mut entry);
         let record = journal::encode_put(&body);
         let slot = q.latest.entry(key.as_str().to_owned()).or_insert((None, 0));
         slot.0 = Some((entry.version, file.clone(), new_len));

@@ -284,6 +284,35 @@ fn many_large_bodies_at_once_are_bounded_by_the_body_budget() {
 }
 
 #[test]
+fn a_stored_report_holds_its_payload_once() {
+    // 40 stored reports of 1 MiB each: the cache keeps one copy of each payload (inside
+    // its rendered entry), while the daemon runs and after a restart.
+    let node = Node::new();
+    let d = node.daemon().start();
+    let payload = format!("\"{}\"", "x".repeat(1024 * 1024 - 64));
+    let base = vm_rss_kib(d.pid());
+    for i in 0..40 {
+        assert_eq!(put_on(&d, &format!("big-{i}"), &payload), 200);
+    }
+    let grew = vm_rss_kib(d.pid()).saturating_sub(base) / 1024;
+    // Two copies each would be 80 MiB or more.
+    assert!(grew < 64, "40 MiB of stored reports grew RSS by {grew} MiB");
+    drop(d);
+    let d = node.daemon().start();
+    let loaded = vm_rss_kib(d.pid()) / 1024;
+    assert!(
+        loaded < 64,
+        "40 MiB of reports loaded from disk: RSS {loaded} MiB"
+    );
+    assert_eq!(
+        d.get("/v1/state/report/big-39").json()["payload"]
+            .as_str()
+            .map(str::len),
+        Some(1024 * 1024 - 64)
+    );
+}
+
+#[test]
 fn at_the_connection_limit_idle_connections_make_room() {
     let node = Node::new();
     let d = node.daemon().args(["--max-connections", "40"]).start();

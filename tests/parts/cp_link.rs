@@ -62,7 +62,7 @@ fn entry(key: &str, version: i64, size: usize) -> ReportEntry {
     ReportEntry {
         key: key.to_owned(),
         content_type: "application/json".to_owned(),
-        payload: RawValue::from_string(payload).unwrap(),
+        payload: RawValue::from_string(payload).unwrap().into(),
         version,
         updated_at: "2026-03-01T12:00:00Z".to_owned(),
     }
