@@ -53,6 +53,18 @@ pub struct Import {
     pub key: ReportKey,
     pub content_type: String,
     pub payload: Box<RawValue>,
+    /// The store's version of the key when the plan was made (`0`: absent). The import
+    /// is conditional on it, so a local write that came in between wins and the next
+    /// pass merges again.
+    pub expected_version: i64,
+}
+
+/// A key a workload removed from `.status.report`, to delete from the store if it is
+/// still at `version` (a local write that came in between keeps it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub key: ReportKey,
+    pub version: i64,
 }
 
 /// An invalid workload entry: left in status, not imported.
@@ -68,7 +80,7 @@ pub struct Rejected {
 #[derive(Debug, Default)]
 pub struct Plan {
     pub imports: Vec<Import>,
-    pub deletes: Vec<ReportKey>,
+    pub deletes: Vec<Deletion>,
     pub rejected: Vec<Rejected>,
     /// The invalid items, verbatim, in their order in S.
     pub invalid: Vec<Value>,
@@ -193,6 +205,7 @@ pub fn plan(status: &[Value], store: &[ReportEntry], base: &Base) -> Plan {
                     key: s.key.clone(),
                     content_type: s.content_type.clone(),
                     payload,
+                    expected_version: local.get(key.as_str()).map_or(0, |l| l.version),
                 });
             }
         }
@@ -204,7 +217,10 @@ pub fn plan(status: &[Value], store: &[ReportEntry], base: &Base) -> Plan {
         if let Some(b) = base.get(&l.key) {
             if b.version == l.version {
                 if let Ok(key) = ReportKey::parse(&l.key) {
-                    out.deletes.push(key);
+                    out.deletes.push(Deletion {
+                        key,
+                        version: l.version,
+                    });
                 }
             }
         }
@@ -284,7 +300,7 @@ mod tests {
     fn keys(p: &Plan) -> (Vec<String>, Vec<String>) {
         (
             p.imports.iter().map(|i| i.key.to_string()).collect(),
-            p.deletes.iter().map(ToString::to_string).collect(),
+            p.deletes.iter().map(|d| d.key.to_string()).collect(),
         )
     }
 
@@ -324,6 +340,8 @@ mod tests {
         );
         assert_eq!(keys(&p), (vec!["a".into()], vec![]));
         assert_eq!(p.imports[0].payload.get(), "5");
+        // Conditional on the version planned against: a local write in between wins.
+        assert_eq!(p.imports[0].expected_version, 1);
         // Not in the base either (e.g. after a restart that lost it): still an edit.
         let p = plan(&[item("a", json!(5))], &[l], &Base::new());
         assert_eq!(keys(&p), (vec!["a".into()], vec![]));
@@ -351,6 +369,7 @@ mod tests {
         let l = entry("a", "1", 4);
         let p = plan(&[], std::slice::from_ref(&l), &base_of(&[&l]));
         assert_eq!(keys(&p), (vec![], vec!["a".into()]));
+        assert_eq!(p.deletes[0].version, 4);
         // The store changed after the status was written: the store wins.
         let newer = entry("a", "2", 5);
         let p = plan(&[], std::slice::from_ref(&newer), &base_of(&[&l]));

@@ -38,7 +38,7 @@ use serde_json::{json, Map, Value};
 use crate::cp::background::Background;
 use crate::cp::backoff::Backoff;
 use crate::cp::client::CpClient;
-use crate::store::{Snapshot, Store, StoreError};
+use crate::store::{Preconditions, Snapshot, Store, StoreError};
 
 use super::client::{KubeClient, KubeError, FIELD_MANAGER};
 use super::config::KubeConfig;
@@ -652,16 +652,24 @@ impl Mirror {
             .imports
             .iter()
             .map(|i| {
-                let ticket =
-                    self.store
-                        .submit_put(&i.key, i.content_type.clone(), i.payload.clone(), None);
+                let ticket = self.store.submit_put_if(
+                    &i.key,
+                    i.content_type.clone(),
+                    i.payload.clone(),
+                    &Preconditions::version(Some(i.expected_version)),
+                );
                 (&i.key, ticket)
             })
             .collect();
         let deletes: Vec<_> = plan
             .deletes
             .iter()
-            .map(|k| (k, self.store.submit_delete(k)))
+            .map(|d| {
+                let ticket = self
+                    .store
+                    .submit_delete_if(&d.key, &Preconditions::version(Some(d.version)));
+                (&d.key, ticket)
+            })
             .collect();
         let (mut changed, mut failed) = (false, false);
         let mut unstorable = Vec::new();
@@ -673,6 +681,11 @@ impl Mirror {
                     changed = true;
                 }
                 Err(StoreError::KeyNotStorable) => unstorable.push(key.as_str().to_owned()),
+                // A local write came in between: it wins; the next pass merges again.
+                Err(StoreError::Conflict { .. }) => {
+                    log::debug!(key = key.as_str(); "a local write came first; merging again");
+                    changed = true;
+                }
                 Err(e) => {
                     log::error!(key = key.as_str(), error:% = e; "cannot store a report entry written in .status.report");
                     failed = true;
@@ -687,6 +700,11 @@ impl Mirror {
                     changed = true;
                 }
                 Err(StoreError::NotFound) => changed = true,
+                // Changed locally since the plan: the newer entry stays.
+                Err(StoreError::Conflict { .. }) => {
+                    log::debug!(key = key.as_str(); "a local write came first; keeping it");
+                    changed = true;
+                }
                 Err(e) => {
                     log::error!(key = key.as_str(), error:% = e; "cannot delete a report entry removed from .status.report");
                     failed = true;
