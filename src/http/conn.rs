@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use super::parse::{parse_head, ChunkedDecoder, Framing as BodyFraming, Reject};
 use super::poller::{HUP_OR_ERR, IN, OUT, RDHUP};
 use super::resume::Resume;
-use super::server::RejectReason;
 use super::shared::{Delivered, Mailbox, Shared};
+use super::stats::RejectReason;
 use super::write::{read_some, send_response, send_some, Framing, Pending};
 use super::{
     Headers, Later, Method, Park, ParkKind, Reply, Request, Response, Span, Stream, Transport, Wake,

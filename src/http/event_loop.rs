@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use super::conn::{self, Conn, Cx, Next, Scratch, State, LINGER, NONE};
 use super::poller::{Poller, Ready, IN};
-use super::server::RejectReason;
 use super::shared::{lock, Mailbox, Shared, NO_IDLE};
+use super::stats::RejectReason;
 use super::write::{render_stream_head, send_response, send_some, Framing};
 use super::{PeerCred, Response, Stream, Transport, Wake};
 

@@ -8,17 +8,46 @@
 //! [`SocketClaim`] holds the lock and remembers the socket's device and inode; dropping
 //! it removes the socket only if the path still names that very socket, so a daemon
 //! that stops never removes a newer daemon's socket. Sockets passed by systemd are not
-//! bound here (see `activation`).
+//! bound here (see `activation`). [`Listener`] is what the server accepts on, whoever
+//! bound it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+
+/// A listening socket the server accepts on.
+#[derive(Debug)]
+pub enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+
+    pub(crate) fn is_unix(&self) -> bool {
+        matches!(self, Listener::Unix(_))
+    }
+
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Unix(l) => l.set_nonblocking(true),
+            Listener::Tcp(l) => l.set_nonblocking(true),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {

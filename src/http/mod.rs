@@ -34,10 +34,13 @@ mod poller;
 mod resume;
 mod server;
 mod shared;
+mod stats;
 mod write;
 
+pub use listen::Listener;
 pub use resume::Resume;
-pub use server::{Listener, RejectReason, Server, ServerHandle, ServerStats, Waker};
+pub use server::{Server, ServerHandle, Waker};
+pub use stats::{RejectReason, ServerStats};
 
 use std::borrow::Cow;
 use std::net::SocketAddr;

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use super::listen::Listener;
 use super::poller::EventFd;
-use super::server::{Listener, ServerStats};
+use super::stats::ServerStats;
 use super::{Handler, Response, ServerConfig};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
