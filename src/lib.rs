@@ -14,6 +14,7 @@ pub mod devcp;
 pub mod duration;
 pub mod encoding;
 pub mod events;
+pub mod file_kind;
 pub mod http;
 pub mod json_eq;
 pub mod kube;

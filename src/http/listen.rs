@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::file_kind::describe;
+
 /// A listening socket the server accepts on.
 #[derive(Debug)]
 pub enum Listener {
@@ -102,7 +104,7 @@ pub fn bind_unix(path: &Path) -> Result<(UnixListener, SocketClaim), ListenError
         Ok(meta) => {
             return Err(ListenError::NotASocket {
                 path: path.to_path_buf(),
-                kind: kind_of(meta.file_type()),
+                kind: describe(meta.file_type()),
             })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -194,23 +196,6 @@ fn lock_socket(path: &Path) -> Result<Flock<File>, ListenError> {
             lock,
             source: io::Error::from(e),
         }),
-    }
-}
-
-/// What a file type is, for messages.
-fn kind_of(t: fs::FileType) -> &'static str {
-    if t.is_file() {
-        "a regular file"
-    } else if t.is_dir() {
-        "a folder"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device"
-    } else {
-        "not a socket"
     }
 }
 

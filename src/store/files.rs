@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use crate::file_kind::describe;
+
 /// Suffix given to files that could not be parsed.
 pub const CORRUPT_SUFFIX: &str = ".corrupt";
 /// Suffix given to a file that lost against another file carrying the same key.
@@ -48,7 +50,7 @@ pub fn ensure_dir(path: &Path) -> io::Result<()> {
             }
             return Ok(());
         }
-        Some(m) => set_aside_unusable(path, kind_of(m.file_type()))?,
+        Some(m) => set_aside_unusable(path, describe(m.file_type()))?,
         None if fs::symlink_metadata(path).is_ok() => {
             set_aside_unusable(path, "a dangling symbolic link")?
         }
@@ -87,24 +89,6 @@ pub fn set_aside(path: &Path, suffix: &str) -> io::Result<PathBuf> {
     Ok(target)
 }
 
-/// What a file type is, for messages.
-pub fn kind_of(t: fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_file() {
-        "a regular file"
-    } else if t.is_dir() {
-        "a folder"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a device"
-    }
-}
-
 /// Why `open_regular` gave no file.
 #[derive(Debug)]
 pub enum OpenError {
@@ -128,7 +112,7 @@ pub fn open_regular(path: &Path) -> Result<File, OpenError> {
     };
     let meta = fs::symlink_metadata(path).map_err(not_found)?;
     if !meta.file_type().is_file() {
-        return Err(OpenError::NotRegular(kind_of(meta.file_type())));
+        return Err(OpenError::NotRegular(describe(meta.file_type())));
     }
     let file = OpenOptions::new()
         .read(true)
@@ -140,7 +124,7 @@ pub fn open_regular(path: &Path) -> Result<File, OpenError> {
         })?;
     let meta = file.metadata().map_err(OpenError::Io)?;
     if !meta.file_type().is_file() {
-        return Err(OpenError::NotRegular(kind_of(meta.file_type())));
+        return Err(OpenError::NotRegular(describe(meta.file_type())));
     }
     Ok(file)
 }

@@ -29,6 +29,7 @@ use std::time::SystemTime;
 use serde::de::DeserializeOwned;
 
 use super::keys::{self, ReportKey};
+use crate::file_kind::describe;
 use crate::model::{DataEntry, Metadata, ReportEntry, SecretRef};
 
 use super::cache::{
@@ -39,7 +40,7 @@ use super::checkpoint::{self, Checkpoints};
 use super::commit::{mark_dirty, JournalState, Writes};
 use super::disk::Disk;
 use super::files::{
-    ensure_dir, kind_of, open_regular, set_aside, Folder, OpenError, CORRUPT_SUFFIX, STALE_SUFFIX,
+    ensure_dir, open_regular, set_aside, Folder, OpenError, CORRUPT_SUFFIX, STALE_SUFFIX,
 };
 use super::journal::{Journal, Record, JOURNAL_FILE};
 use super::marks::{decode_marks, Mark, MARKS_FILE};
@@ -293,7 +294,7 @@ fn replay_journal(
     let journal_path = state.file(JOURNAL_FILE);
     if let Ok(meta) = fs::symlink_metadata(&journal_path) {
         if !meta.file_type().is_file() {
-            quarantine(state, JOURNAL_FILE, kind_of(meta.file_type()));
+            quarantine(state, JOURNAL_FILE, describe(meta.file_type()));
         }
     }
     let (journal, records, dropped, created) =
@@ -497,7 +498,7 @@ fn load_folder<T: DeserializeOwned, U: Send>(
         }
         match entry.file_type() {
             Ok(t) if t.is_file() => names.push(name),
-            Ok(t) => quarantine(f, &name, kind_of(t)),
+            Ok(t) => quarantine(f, &name, describe(t)),
             Err(e) => {
                 log::warn!(file:% = entry.path().display(), error:% = e; "cannot tell what this is; skipped")
             }
