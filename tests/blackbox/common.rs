@@ -595,3 +595,49 @@ pub fn threads_of(pid: u32) -> usize {
         .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
         .expect("Threads line")
 }
+
+/// A host group a test needs: the existing one, or one the test adds (`groupadd
+/// --system`) and removes again when the guard is dropped — also when the test fails.
+/// A group that existed before is never removed.
+pub struct TempGroup {
+    pub name: &'static str,
+    pub gid: u32,
+    created: bool,
+}
+
+impl TempGroup {
+    /// The group `name`, added if missing (which needs root).
+    pub fn ensure(name: &'static str) -> Result<TempGroup, String> {
+        let find = || {
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        };
+        if let Some(gid) = find() {
+            return Ok(TempGroup {
+                name,
+                gid,
+                created: false,
+            });
+        }
+        let added = Command::new("groupadd")
+            .args(["--system", name])
+            .status()
+            .map_err(|e| format!("groupadd {name}: {e}"))?;
+        // Added, or added by a concurrent test in between (then it is that test's).
+        let created = added.success();
+        match find() {
+            Some(gid) => Ok(TempGroup { name, gid, created }),
+            None => Err(format!("groupadd {name}: {added}")),
+        }
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("groupdel").arg(self.name).status();
+        }
+    }
+}
