@@ -26,6 +26,8 @@ use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the README shows for an installed daemon, or for a `make run` in a checkout at
@@ -36,8 +38,10 @@ const README_TOKEN_FILE: &str = "/etc/plexd/http-token";
 const README_TCP: &str = "127.0.0.1:9100";
 const README_CONTROL_PLANE: &str = "http://127.0.0.1:38541";
 
-/// How long a `run until Ctrl-C` block must keep running.
+/// How long a `run until Ctrl-C` block must keep running; it is interrupted then, once
+/// it has printed something (or after `FIRST_OUTPUT_LIMIT`: a slow or emulated start).
 const KEEPS_RUNNING: Duration = Duration::from_secs(3);
+const FIRST_OUTPUT_LIMIT: Duration = Duration::from_secs(30);
 /// How long a `run` block may take.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -224,23 +228,26 @@ impl Shell {
         cmd.spawn().expect("bash")
     }
 
-    /// Runs `script` to its end (`RUN_LIMIT`), or for `KEEPS_RUNNING` and then Ctrl-C.
+    /// Runs `script` to its end (`RUN_LIMIT`), or until it has run `KEEPS_RUNNING` and
+    /// printed something, and then Ctrl-C.
     fn run(&self, script: &str, until_interrupted: bool) -> Ran {
         let mut child = self.spawn(script);
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
-        let limit = if until_interrupted {
-            KEEPS_RUNNING
-        } else {
-            RUN_LIMIT
-        };
-        let deadline = Instant::now() + limit;
+        let (out, printed) = collect(child.stdout.take().unwrap());
+        let (err, _) = collect(child.stderr.take().unwrap());
+        let started = Instant::now();
         let mut kept_running = false;
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
-            if Instant::now() >= deadline {
+            let elapsed = started.elapsed();
+            let stop = if until_interrupted {
+                (elapsed >= KEEPS_RUNNING && printed.load(Ordering::Acquire))
+                    || elapsed >= FIRST_OUTPUT_LIMIT
+            } else {
+                elapsed >= RUN_LIMIT
+            };
+            if stop {
                 kept_running = true;
                 let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
                 let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGINT);
@@ -262,12 +269,25 @@ impl Shell {
     }
 }
 
-fn collect(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
+/// Reads a pipe to its end on a thread of its own; the flag says whether anything but
+/// white space arrived yet.
+fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> (std::thread::JoinHandle<String>, Arc<AtomicBool>) {
+    let printed = Arc::new(AtomicBool::new(false));
+    let seen = printed.clone();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+            bytes.extend_from_slice(&chunk[..n]);
+            if bytes.iter().any(|b| !b.is_ascii_whitespace()) {
+                seen.store(true, Ordering::Release);
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    (reader, printed)
 }
 
 /// The shape of a JSON value: object keys (recursively), arrays as the union of their
