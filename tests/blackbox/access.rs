@@ -52,24 +52,6 @@ fn status_as(socket: &std::path::Path, uid: u32, gid: u32, groups: &[u32], path:
     }
 }
 
-fn ensure_group(name: &str) -> Option<u32> {
-    if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
-        return Some(g.gid.as_raw());
-    }
-    let ok = std::process::Command::new("groupadd")
-        .arg(name)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        return None;
-    }
-    nix::unistd::Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
-}
-
 #[test]
 fn secret_auth_uses_the_kernels_peer_credentials() {
     if !Uid::effective().is_root() {
@@ -100,7 +82,9 @@ fn secret_auth_uses_the_kernels_peer_credentials() {
     );
     assert_eq!(status_as(&sock, 4242, 4242, &[], "/v1/state/secrets"), 3);
     assert_eq!(status_as(&sock, 4242, 4242, &[], "/v1/state/metadata"), 0);
-    if let Some(gid) = ensure_group("plexd-secrets") {
+    // Added for this test if the host lacks it, and removed again when it ends.
+    if let Ok(group) = TempGroup::ensure("plexd-secrets") {
+        let gid = group.gid;
         // Restart so the daemon resolves the (possibly just created) group.
         drop(d);
         let d = node

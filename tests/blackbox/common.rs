@@ -595,3 +595,138 @@ pub fn threads_of(pid: u32) -> usize {
         .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
         .expect("Threads line")
 }
+
+/// A host group a test needs: the existing one, or one the test adds (`groupadd
+/// --system`) and removes again when the guard is dropped — also when the test fails.
+/// A group that existed before is never removed.
+pub struct TempGroup {
+    pub name: &'static str,
+    pub gid: u32,
+    created: bool,
+}
+
+impl TempGroup {
+    /// The group `name`, added if missing (which needs root).
+    pub fn ensure(name: &'static str) -> Result<TempGroup, String> {
+        let find = || {
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        };
+        if let Some(gid) = find() {
+            return Ok(TempGroup {
+                name,
+                gid,
+                created: false,
+            });
+        }
+        let added = Command::new("groupadd")
+            .args(["--system", name])
+            .status()
+            .map_err(|e| format!("groupadd {name}: {e}"))?;
+        // Added, or added by a concurrent test in between (then it is that test's).
+        let created = added.success();
+        match find() {
+            Some(gid) => Ok(TempGroup { name, gid, created }),
+            None => Err(format!("groupadd {name}: {added}")),
+        }
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("groupdel").arg(self.name).status();
+        }
+    }
+}
+
+/// `plexd-nodeapi dev`, started as `make run` starts it (with `--http` on a free
+/// loopback port, in a data folder of the test's), its banner read; killed when
+/// dropped unless `interrupt` ended it.
+pub struct DevRun {
+    child: Child,
+    /// Everything dev printed up to its last paste-able command.
+    pub banner: String,
+}
+
+impl DevRun {
+    /// Starts dev in `data` and waits (30 s at most) for its whole banner.
+    pub fn start(data: &Path) -> DevRun {
+        use std::io::BufRead;
+        let mut child = command()
+            .args(["dev", "--data-dir"])
+            .arg(data)
+            .args(["--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dev");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("dev's stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut run = DevRun {
+            child,
+            banner: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !run.banner.contains("events_rejected_total") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("the banner within 30 s");
+            run.banner.push_str(&line);
+            run.banner.push('\n');
+        }
+        run
+    }
+
+    /// The value the banner prints after `label` (`"socket:"`, `"development control
+    /// plane:"`, `"TCP listener:"`, `"token:"`, …), up to the next space.
+    pub fn banner_value(&self, label: &str) -> String {
+        let at = self
+            .banner
+            .find(label)
+            .unwrap_or_else(|| panic!("{label} in the banner:\n{}", self.banner));
+        self.banner[at + label.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Ctrl-C, as a user stops it; its exit status (20 s at most).
+    pub fn interrupt(mut self) -> ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("SIGINT to dev");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for dev") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "dev did not stop on Ctrl-C");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DevRun {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

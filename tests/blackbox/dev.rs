@@ -4,10 +4,7 @@
 //! and the signed/unsigned event demo; Ctrl-C ends it with status 0.
 
 use crate::common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// The banner's paste-able commands: lines starting with `curl` or the binary, with
 /// `\` continuations joined.
@@ -37,32 +34,8 @@ fn dev_with_http_prints_commands_that_work_from_anywhere() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let mut child = command()
-        .args(["dev", "--data-dir"])
-        .arg(&data)
-        .args(["--http", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start dev");
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut banner = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !banner.contains("events_rejected_total") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("the banner within 30 s");
-        banner.push_str(&line);
-        banner.push('\n');
-    }
+    let dev = DevRun::start(&data);
+    let banner = &dev.banner;
     // Absolute paths, the token printed and kept in a private file.
     let socket = data.join("api.sock");
     assert!(
@@ -85,7 +58,7 @@ fn dev_with_http_prints_commands_that_work_from_anywhere() {
         "curl -fsS everywhere: {banner}"
     );
 
-    let commands = commands(&banner);
+    let commands = commands(banner);
     assert!(commands.len() >= 12, "{commands:?}");
     for cmd in &commands {
         let o = Command::new("bash")
@@ -117,18 +90,5 @@ fn dev_with_http_prints_commands_that_work_from_anywhere() {
     let region = try_request(&socket, "GET", "/v1/state/metadata/region", &[], None).unwrap();
     assert_eq!(region.json()["value"], "us-west-2");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "dev did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(dev.interrupt().code(), Some(0));
 }

@@ -1029,7 +1029,7 @@ fn the_shipped_manifests_validate_offline() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    assert!(files.len() >= 9);
+    assert!(files.len() >= 8, "{files:?}");
     kube_common::validate_objects(&files);
 }
 
@@ -1337,4 +1337,90 @@ fn workload_tokens_are_reviewed_on_the_tcp_listener() {
         .iter()
         .filter(|r| r["resource"] == "tokenreviews")
         .all(|r| r["body"]["spec"]["audiences"] == json!(["plexd"])));
+}
+
+/// The exec commands of the DaemonSet's probes, as `(probe, argv)`.
+fn daemonset_probes() -> Vec<(String, Vec<String>)> {
+    let text =
+        std::fs::read_to_string(kube_common::root().join("contrib/kubernetes/daemonset.yaml"))
+            .unwrap();
+    let mut out = Vec::new();
+    let mut probe = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_suffix("Probe:") {
+            probe = Some(name.to_owned());
+        } else if let (Some(name), Some(argv)) = (&probe, line.strip_prefix("command: ")) {
+            // A YAML flow sequence of double-quoted strings is JSON.
+            let argv: Vec<String> = serde_json::from_str(argv).unwrap();
+            out.push((name.clone(), argv));
+            probe = None;
+        }
+    }
+    out
+}
+
+/// Runs a probe's command as the kubelet would, with the image's `/plexd-nodeapi` and
+/// the host's socket path replaced by the binary under test and `socket`.
+fn run_probe(argv: &[String], socket: &std::path::Path) -> Option<i32> {
+    let mut words = argv.iter();
+    assert_eq!(words.next().map(String::as_str), Some("/plexd-nodeapi"));
+    let args: Vec<std::ffi::OsString> = words
+        .map(|w| {
+            if w == "/var/run/plexd/api.sock" {
+                socket.as_os_str().to_owned()
+            } else {
+                w.into()
+            }
+        })
+        .collect();
+    common::command()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .code()
+}
+
+#[test]
+fn the_daemonsets_probes_fail_only_on_a_dead_daemon_not_on_a_degraded_one() {
+    let probes = daemonset_probes();
+    assert_eq!(
+        probes.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["startup", "liveness", "readiness"]
+    );
+    let node = Node::new();
+    // No daemon yet: every probe fails (5, unreachable).
+    for (probe, argv) in &probes {
+        assert_eq!(run_probe(argv, &node.socket()), Some(5), "{probe}");
+    }
+    // A control plane that refuses connections: the daemon serves its cache, degraded.
+    let closed = free_port();
+    let d = node
+        .daemon()
+        .args(["--control-plane", &format!("http://127.0.0.1:{closed}")])
+        .start();
+    assert!(eventually(LIMIT, || d.get("/v1/health?ready").status == 200));
+    assert_eq!(d.get("/v1/health").json()["status"], "degraded");
+    for (probe, argv) in &probes {
+        assert_eq!(
+            run_probe(argv, &d.socket),
+            Some(0),
+            "{probe}: degraded but ready"
+        );
+    }
+    // What the probes deliberately leave out: the full verdict says degraded (7).
+    let full = common::command()
+        .args(["state", "health", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert_eq!(full.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&full.stdout).contains("\"degraded\""));
+    // A daemon that stopped answering fails them again.
+    d.kill();
+    for (probe, argv) in &probes {
+        assert_ne!(run_probe(argv, &node.socket()), Some(0), "{probe}");
+    }
 }

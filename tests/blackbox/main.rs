@@ -21,6 +21,7 @@ mod memory;
 mod notify;
 mod observability;
 mod overload;
+mod readme;
 mod reconcile;
 mod usage;
 mod watch;

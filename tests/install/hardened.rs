@@ -12,47 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{eventually, try_request, Node};
+use super::common::{eventually, try_request, Node, TempGroup};
 use super::{built_binary, have, repo, run_ok};
-
-/// A group this test made, removed again when it ends (also when it fails).
-struct TempGroup {
-    name: &'static str,
-    gid: u32,
-    created: bool,
-}
-
-impl TempGroup {
-    fn ensure(name: &'static str) -> TempGroup {
-        let find = || {
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .map(|g| g.gid.as_raw())
-        };
-        if let Some(gid) = find() {
-            return TempGroup {
-                name,
-                gid,
-                created: false,
-            };
-        }
-        run_ok(Command::new("groupadd").args(["--system", name]));
-        TempGroup {
-            name,
-            gid: find().expect("the group just added"),
-            created: true,
-        }
-    }
-}
-
-impl Drop for TempGroup {
-    fn drop(&mut self) {
-        if self.created {
-            let _ = Command::new("groupdel").arg(self.name).status();
-        }
-    }
-}
 
 /// The restrictions of the unit, as a command prefix: no capabilities (bounding,
 /// inheritable, ambient; root gets none on exec then), no new privileges, only the
@@ -147,8 +108,8 @@ fn the_daemon_runs_without_capabilities_as_the_unit_runs_it() {
     if !have("setpriv") {
         return;
     }
-    let plexd = TempGroup::ensure("plexd");
-    let secrets = TempGroup::ensure("plexd-secrets");
+    let plexd = TempGroup::ensure("plexd").unwrap_or_else(|e| panic!("{e}"));
+    let secrets = TempGroup::ensure("plexd-secrets").unwrap_or_else(|e| panic!("{e}"));
     let node = Node::new();
     std::fs::set_permissions(node.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(

@@ -444,9 +444,51 @@ fn configmap_config_is_accepted_by_the_daemon() {
         "path: http-token",
         "path: /var/lib/plexd\n",
         "path: /var/run/plexd\n",
-        r#""/plexd-nodeapi", "state", "--socket", "/var/run/plexd/api.sock""#,
     ] {
         assert!(ds.contains(needle), "daemonset.yaml lacks {needle:?}");
+    }
+    // Every probe asks for readiness only: a degraded daemon (control plane down)
+    // keeps serving its cache and must be neither restarted nor taken out of the
+    // rollout (tests/blackbox/kube.rs runs these commands against a live daemon).
+    let probes = probe_commands(&ds);
+    assert_eq!(probes.len(), 3, "startup, liveness, readiness: {probes:?}");
+    for (probe, command) in &probes {
+        assert_eq!(
+            command,
+            r#"["/plexd-nodeapi", "state", "health", "--ready", "--socket", "/var/run/plexd/api.sock"]"#,
+            "{probe}"
+        );
+    }
+}
+
+/// `(probe, exec command)` of each probe in the DaemonSet, the command as written.
+fn probe_commands(ds: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut probe = None;
+    for line in ds.lines() {
+        let text = line.trim();
+        if let Some(name) = text.strip_suffix("Probe:") {
+            probe = Some(name.to_owned());
+        } else if let (Some(name), Some(command)) = (&probe, text.strip_prefix("command: ")) {
+            out.push((name.clone(), command.to_owned()));
+            probe = None;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_manifests_hold_no_placeholder_and_no_secret() {
+    for entry in std::fs::read_dir(contrib("kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for bad in ["REPLACE-ME", "CHANGE-ME", "TODO", "\nkind: Secret\n"] {
+            assert!(
+                !text.contains(bad),
+                "{} contains {bad:?}: a generated value belongs in a documented command",
+                path.display()
+            );
+        }
     }
 }
 
