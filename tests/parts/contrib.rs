@@ -410,7 +410,11 @@ fn openapi_bounds_and_links_are_the_daemons() {
                 assert!(names.contains(&"#/components/parameters/reportKey".to_owned()));
             }
             if path == "/v1/state/secrets/{key}" {
-                assert_eq!(names, ["#/components/parameters/key"], "{method} {path}");
+                assert_eq!(
+                    names,
+                    ["#/components/parameters/secretKey"],
+                    "{method} {path}"
+                );
             }
             if method == "put" || method == "delete" {
                 for code in ["409", "503", "507"] {
