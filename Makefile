@@ -19,7 +19,7 @@ FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 # The binary `make install` and `make deb` install (built by `make static`).
 BIN ?= target/$(TARGET)/release/plexd-nodeapi
 
-.PHONY: run test test-emulated bench fuzz static cross dist lint fmt clean docs install install-files deb
+.PHONY: run test api-check test-emulated bench fuzz static cross dist lint fmt clean docs install install-files deb
 
 ## run: the daemon against its embedded development control plane (./.plexd-dev), with
 ## the TCP listener on 127.0.0.1:9100 (or another free port) and a generated token
@@ -31,6 +31,12 @@ run:
 ## test: the whole test suite (unit, integration, black-box over real sockets)
 test:
 	$(CARGO) test --all-targets -- --test-threads=4
+
+## api-check: contrib/openapi.json against a live `dev` daemon over TCP with schemathesis
+## (every check, fixed seed, 40 examples per operation; installs schemathesis into
+## .ci/venv if missing); fails on any failure. CI runs it after `make test`.
+api-check:
+	CARGO=$(CARGO) scripts/api-conformance
 
 ## bench: release build, then the benchmark harness (benches/nodeapi.rs)
 bench:

@@ -1,19 +1,40 @@
 //! Go-syntax durations (`300ms`, `5s`, `1m30s`, `1.5h`) for flags and the config file.
 //!
 //! Only parsing and formatting; what range a particular setting accepts is decided by
-//! `config`.
+//! its user (`config` for flags, the blocking-query code for `?wait=`).
 
 use std::time::Duration;
 
 /// Parses a Go `time.ParseDuration` string. Negative durations are refused (no setting
-/// of ours can use one); `0` is accepted and left for the caller to judge.
+/// of ours can use one); `0` is accepted and left for the caller to judge. Spaces around
+/// the text are ignored.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
+    let nanos = parse_nanos(text.trim(), text)?;
+    if nanos > u64::MAX as f64 {
+        return Err(format!("duration {text:?} is too large"));
+    }
+    Ok(Duration::from_nanos(nanos.round() as u64))
+}
+
+/// Like `parse`, for a value the caller caps anyway (a blocking query's `wait`): the
+/// text must be exactly a duration (no spaces around it), and a duration longer than
+/// `max` — however long, even beyond what a `Duration` holds — is `max`.
+pub fn parse_at_most(text: &str, max: Duration) -> Result<Duration, String> {
+    let nanos = parse_nanos(text, text)?;
+    if nanos >= max.as_nanos() as f64 {
+        return Ok(max);
+    }
+    Ok(Duration::from_nanos(nanos.round() as u64).min(max))
+}
+
+/// The syntax shared by `parse` and `parse_at_most`: total nanoseconds (possibly
+/// infinite for absurd texts; never negative or NaN). `text` is what error messages show.
+fn parse_nanos(s: &str, text: &str) -> Result<f64, String> {
     if s.is_empty() {
         return Err("empty duration".into());
     }
     if s == "0" {
-        return Ok(Duration::ZERO);
+        return Ok(0.0);
     }
     let s = s.strip_prefix('+').unwrap_or(s);
     if s.starts_with('-') {
@@ -47,10 +68,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
         total_nanos += value * unit;
     }
-    if !total_nanos.is_finite() || total_nanos > u64::MAX as f64 {
-        return Err(format!("duration {text:?} is too large"));
+    if total_nanos.is_nan() {
+        return Err(format!("invalid duration {text:?}"));
     }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
+    Ok(total_nanos)
 }
 
 /// Formats a duration the way Go prints it for the common cases (`5s`, `1m30s`, `250ms`).
@@ -97,6 +118,35 @@ mod tests {
         for bad in ["", "5", "s", "-5s", "5x", "1..5s", "5s3"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn capped_durations() {
+        let max = Duration::from_secs(600);
+        assert_eq!(parse_at_most("30s", max).unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_at_most("0", max).unwrap(), Duration::ZERO);
+        assert_eq!(parse_at_most("11m", max).unwrap(), max);
+        // Longer than a `Duration` holds, or than an f64 counts: still just "long".
+        assert_eq!(parse_at_most("99999999999999999999h", max).unwrap(), max);
+        assert_eq!(
+            parse_at_most(&format!("{}h", "9".repeat(400)), max).unwrap(),
+            max
+        );
+        assert!(parse("99999999999999999999h").is_err());
+        for bad in [
+            "", " 5s", "5s ", "+0", "00", "5", "-1s", "1.2.3s", "5sm", ".",
+        ] {
+            assert!(parse_at_most(bad, max).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_at_most("+.5s", max).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_at_most("5.s", max).unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            parse_at_most("1µs1μs", max).unwrap(),
+            Duration::from_micros(2)
+        );
     }
 
     #[test]

@@ -179,20 +179,26 @@ struct Blocking {
 }
 
 /// `?index=N&wait=DUR`. `wait` is checked even without `index` (a typo must not turn
-/// into a silent immediate answer); alone it means nothing.
+/// into a silent immediate answer); alone it means nothing. Any well-formed `wait`
+/// longer than `MAX_WAIT` is `MAX_WAIT` (however long: `99999999999h` too); `index` is
+/// any unsigned 64-bit decimal (revisions pass 2^63). contrib/openapi.json states both
+/// as patterns and bounds.
 fn blocking_params(req: &Request) -> Result<Option<Blocking>, ApiError> {
     let wait = match req.query_param("wait") {
-        Some(w) => duration::parse(&w)
-            .map_err(|e| ApiError::BadRequest(format!("invalid wait: {e}")))?
-            .min(MAX_WAIT),
+        Some(w) => duration::parse_at_most(&w, MAX_WAIT)
+            .map_err(|e| ApiError::BadRequest(format!("invalid wait: {e}")))?,
         None => DEFAULT_WAIT,
     };
     let Some(index) = req.query_param("index") else {
         return Ok(None);
     };
-    let index: u64 = index
-        .parse()
-        .map_err(|_| ApiError::BadRequest("index must be a non-negative integer".into()))?;
+    // Decimal digits only (`u64::from_str` would also take a leading `+`).
+    let index: u64 = Some(&*index)
+        .filter(|i| i.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("index must be an unsigned 64-bit integer in decimal".into())
+        })?;
     Ok(Some(Blocking { index, wait }))
 }
 

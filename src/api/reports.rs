@@ -30,6 +30,9 @@ use crate::http::{HeaderValue, Park, ParkKind, Reply, Request, Response, Wake};
 use crate::store::keys::ReportKey;
 use crate::store::{Json, Match, Preconditions, Store, StoreError, Ticket, Versioned};
 
+/// Longest `content_type` of a report, in characters.
+pub const MAX_CONTENT_TYPE: usize = 256;
+
 /// How long a write may stay parked before it is answered 503.
 const PARK_LIMIT: Duration = Duration::from_secs(30);
 
@@ -141,7 +144,9 @@ pub fn parse_put(key: &str, req: &Request) -> Result<PutReport, ApiError> {
         Some(ct) if !ct.trim().is_empty() => ct,
         _ => return Err(ApiError::BadRequest("missing content_type".into())),
     };
-    if content_type.len() > 256 || content_type.chars().any(char::is_control) {
+    // 256 characters, as contrib/openapi.json's `maxLength` counts (and the CRD's).
+    if content_type.chars().count() > MAX_CONTENT_TYPE || content_type.chars().any(char::is_control)
+    {
         return Err(ApiError::BadRequest("invalid content_type".into()));
     }
     let payload = body

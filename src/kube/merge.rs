@@ -34,7 +34,7 @@ use crate::store::keys::ReportKey;
 
 use super::render::{normalized, payload_value, report_item};
 
-/// Longest `contentType` accepted (as on the socket).
+/// Longest `contentType` accepted, in characters (as on the socket).
 pub const MAX_CONTENT_TYPE: usize = 256;
 
 /// What the base remembers of one key.
@@ -130,7 +130,7 @@ fn validate(item: &Value) -> Result<Valid, Rejected> {
     let content_type = match obj.get("contentType").and_then(Value::as_str) {
         Some(ct)
             if !ct.trim().is_empty()
-                && ct.len() <= MAX_CONTENT_TYPE
+                && ct.chars().count() <= MAX_CONTENT_TYPE
                 && !ct.chars().any(char::is_control) =>
         {
             ct.to_owned()

@@ -4,7 +4,8 @@
 //! `..`, no `/`, `\`, NUL or control characters), so code that takes one never
 //! re-validates. `file_name_for` maps *any* string (including hostile keys
 //! pushed by a control plane) to a single path component that cannot leave its folder;
-//! plain keys map to themselves so caches written by the Go agent load unchanged.
+//! plain keys map to themselves so caches written by the Go agent load unchanged;
+//! `report_file_name` gives every valid report key a name (hashed when encoding is too long).
 //! Nothing here touches the file system.
 
 use std::fmt;
@@ -81,6 +82,19 @@ pub fn file_name_for(key: &str) -> Option<String> {
     (name.len() <= MAX_FILE_NAME).then_some(name)
 }
 
+/// The file a report key is stored in when it has none yet: its `file_name_for` name,
+/// or — for a valid key whose encoded name would pass `MAX_FILE_NAME` (up to 200 bytes
+/// of UTF-8 can encode to 600) — `~` and the hex SHA-256 of the key. `~` never appears
+/// in an encoded name, so the two kinds cannot collide; the key itself is read from
+/// inside the file, never from its name. So every key `ReportKey` accepts can be stored.
+pub fn report_file_name(key: &ReportKey) -> String {
+    file_name_for(key.as_str()).unwrap_or_else(|| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_str().as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("~{hex}.json")
+    })
+}
+
 /// Longest file name most Linux file systems accept.
 pub const MAX_FILE_NAME: usize = 255;
 
@@ -127,5 +141,19 @@ mod tests {
         assert_eq!(file_name_for(""), None);
         assert_eq!(file_name_for(&"/".repeat(100)), None);
         assert!(file_name_for(&"k".repeat(250)).is_some());
+    }
+
+    #[test]
+    fn every_report_key_has_a_file_name() {
+        let plain = ReportKey::parse("app-health").unwrap();
+        assert_eq!(report_file_name(&plain), "app-health.json");
+        // 200 bytes that would encode to 600: hashed, one component, distinct per key.
+        let wide = ReportKey::parse(&"ü".repeat(100)).unwrap();
+        let other = ReportKey::parse(&"ö".repeat(100)).unwrap();
+        let name = report_file_name(&wide);
+        assert!(name.starts_with('~') && name.ends_with(".json") && name.len() == 70);
+        assert!(!name.contains('/'));
+        assert_ne!(name, report_file_name(&other));
+        assert_eq!(name, report_file_name(&wide));
     }
 }

@@ -315,14 +315,14 @@ fn replay_journal(
     for record in records {
         match record {
             Record::Put(mut entry) => {
-                if ReportKey::parse(&entry.key).is_err() {
+                let Ok(key) = ReportKey::parse(&entry.key) else {
                     log::error!(key:? = entry.key; "report journal record with an invalid key; skipped");
                     continue;
-                }
+                };
                 let old = reports.get(&entry.key).map(|i| i.file.clone());
-                let Some(file) = keys::file_name_for(&entry.key).or_else(|| old.clone()) else {
-                    log::error!(key:? = entry.key; "report journal record for a key that cannot be stored; skipped");
-                    continue;
+                let file = match keys::file_name_for(&entry.key).or_else(|| old.clone()) {
+                    Some(file) => file,
+                    None => keys::report_file_name(&key),
                 };
                 mark_dirty(
                     &mut dirty,

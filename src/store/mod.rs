@@ -147,7 +147,9 @@ pub enum StoreError {
     Conflict { current: Option<i64> },
     #[error("not found")]
     NotFound,
-    /// A valid report key whose encoded file name would exceed the file-name limit.
+    /// A report key that cannot be given a file. No write returns it any more (every
+    /// valid key gets one: `keys::report_file_name`); the API and the Kubernetes
+    /// import still map it.
     #[error("key cannot be stored: its file name would be too long")]
     KeyNotStorable,
     /// The write would grow report use beyond the quota.

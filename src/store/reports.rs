@@ -202,10 +202,11 @@ impl Store {
         }
         let current = self.pending_latest(&q, key.as_str());
         let old_file = current.as_ref().map(|(_, f, _)| f.clone());
-        // A key whose encoded name is too long can still be updated in the file the Go
-        // agent wrote it to (plain name); a new one cannot be stored.
-        let Some(file) = keys::file_name_for(key.as_str()).or_else(|| old_file.clone()) else {
-            return Ticket::ready(Err(StoreError::KeyNotStorable));
+        // A key whose encoded name is too long stays in the file the Go agent wrote it
+        // to (plain name) if there is one; a new one gets a hashed name.
+        let file = match keys::file_name_for(key.as_str()).or_else(|| old_file.clone()) {
+            Some(file) => file,
+            None => keys::report_file_name(key),
         };
         let version = current.as_ref().map(|(v, _, _)| *v);
         let new_len = payload.get().len() as u64;

@@ -249,3 +249,91 @@ fn secrets_without_a_control_plane_are_503_with_retry_after() {
     assert_eq!(header(&headers, "Retry-After"), Some("1"));
     assert!(body.contains("no control plane"), "{body}");
 }
+
+fn status_of(w: &Wire, request: &str) -> (String, String) {
+    let (status, _, body, _) = split_response(&w.exchange(request.as_bytes()));
+    (status, body)
+}
+
+/// The bounds contrib/openapi.json states for blocking queries, found by schemathesis:
+/// any well-formed `wait` is taken (one too long for a `Duration` is just the 10 m cap,
+/// it was 400), `index` is any unsigned 64-bit decimal and nothing else (`+5` was taken).
+#[test]
+fn blocking_query_parameters_are_exactly_the_documented_ones() {
+    let w = Wire::new();
+    let get = |query: &str| {
+        status_of(
+            &w,
+            &format!("GET /v1/state/metadata?{query} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+    };
+    for ok in [
+        "wait=99999999999999999999h",
+        "wait=%2B1.5h.5s",
+        "wait=1%C2%B5s1%CE%BCs",
+        "wait=0",
+        "index=18446744073709551615&wait=1s",
+        "index=0",
+    ] {
+        assert_eq!(get(ok).0, "HTTP/1.1 200 OK", "?{ok}");
+    }
+    for bad in [
+        "wait=",
+        "wait=%205s",
+        "wait=5s%20",
+        "wait=%2B0",
+        "wait=5",
+        "wait=-1s",
+        "index=%2B5",
+        "index=18446744073709551616",
+        "index=-1",
+        "index=",
+    ] {
+        let (status, body) = get(bad);
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "?{bad}");
+        assert!(
+            body.starts_with("{\"error\":\"invalid wait") || body.contains("index must be"),
+            "?{bad}: {body}"
+        );
+    }
+}
+
+/// What a report write takes, as the document states it: any key of 1–200 bytes that
+/// the key rules allow, however it encodes as a file name (200 bytes of `ü` were
+/// refused with 400 before: their encoded name was too long); `content_type` up to 256
+/// characters, not bytes.
+#[test]
+fn report_writes_take_every_documented_key_and_content_type() {
+    let w = Wire::new();
+    let put = |key: &str, content_type: &str| {
+        let body = format!("{{\"content_type\":\"{content_type}\",\"payload\":1}}");
+        status_of(
+            &w,
+            &format!(
+                "PUT /v1/state/report/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let wide = "%C3%BC".repeat(100); // 200 bytes
+    let (status, body) = put(&wide, "text/plain");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains(&"ü".repeat(100)));
+    let (status, _) = status_of(
+        &w,
+        &format!("GET /v1/state/report/{wide} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        put(&format!("{wide}k"), "text/plain").0,
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(put("ct", &"é".repeat(256)).0, "HTTP/1.1 200 OK");
+    assert_eq!(put("ct", &"é".repeat(257)).0, "HTTP/1.1 400 Bad Request");
+    // `null` is no payload (the document does not declare it nullable).
+    let (status, body) = status_of(
+        &w,
+        "PUT /v1/state/report/nul HTTP/1.1\r\nHost: x\r\nContent-Length: 37\r\n\r\n{\"content_type\":\"a/b\",\"payload\":null}",
+    );
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "{body}");
+}

@@ -364,6 +364,104 @@ fn openapi_response_codes_are_valid_and_errors_use_the_error_schema() {
     }
 }
 
+/// The bounds the document states are the daemon's own constants, and what CI's
+/// schemathesis run relies on is there: no `index`/`wait` on the secret value (always
+/// 400), a `payload` that is never `null`, and links chaining PUT → GET → DELETE of one
+/// report key (for the stateful phase).
+#[test]
+fn openapi_bounds_and_links_are_the_daemons() {
+    use plexd_nodeapi::api::reports::MAX_CONTENT_TYPE;
+    use plexd_nodeapi::store::keys::MAX_REPORT_KEY_LEN;
+    let doc = openapi();
+    let params = &doc["components"]["parameters"];
+    assert_eq!(params["index"]["schema"]["maximum"], u64::MAX);
+    assert_eq!(params["index"]["schema"]["minimum"], 0);
+    assert!(params["wait"]["schema"]["pattern"].is_string());
+    assert_eq!(params["reportKey"]["name"], "key");
+    assert_eq!(
+        params["reportKey"]["schema"]["maxLength"],
+        MAX_REPORT_KEY_LEN
+    );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["PutReportBody"]["properties"]["content_type"]["maxLength"],
+        MAX_CONTENT_TYPE
+    );
+    for schema in ["PutReportBody", "ReportEntry"] {
+        let payload = &schemas[schema]["properties"]["payload"];
+        assert!(
+            payload["nullable"].is_null(),
+            "{schema}: payload is never null"
+        );
+        assert!(payload["anyOf"].is_array(), "{schema}: payload types");
+    }
+    let ops = paths(&doc);
+    for (path, item) in ops {
+        for method in operations(item) {
+            let names: Vec<String> = item[&method]["parameters"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| p["$ref"].as_str().unwrap_or("inline").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if path == "/v1/state/report/{key}" {
+                assert!(names.contains(&"#/components/parameters/reportKey".to_owned()));
+            }
+            if path == "/v1/state/secrets/{key}" {
+                assert_eq!(
+                    names,
+                    ["#/components/parameters/secretKey"],
+                    "{method} {path}"
+                );
+            }
+            if method == "put" || method == "delete" {
+                for code in ["409", "503", "507"] {
+                    assert!(
+                        item[&method]["responses"][code].is_object(),
+                        "{method} {path}: {code}"
+                    );
+                }
+            }
+        }
+    }
+    // PUT → GET → DELETE, by operationId, each link naming the key it passes on.
+    let ids: BTreeSet<&str> = ops
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let report = &ops["/v1/state/report/{key}"];
+    let links = |method: &str, code: &str| -> Vec<(String, String)> {
+        report[method]["responses"][code]["links"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {code}: links"))
+            .values()
+            .map(|l| {
+                assert_eq!(l["parameters"]["key"], "$request.path.key");
+                let id = l["operationId"].as_str().unwrap().to_owned();
+                assert!(ids.contains(id.as_str()), "link to unknown {id}");
+                (
+                    id,
+                    l["parameters"]["If-Match"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    let from_put = links("put", "200");
+    assert!(from_put.iter().any(|(id, _)| id == "getReportKey"));
+    assert!(from_put
+        .iter()
+        .any(|(id, tag)| id == "deleteReportKey" && tag == "$response.header.ETag"));
+    assert!(links("get", "200")
+        .iter()
+        .any(|(id, _)| id == "deleteReportKey"));
+}
+
 #[test]
 fn example_config_is_accepted_by_the_daemon() {
     let settings = Settings::from_file(&contrib("plexd-nodeapi.json"))
