@@ -178,6 +178,10 @@ fn log_lines_carry_journald_priorities_when_stderr_is_the_journal() {
             token.to_str().unwrap(),
         ])
         .start();
+    // The listener warning may be written a moment after the socket answers.
+    eventually(std::time::Duration::from_secs(5), || {
+        d.log_text().contains("not on a loopback address")
+    });
     let log = d.log_text();
     let lines: Vec<&str> = log.lines().collect();
     assert!(!lines.is_empty());
