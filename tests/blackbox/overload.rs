@@ -311,8 +311,10 @@ fn a_stored_report_holds_its_payload_once() {
     drop(d);
     let d = node.daemon().start();
     let loaded = vm_rss_kib(d.pid()) / 1024;
+    // Under an emulator the process's RSS includes the emulator's own (about 15 MiB).
+    let emulator = if common::emulated() { 24 } else { 0 };
     assert!(
-        loaded < 64,
+        loaded < 64 + emulator,
         "40 MiB of reports loaded from disk: RSS {loaded} MiB"
     );
     assert_eq!(
