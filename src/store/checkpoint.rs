@@ -1,7 +1,8 @@
 //! Checkpointing: writes the report files the journal's records changed, then empties
 //! the journal, off the request path.
 //!
-//! A background thread wakes after a group commit, waits `DELAY` to collect more
+//! A background thread wakes after a group commit, waits until the writes are quiet
+//! (`QUIET`, at most `MAX_WAIT` under a steady stream) to collect more
 //! changes, takes the set of changed keys and writes each key's *published* state the
 //! durable way (temp files fsynced in parallel, renamed, one folder fsync; files a key
 //! left are removed). The journal is emptied only when no key changed meanwhile (or,
@@ -19,13 +20,18 @@ use std::time::{Duration, Instant};
 use super::disk::PROBE_EVERY;
 use super::{lock, Inner, Json, StoreError};
 
-/// How long changes are collected before files are written (a key changed many times
-/// meanwhile is written once).
-const DELAY: Duration = Duration::from_millis(2000);
+/// Files are written once the writes have been quiet this long (a key changed many
+/// times meanwhile is written once)…
+const QUIET: Duration = Duration::from_millis(2000);
+/// …or, under a steady stream of writes, this long after the first change: every
+/// key's file costs a new inode and an fsync, so a busy writer gets its files every
+/// half minute rather than every two seconds, while the journal keeps every change
+/// durable in between.
+const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The checkpointer (and the file writers it starts, which inherit it) yields the CPU
 /// to request handling: it is never on a request's path.
 const NICE: libc::c_int = 10;
-/// A journal this large is checkpointed without waiting for `DELAY`.
+/// A journal this large is checkpointed without waiting for `QUIET` or `MAX_WAIT`.
 const EAGER_BYTES: u64 = 8 << 20;
 /// A journal this large is emptied even while writers keep changing keys.
 const FORCE_BYTES: u64 = 64 << 20;
@@ -36,6 +42,8 @@ const RETRY: Duration = Duration::from_secs(1);
 struct Signal {
     pending: bool,
     stop: bool,
+    /// When the latest change was committed.
+    changed_at: Option<Instant>,
 }
 
 /// Wake-ups of the checkpointer thread, and the lock that serializes checkpoints.
@@ -47,10 +55,16 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// Asks for a checkpoint after the collection delay.
+    /// Asks for a checkpoint once the writes are quiet (see `QUIET`). Only the first
+    /// change of a batch wakes the thread: it reads `changed_at` when it wakes anyway,
+    /// so a steady stream of commits costs no wake-up each.
     pub(super) fn request(&self) {
-        lock(&self.signal).pending = true;
-        self.wake.notify_all();
+        let mut s = lock(&self.signal);
+        s.changed_at = Some(Instant::now());
+        if !s.pending {
+            s.pending = true;
+            self.wake.notify_all();
+        }
     }
 
     /// Wakes the thread without asking for a checkpoint (the disk turned read-only:
@@ -90,8 +104,10 @@ pub(super) fn run(inner: Arc<Inner>) {
                         .0;
                 }
             }
-            let until = Instant::now() + DELAY;
+            let first = Instant::now();
             while !s.stop && lock(&inner.writes.journal).journal.len() < EAGER_BYTES {
+                let quiet_at = s.changed_at.unwrap_or(first) + QUIET;
+                let until = quiet_at.min(first + MAX_WAIT);
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
