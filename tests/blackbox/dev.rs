@@ -60,7 +60,16 @@ fn dev_with_http_prints_commands_that_work_from_anywhere() {
 
     let commands = commands(banner);
     assert!(commands.len() >= 12, "{commands:?}");
+    // Under an emulator the printed binary (the ARM one) runs through it, as it would
+    // on the host it was built for without one.
+    let binary = bin().display().to_string();
+    let runner = runner();
     for cmd in &commands {
+        let cmd = &if runner.is_empty() {
+            cmd.clone()
+        } else {
+            cmd.replace(&binary, &format!("{} {binary}", runner.join(" ")))
+        };
         let o = Command::new("bash")
             .args(["-o", "pipefail", "-c", cmd])
             .current_dir("/")
