@@ -5,7 +5,7 @@
 //! Hypervisor's pattern), so two daemons never race for one path; only then is a stale
 //! socket there replaced. Anything at the path that is not a socket (a config file named
 //! by mistake, a folder, a symlink) is refused, never removed. The returned
-//! [`SocketClaim`] holds the lock and remembers the socket's device and inode; dropping
+//! [`SocketClaim`] holds the lock and remembers the socket's device, inode and change time; dropping
 //! it removes the socket only if the path still names that very socket, so a daemon
 //! that stops never removes a newer daemon's socket. Sockets passed by systemd are not
 //! bound here (see `activation`). [`Listener`] is what the server accepts on, whoever
@@ -120,34 +120,64 @@ pub fn bind_unix(path: &Path) -> Result<(UnixListener, SocketClaim), ListenError
         source,
     })?;
     // From here on the file is ours: a failure below removes it again (`Drop`).
-    let (dev, ino) = fs::symlink_metadata(path)
-        .map(|m| (m.dev(), m.ino()))
+    let id = fs::symlink_metadata(path)
+        .map(|m| FileId::of(&m))
         .map_err(|source| ListenError::BindUnix {
             path: path.to_path_buf(),
             source,
         })?;
-    let claim = SocketClaim {
+    let mut claim = SocketClaim {
         path: path.to_path_buf(),
-        dev,
-        ino,
+        id,
         _lock: lock,
     };
-    set_access(path)?;
+    let access = set_access(path);
+    // The mode and owner just changed the socket's ctime: remember it as it is now.
+    claim.refresh();
+    access?;
     Ok((listener, claim))
 }
 
-/// The Unix socket this process bound: its lock, and the identity (device and inode)
+/// The Unix socket this process bound: its lock, and the identity (device, inode, change time)
 /// of the file it created. Dropping it removes the socket if the path still names that
 /// file, then releases the lock.
 #[derive(Debug)]
 pub struct SocketClaim {
     path: PathBuf,
-    dev: u64,
-    ino: u64,
+    id: FileId,
     _lock: Flock<File>,
 }
 
+/// Which file a path names: device and inode, and the inode's change time, since a
+/// file created after ours was removed may get the same inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &fs::Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
 impl SocketClaim {
+    /// Takes the socket's change time again, if the path still names the same inode.
+    fn refresh(&mut self) {
+        if let Ok(m) = fs::symlink_metadata(&self.path) {
+            let now = FileId::of(&m);
+            if (now.dev, now.ino) == (self.id.dev, self.id.ino) {
+                self.id = now;
+            }
+        }
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -157,7 +187,7 @@ impl SocketClaim {
 impl Drop for SocketClaim {
     fn drop(&mut self) {
         match fs::symlink_metadata(&self.path) {
-            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+            Ok(m) if FileId::of(&m) == self.id => {
                 if let Err(e) = fs::remove_file(&self.path) {
                     log::warn!(socket:% = self.path.display(), error:% = e; "cannot remove the socket");
                 }
@@ -339,6 +369,9 @@ mod tests {
         fs::remove_file(&path).unwrap();
         fs::remove_file(dir.path().join("api.sock.lock")).unwrap();
         drop(old);
+        // The new socket may get the old one's inode number; its change time then tells
+        // them apart (timestamps tick at the kernel's coarse clock: wait a few ticks).
+        std::thread::sleep(std::time::Duration::from_millis(30));
         let (_new, new_claim) = bind_unix(&path).unwrap();
         drop(claim);
         assert!(path.exists(), "the older claim removed the newer socket");
