@@ -451,6 +451,18 @@ pub fn serve_flag(name: &str) -> Option<&'static Opt> {
     serve_flags().find(|o| o.long == name)
 }
 
+/// Every command path, the program's own first: `[]`, `["serve"]`, `["state", "get"]`…
+pub fn paths() -> Vec<Vec<&'static str>> {
+    let mut out = vec![vec![]];
+    for c in PROGRAM.subcommands {
+        out.push(vec![c.name]);
+        for s in c.subcommands {
+            out.push(vec![c.name, s.name]);
+        }
+    }
+    out
+}
+
 /// The command at `path` (`["state", "get"]`), if there is one.
 pub fn find(path: &[&str]) -> Option<&'static Command> {
     let mut at: &'static Command = &PROGRAM;

@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 
-use super::commands::{Command, Opt, PROGRAM};
+use super::commands::{self, Command, Opt, PROGRAM};
 
 /// A shell we write completions for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +93,13 @@ fn takes_value(o: &Opt) -> bool {
 
 /// Every command with its parent's name (`None` for the program's commands).
 fn tree() -> Vec<(Option<&'static str>, &'static Command)> {
-    let mut out = Vec::new();
-    for c in PROGRAM.subcommands {
-        out.push((None, c));
-        for s in c.subcommands {
-            out.push((Some(c.name), s));
-        }
-    }
-    out
+    commands::paths()
+        .into_iter()
+        .filter_map(|path| match path[..] {
+            [] => None,
+            [parent, ..] => Some(((path.len() > 1).then_some(parent), commands::find(&path)?)),
+        })
+        .collect()
 }
 
 fn option_words(cmd: &Command) -> String {

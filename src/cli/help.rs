@@ -166,22 +166,10 @@ pub fn command_path<'a>(words: &[&'a str]) -> Vec<&'a str> {
 mod tests {
     use super::*;
 
-    /// Every page, by its path.
-    fn all_paths() -> Vec<Vec<&'static str>> {
-        let mut out = vec![vec![]];
-        for c in PROGRAM.subcommands {
-            out.push(vec![c.name]);
-            for s in c.subcommands {
-                out.push(vec![c.name, s.name]);
-            }
-        }
-        out
-    }
-
     #[test]
     fn every_page_fits_the_terminal_and_is_its_own() {
         let mut seen = std::collections::BTreeSet::new();
-        for path in all_paths() {
+        for path in commands::paths() {
             let text = page(&path).unwrap();
             for line in text.lines() {
                 assert!(line.chars().count() <= WIDTH, "{path:?}: {line:?}");

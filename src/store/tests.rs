@@ -776,6 +776,20 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// A store at `state` holding a report `r` (with `report_payload`), metadata `m` and a
+/// data entry `d`.
+fn store_with_one_of_each(state: &Path, report_payload: &str) -> Store {
+    let st = Store::open(state).unwrap();
+    put(&st, "r", report_payload, None).unwrap();
+    st.apply_control_plane(CpUpdate {
+        metadata: Some([("m".to_owned(), "1".to_owned())].into()),
+        data: Some(vec![entry("d", "1", 1)]),
+        ..CpUpdate::default()
+    })
+    .unwrap();
+    st
+}
+
 #[test]
 fn failed_writes_on_a_full_disk_leave_memory_and_disk_unchanged() {
     let f = fixture();
@@ -784,14 +798,7 @@ fn failed_writes_on_a_full_disk_leave_memory_and_disk_unchanged() {
         return;
     };
     let state = small.0.join("state");
-    let st = Store::open(&state).unwrap();
-    put(&st, "r", "1", None).unwrap();
-    st.apply_control_plane(CpUpdate {
-        metadata: Some([("m".to_owned(), "1".to_owned())].into()),
-        data: Some(vec![entry("d", "1", 1)]),
-        ..CpUpdate::default()
-    })
-    .unwrap();
+    let st = store_with_one_of_each(&state, "1");
     st.flush().unwrap();
     let filler = small.fill();
     let disk = snapshot(&state);
@@ -1919,14 +1926,7 @@ fn a_full_disk_at_start_serves_the_cache_and_resumes_writing_with_space() {
         return;
     };
     let state = small.0.join("state");
-    let st = Store::open(&state).unwrap();
-    put(&st, "r", "{\"v\":1}", None).unwrap();
-    st.apply_control_plane(CpUpdate {
-        metadata: Some([("m".to_owned(), "1".to_owned())].into()),
-        data: Some(vec![entry("d", "1", 1)]),
-        ..CpUpdate::default()
-    })
-    .unwrap();
+    let st = store_with_one_of_each(&state, "{\"v\":1}");
     drop(st);
     let before_rev = fs::read_to_string(state.join("revision")).unwrap();
     let filler = small.fill();

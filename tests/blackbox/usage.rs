@@ -4,7 +4,7 @@
 //! journald priorities and the warning for a TCP listener beyond loopback.
 
 use crate::common::*;
-use plexd_nodeapi::cli::commands::PROGRAM;
+use plexd_nodeapi::cli::commands;
 use plexd_nodeapi::cli::completions::Shell;
 use plexd_nodeapi::cli::help;
 use std::process::Output;
@@ -25,22 +25,10 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Every command path: `[]`, `["serve"]`, `["state", "get"]`…
-fn every_path() -> Vec<Vec<&'static str>> {
-    let mut out = vec![vec![]];
-    for c in PROGRAM.subcommands {
-        out.push(vec![c.name]);
-        for s in c.subcommands {
-            out.push(vec![c.name, s.name]);
-        }
-    }
-    out
-}
-
 #[test]
 fn help_on_every_command_prints_its_own_page_and_exits_0() {
     let mut pages = std::collections::BTreeSet::new();
-    for path in every_path() {
+    for path in commands::paths() {
         let expected = help::page(&path).expect("a page");
         for flag in ["--help", "-h"] {
             let mut args = path.clone();
