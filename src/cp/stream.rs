@@ -244,8 +244,6 @@ impl Worker {
 
     /// Records a failed connect and picks the delay before the next attempt.
     fn connect_failed(&mut self, e: &CpError) -> Duration {
-        let msg = format!("event stream: {e}");
-        self.deps.health.record_error(&msg);
         let delay = match e {
             CpError::Status {
                 status: 429,
@@ -267,6 +265,8 @@ impl Worker {
             }
         };
         log::warn!(error:% = e, retry_in_ms:% = delay.as_millis(); "cannot open the event stream");
+        // Recorded after the line is written: whoever sees the error can read the line.
+        self.deps.health.record_error(&format!("event stream: {e}"));
         delay
     }
 
@@ -275,8 +275,9 @@ impl Worker {
         let event = match self.deps.verifier.verify(data) {
             Ok(ev) => ev,
             Err(reason) => {
-                self.deps.metrics.record_rejected(reason.as_label());
+                // Logged before counted: whoever sees the count can read the line.
                 log::warn!(sse_event = sse_type, reason = reason.as_label(), error:% = reason; "event rejected; cache untouched");
+                self.deps.metrics.record_rejected(reason.as_label());
                 return false;
             }
         };
@@ -297,8 +298,8 @@ impl Worker {
                 }
             }
             Err(e) => {
-                self.deps.metrics.record_rejected(e.as_label());
                 log::warn!(event_type = event.event_type.as_str(), event_id = event.event_id.as_str(), reason = e.as_label(), error:% = e; "event not applied; cache untouched");
+                self.deps.metrics.record_rejected(e.as_label());
             }
         }
         true

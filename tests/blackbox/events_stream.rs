@@ -96,12 +96,22 @@ fn a_metadata_event_rewrites_no_data_entry() {
     // The event carried the full data set; entries equal to the cache stay untouched.
     let after = d.get("/v1/state/data/database-config");
     assert_eq!(before.body, after.body);
-    let log = d.log_text();
-    let applied: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("msg=\"event applied\""))
-        .collect();
-    assert_eq!(applied.len(), 1, "{log}");
+    // The stream thread logs after the store has applied the event, so the value
+    // can be served a moment before the line is written (wide under emulation).
+    let applied_lines = || -> Vec<String> {
+        d.log_text()
+            .lines()
+            .filter(|l| l.contains("msg=\"event applied\""))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || !applied_lines().is_empty()),
+        "no \"event applied\" line; log:\n{}",
+        d.log_text()
+    );
+    let applied = applied_lines();
+    assert_eq!(applied.len(), 1, "{}", d.log_text());
     assert!(applied[0].contains("data_written=0"), "{}", applied[0]);
 }
 
