@@ -18,6 +18,7 @@ pub mod file_kind;
 pub mod http;
 pub mod json_eq;
 pub mod kube;
+pub mod log_gate;
 pub mod model;
 pub mod pool;
 pub mod secrets;

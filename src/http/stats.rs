@@ -4,9 +4,9 @@
 //! decides nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use super::budget::Budget;
+use crate::log_gate::LogGate;
 
 /// Why the core refused a request or a connection (`plexd_nodeapi_rejected_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +55,6 @@ impl RejectReason {
     }
 }
 
-/// How often one refusal reason is logged at most.
-const LOG_EVERY: Duration = Duration::from_secs(60);
-
 /// Counters for metrics; all monotonic except the gauges (`open_connections`,
 /// `parked`, body memory).
 #[derive(Debug)]
@@ -74,10 +71,8 @@ pub struct ServerStats {
     /// Blocking queries refused with 429.
     pub parked_rejected: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
-    /// When each reason was last logged (ms since `started`, +1; 0 = never).
-    logged: [AtomicU64; RejectReason::ALL.len()],
+    logged: LogGate<{ RejectReason::ALL.len() }>,
     pub(crate) budget: Budget,
-    started: Instant,
 }
 
 impl ServerStats {
@@ -92,7 +87,6 @@ impl ServerStats {
             rejected: Default::default(),
             logged: Default::default(),
             budget: Budget::new(max_body_memory),
-            started: Instant::now(),
         }
     }
 
@@ -109,14 +103,7 @@ impl ServerStats {
             }
             _ => {}
         }
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.logged[i].load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
-        if due
-            && self.logged[i]
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.logged.due(i) {
             log::warn!(reason = reason.label(), total = n; "request refused (logged at most once a minute per reason)");
         }
     }

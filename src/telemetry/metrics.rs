@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
 
+use crate::log_gate::LogGate;
+
 /// Route labels, in a fixed order (index = position).
 pub const ROUTES: [&str; 12] = [
     "/v1/state",
@@ -209,10 +211,10 @@ pub fn label(value: &str) -> String {
 
 /// Refusals the API decides (the HTTP core counts its own), by reason, each logged at
 /// most once a minute so that an overload does not flood the log.
+#[derive(Default)]
 pub struct Rejections {
     counts: [AtomicU64; ApiReject::ALL.len()],
-    logged: [AtomicU64; ApiReject::ALL.len()],
-    started: std::time::Instant,
+    logged: LogGate<{ ApiReject::ALL.len() }>,
 }
 
 /// Why the API refused a request.
@@ -246,27 +248,11 @@ impl ApiReject {
     }
 }
 
-impl Default for Rejections {
-    fn default() -> Rejections {
-        Rejections {
-            counts: Default::default(),
-            logged: Default::default(),
-            started: std::time::Instant::now(),
-        }
-    }
-}
-
 impl Rejections {
     pub fn count(&self, reason: ApiReject) {
         let i = reason as usize;
         let n = self.counts[i].fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.logged[i].load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= 60_000)
-            && self.logged[i]
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.logged.due(i) {
             log::warn!(reason = reason.label(), total = n; "request refused (logged at most once a minute per reason)");
         }
     }
