@@ -134,9 +134,6 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict("version conflict: the entry does not exist".into())
             }
             StoreError::NotFound => ApiError::NotFound("report entry not found".into()),
-            StoreError::KeyNotStorable => {
-                ApiError::BadRequest("invalid key: too long once encoded as a file name".into())
-            }
             StoreError::QuotaExceeded { limit, max, used } => {
                 ApiError::InsufficientStorage(format!(
                     "report quota exceeded: {used} {unit} stored, the limit ({flag}) is {max}; \

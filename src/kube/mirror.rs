@@ -60,6 +60,8 @@ const MAX_CONFLICT_RETRIES: usize = 5;
 const KNOWN_RVS: usize = 64;
 /// Rejected workload entries remembered (each is logged once).
 const MAX_REJECTED_REMEMBERED: usize = 4096;
+/// The rejection reason of a valid entry the report quota refused.
+const QUOTA: &str = "quota";
 
 /// Timing of the mirror and the watch.
 #[derive(Debug, Clone)]
@@ -570,9 +572,9 @@ impl Mirror {
                 .unwrap_or_default();
             let snapshot = self.store.snapshot();
             let mut plan = merge::plan(&seen, &snapshot.reports, &self.record.base);
-            let (applied, failed, unstorable) = self.apply(&plan);
-            for key in unstorable {
-                plan.refuse(&seen, &key, "key");
+            let (applied, failed, over_quota) = self.apply(&plan);
+            for key in over_quota {
+                plan.refuse(&seen, &key, QUOTA);
             }
             self.note_rejected(&plan);
             if failed {
@@ -645,8 +647,9 @@ impl Mirror {
     }
 
     /// Submits the plan's imports and deletions to the store and waits for them.
-    /// Returns (anything changed, anything failed, keys the store cannot hold — their
-    /// file names would be too long, which a socket PUT gets a 400 for).
+    /// Returns (anything changed, anything failed, keys the report quota refused —
+    /// a socket PUT gets a 507 for those; here they stay in `.status.report`, and a
+    /// later pass imports them once there is room).
     fn apply(&self, plan: &Plan) -> (bool, bool, Vec<String>) {
         let puts: Vec<_> = plan
             .imports
@@ -672,7 +675,7 @@ impl Mirror {
             })
             .collect();
         let (mut changed, mut failed) = (false, false);
-        let mut unstorable = Vec::new();
+        let mut over_quota = Vec::new();
         for (key, ticket) in puts {
             match ticket.wait() {
                 Ok(stored) => {
@@ -680,7 +683,7 @@ impl Mirror {
                     log::info!(key = key.as_str(), revision = stored.mod_rev; "imported a report entry a workload wrote in .status.report");
                     changed = true;
                 }
-                Err(StoreError::KeyNotStorable) => unstorable.push(key.as_str().to_owned()),
+                Err(StoreError::QuotaExceeded { .. }) => over_quota.push(key.as_str().to_owned()),
                 // A local write came in between: it wins; the next pass merges again.
                 Err(StoreError::Conflict { .. }) => {
                     log::debug!(key = key.as_str(); "a local write came first; merging again");
@@ -711,7 +714,7 @@ impl Mirror {
                 }
             }
         }
-        (changed, failed, unstorable)
+        (changed, failed, over_quota)
     }
 
     fn note_rejected(&mut self, plan: &Plan) {
@@ -723,8 +726,13 @@ impl Mirror {
                 self.rejected_seen.clear();
             }
             self.rejected_seen.insert(r.digest.clone());
+            let key = r.key.as_deref().unwrap_or("-");
+            if r.reason == QUOTA {
+                log::warn!(key = key, reason = r.reason; "entry in .status.report not imported: the report quota is full (--max-report-keys, --max-report-bytes); it stays in place and is imported once there is room");
+            } else {
+                log::warn!(key = key, reason = r.reason; "invalid entry in .status.report left untouched and not imported");
+            }
             self.health.count(REJECTED, r.reason, "");
-            log::warn!(key = r.key.as_deref().unwrap_or("-"), reason = r.reason; "invalid entry in .status.report left untouched and not imported");
         }
     }
 

@@ -147,11 +147,6 @@ pub enum StoreError {
     Conflict { current: Option<i64> },
     #[error("not found")]
     NotFound,
-    /// A report key that cannot be given a file. No write returns it any more (every
-    /// valid key gets one: `keys::report_file_name`); the API and the Kubernetes
-    /// import still map it.
-    #[error("key cannot be stored: its file name would be too long")]
-    KeyNotStorable,
     /// The write would grow report use beyond the quota.
     #[error("report quota exceeded: {used} {unit} stored, limit {max}", unit = limit.unit())]
     QuotaExceeded {

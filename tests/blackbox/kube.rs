@@ -505,6 +505,56 @@ fn invalid_workload_entries_are_left_alone_and_counted_once() {
 }
 
 #[test]
+fn a_workload_entry_over_the_quota_waits_in_place_and_blocks_nothing() {
+    let env = Env::new();
+    let d = env.daemon().args(["--max-report-keys", "2"]).start();
+    env.wait_cr(&d, "created", |_| true);
+    for key in ["a", "b"] {
+        let body = r#"{"content_type":"text/plain","payload":"1"}"#;
+        assert_eq!(d.put(&format!("/v1/state/report/{key}"), body).status, 200);
+    }
+    env.wait_cr(&d, "with a and b", |c| {
+        report(c, "a").is_some() && report(c, "b").is_some()
+    });
+    // The quota is full: a workload's new entry stays in the status, not imported.
+    let job = json!({"key": "job", "contentType": "text/plain", "payload": "done"});
+    env.workload_patch_status(|report| report.push(job.clone()));
+    assert!(
+        eventually(LIMIT, || {
+            d.metric("plexd_nodeapi_k8s_reports_rejected_total{reason=\"quota\"}") == Some(1.0)
+        }),
+        "log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(d.get("/v1/state/report/job").status, 404);
+    // Socket writes are still mirrored, and the waiting entry is kept beside them.
+    let body = r#"{"content_type":"text/plain","payload":"2"}"#;
+    assert_eq!(d.put("/v1/state/report/a", body).status, 200);
+    let cr = env.wait_cr(&d, "with a's update", |c| {
+        report(c, "a").is_some_and(|r| r["payload"] == "2")
+    });
+    assert_eq!(report(&cr, "job"), Some(&job), "{cr:#}");
+    // Room again: the entry is imported by the next pass, like any workload write.
+    assert_eq!(d.delete("/v1/state/report/b").status, 204);
+    assert!(
+        eventually(LIMIT, || d.get("/v1/state/report/job").status == 200),
+        "log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(d.get("/v1/state/report/job").json()["payload"], "done");
+    let cr = env.wait_cr(&d, "without b", |c| report(c, "b").is_none());
+    assert!(
+        report(&cr, "job").is_some_and(|r| r["version"].is_i64()),
+        "{cr:#}"
+    );
+    assert_eq!(
+        d.log_text().matches("the report quota is full").count(),
+        1,
+        "logged once"
+    );
+}
+
+#[test]
 fn bursts_of_socket_writes_are_coalesced() {
     let env = Env::new();
     let d = env
