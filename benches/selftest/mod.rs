@@ -791,6 +791,34 @@ fn subject_checks(c: &mut Checks) -> Result<(), BenchError> {
         }),
         format!("{:?}", older.map(|c| c.get_args().count())),
     );
+    // Today's builds list `serve` under "Commands:" and its flags on `serve --help`.
+    let commands_style = dir.path().join("newer-build");
+    let mut script =
+        String::from("#!/bin/sh\nif [ \"$1\" = serve ]; then\ncat <<'EOF'\nOptions:\n");
+    for f in basics.iter().chain(&["log-level"]) {
+        script.push_str(&format!("      --{f} VALUE   something\n"));
+    }
+    script.push_str(
+        "EOF\nelse\ncat <<'EOF'\nCommands:\n  serve        run the daemon\n  dev          other\nEOF\nfi\n",
+    );
+    std::fs::write(&commands_style, script).map_err(BenchError::io("writing a fake build"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&commands_style, std::fs::Permissions::from_mode(0o755))
+            .map_err(BenchError::io("chmod"))?;
+    }
+    let newer = Subject::reference(&commands_style)
+        .and_then(|s| s.command(&[("--socket", Some("/s".into()))]));
+    c.check(
+        "a build of ours with a command list is started with `serve`, its flags from `serve --help`",
+        newer.as_ref().is_ok_and(|cmd| {
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                == ["serve", "--log-level", "warn", "--socket", "/s"]
+        }),
+        format!("{:?}", newer.map(|c| c.get_args().count())),
+    );
     let not_it = fake_reference(dir.path(), &["data-dir"])?;
     c.check(
         "a --reference without the basic flags is refused",

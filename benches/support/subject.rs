@@ -52,13 +52,22 @@ impl Subject {
                 bin.display()
             )));
         }
-        let help = help_text(bin)?;
+        let help = help_text(bin, &["--help"])?;
+        // A build of ours lists a `serve` command: older builds in their usage line
+        // (`  plexd-nodeapi serve …`, with its flags on the same page), newer ones under
+        // "Commands:" (`  serve   run the daemon`, its flags on `serve --help`).
+        let ours = help.lines().any(|l| {
+            let mut words = l.split_whitespace();
+            let first = words.next();
+            first == Some("serve") || words.next() == Some("serve")
+        });
+        let help = if ours {
+            format!("{help}\n{}", help_text(bin, &["serve", "--help"])?)
+        } else {
+            help
+        };
         let mut flags = parse_help_flags(&help);
-        // A build of ours lists a `serve` command in its usage (`  plexd-nodeapi serve …`).
-        let prefix = if help
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some("serve"))
-        {
+        let prefix = if ours {
             let mut p = vec!["serve".to_string()];
             if flags.contains("--log-level") {
                 p.extend(["--log-level".to_string(), "warn".to_string()]);
@@ -130,14 +139,15 @@ impl Subject {
 }
 
 /// `bin --help`'s stdout and stderr (Go's flag package prints usage to stderr).
-fn help_text(bin: &Path) -> Result<String, BenchError> {
+fn help_text(bin: &Path, args: &[&str]) -> Result<String, BenchError> {
+    let shown = format!("{} {}", bin.display(), args.join(" "));
     let mut child = Command::new(bin)
-        .arg("--help")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(BenchError::io(format!("running {} --help", bin.display())))?;
+        .map_err(BenchError::io(format!("running {shown}")))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match child.try_wait() {
@@ -147,8 +157,7 @@ fn help_text(bin: &Path) -> Result<String, BenchError> {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(BenchError::Setup(format!(
-                    "{} --help did not finish within 5 s",
-                    bin.display()
+                    "{shown} did not finish within 5 s"
                 )));
             }
         }

@@ -98,35 +98,44 @@ pub enum OpenError {
     Io(io::Error),
 }
 
-/// Opens `path` for reading only if it is a regular file. Anything else (a FIFO, a
-/// folder, a socket, a device, a symbolic link) is reported, never opened: the name
-/// is checked first and then opened with `O_NOFOLLOW | O_NONBLOCK` and checked again
-/// on the descriptor, so a FIFO swapped in meanwhile cannot block the caller.
-pub fn open_regular(path: &Path) -> Result<File, OpenError> {
-    let not_found = |e: io::Error| {
-        if e.kind() == io::ErrorKind::NotFound {
-            OpenError::Missing
-        } else {
-            OpenError::Io(e)
-        }
-    };
-    let meta = fs::symlink_metadata(path).map_err(not_found)?;
+/// Opens `path` for reading only if it is a regular file, with the descriptor's
+/// metadata. Anything else (a FIFO, a folder, a socket, a device, a symbolic link) is
+/// reported, never opened: the name is checked first and then opened with
+/// `O_NOFOLLOW | O_NONBLOCK` and checked again on the descriptor, so a FIFO swapped in
+/// meanwhile cannot block the caller.
+pub fn open_regular(path: &Path) -> Result<(File, fs::Metadata), OpenError> {
+    let meta = fs::symlink_metadata(path).map_err(missing_or_io)?;
     if !meta.file_type().is_file() {
         return Err(OpenError::NotRegular(describe(meta.file_type())));
     }
+    open_listed_regular(path)
+}
+
+/// `open_regular` for a name that a folder listing has just shown as a regular file:
+/// the listing's file type is the first check, the descriptor's the second (one
+/// `lstat` less per file, which counts when 10,000 files are loaded at start).
+pub fn open_listed_regular(path: &Path) -> Result<(File, fs::Metadata), OpenError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => OpenError::NotRegular("a symbolic link"),
-            _ => not_found(e),
+            _ => missing_or_io(e),
         })?;
     let meta = file.metadata().map_err(OpenError::Io)?;
     if !meta.file_type().is_file() {
         return Err(OpenError::NotRegular(describe(meta.file_type())));
     }
-    Ok(file)
+    Ok((file, meta))
+}
+
+fn missing_or_io(e: io::Error) -> OpenError {
+    if e.kind() == io::ErrorKind::NotFound {
+        OpenError::Missing
+    } else {
+        OpenError::Io(e)
+    }
 }
 
 /// Whether `e` says the disk cannot take writes now (full, over quota, read-only, or
@@ -442,6 +451,38 @@ mod tests {
         assert!(!is_temp_name("x.tmp-y.json"));
         assert!(!is_temp_name("a.tmp.json.corrupt"));
         assert!(!is_temp_name("metadata.json"));
+    }
+
+    #[test]
+    fn a_listed_name_swapped_for_something_else_is_refused_without_blocking() {
+        // What `open_listed_regular` meets when a listing said "regular file" and the
+        // name was replaced before the open: it checks the descriptor, never blocks.
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        fs::write(p("file.json"), b"{\"n\":1}").unwrap();
+        nix::unistd::mkfifo(
+            &p("fifo.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        fs::create_dir(p("dir.json")).unwrap();
+        std::os::unix::fs::symlink(p("file.json"), p("link.json")).unwrap();
+        let (_, meta) = open_listed_regular(&p("file.json")).unwrap();
+        assert_eq!(meta.len(), 7);
+        for (name, kind) in [
+            ("fifo.json", "a FIFO"),
+            ("dir.json", "a folder"),
+            ("link.json", "a symbolic link"),
+        ] {
+            match open_listed_regular(&p(name)) {
+                Err(OpenError::NotRegular(k)) => assert_eq!(k, kind, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            open_listed_regular(&p("gone.json")),
+            Err(OpenError::Missing)
+        ));
     }
 
     #[test]

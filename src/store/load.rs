@@ -40,7 +40,8 @@ use super::checkpoint::{self, Checkpoints};
 use super::commit::{mark_dirty, JournalState, Writes};
 use super::disk::Disk;
 use super::files::{
-    ensure_dir, open_regular, set_aside, Folder, OpenError, CORRUPT_SUFFIX, STALE_SUFFIX,
+    ensure_dir, open_listed_regular, open_regular, set_aside, Folder, OpenError, CORRUPT_SUFFIX,
+    STALE_SUFFIX,
 };
 use super::journal::{Journal, Record, JOURNAL_FILE};
 use super::marks::{decode_marks, Mark, MARKS_FILE};
@@ -353,7 +354,7 @@ fn replay_journal(
 /// The sync marks from `report-sync.json`; none if it is missing, unreadable (logged:
 /// every report is then pending) or unparsable (quarantined).
 fn load_marks(state: &Folder) -> HashMap<String, Mark> {
-    match read_with_mtime(&state.file(MARKS_FILE)) {
+    match read_with_mtime(&state.file(MARKS_FILE), open_regular) {
         Ok((bytes, _)) => match decode_marks(&bytes) {
             Ok(marks) => return marks,
             Err(e) => quarantine(state, MARKS_FILE, &e.to_string()),
@@ -416,8 +417,8 @@ enum Parsed<T> {
 }
 
 /// Reads and parses one file; touches nothing (safe to run on any thread).
-fn read_parse<T: DeserializeOwned>(f: &Folder, name: &str) -> Parsed<T> {
-    let (bytes, mtime) = match read_with_mtime(&f.file(name)) {
+fn read_parse<T: DeserializeOwned>(f: &Folder, name: &str, open: Opener) -> Parsed<T> {
+    let (bytes, mtime) = match read_with_mtime(&f.file(name), open) {
         Ok(x) => x,
         Err(OpenError::Missing) => return Parsed::Missing,
         Err(OpenError::NotRegular(kind)) => return Parsed::Invalid(format!("it is {kind}")),
@@ -452,16 +453,27 @@ fn settle<T>(f: &Folder, name: &str, parsed: Parsed<T>) -> Option<(T, SystemTime
 /// Reads and parses one file. `None` when it is missing (silently), unreadable
 /// (logged) or unparsable (quarantined).
 fn load_json<T: DeserializeOwned>(f: &Folder, name: &str) -> Option<(T, SystemTime)> {
-    settle(f, name, read_parse(f, name))
+    settle(f, name, read_parse(f, name, open_regular))
 }
 
-/// Reads a regular file whole (see `open_regular`), with its mtime.
-fn read_with_mtime(path: &std::path::Path) -> Result<(Vec<u8>, SystemTime), OpenError> {
-    let mut file = open_regular(path)?;
+/// How a state file is opened: `open_regular`, or `open_listed_regular` for a name a
+/// folder listing showed as a regular file.
+type Opener = fn(&std::path::Path) -> Result<(fs::File, fs::Metadata), OpenError>;
+
+/// Reads a regular file whole, with its mtime: open, one `fstat` (its type, size and
+/// mtime), the reads, close.
+fn read_with_mtime(
+    path: &std::path::Path,
+    open: Opener,
+) -> Result<(Vec<u8>, SystemTime), OpenError> {
+    let (file, meta) = open(path)?;
     let read = (|| {
-        let mtime = file.metadata()?.modified()?;
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut file, &mut bytes)?;
+        let mtime = meta.modified()?;
+        // Sized from the fstat already made, and read through `Take` so that std does
+        // not ask the kernel for the size again (an fstat and an lseek per file).
+        let size = usize::try_from(meta.len()).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(size.saturating_add(1));
+        io::Read::read_to_end(&mut io::Read::take(file, u64::MAX), &mut bytes)?;
         Ok((bytes, mtime))
     })();
     read.map_err(OpenError::Io)
@@ -516,7 +528,7 @@ fn load_folder<T: DeserializeOwned, U: Send>(
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|n| match read_parse::<T>(f, n) {
+                        .map(|n| match read_parse::<T>(f, n, open_listed_regular) {
                             Parsed::Ok(v, t) => Parsed::Ok(prepare(v), t),
                             Parsed::Missing => Parsed::Missing,
                             Parsed::Unreadable(e) => Parsed::Unreadable(e),

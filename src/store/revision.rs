@@ -106,7 +106,7 @@ fn read_epoch(state: &Folder) -> io::Result<Option<u64>> {
         Err(OpenError::Missing) => return Ok(None),
         Err(OpenError::Io(e)) => return Err(e),
         Err(OpenError::NotRegular(kind)) => format!("it is {kind}"),
-        Ok(f) => {
+        Ok((f, _)) => {
             let mut text = String::new();
             match f.take(MAX_FILE).read_to_string(&mut text) {
                 Ok(_) => match text.trim().parse::<u64>() {
