@@ -313,7 +313,7 @@ enum AgentTimeouts {
 
 /// The one place agents are built, so both share TLS, redirect and timeout policy.
 fn build_agent(tls: Option<&Arc<rustls::ClientConfig>>, timeouts: AgentTimeouts) -> ureq::Agent {
-    let mut builder = ureq::AgentBuilder::new()
+    let mut builder = super::tls::agent_builder(tls)
         .timeout_connect(CONNECT_TIMEOUT)
         .redirects(0);
     builder = match timeouts {
@@ -325,9 +325,6 @@ fn build_agent(tls: Option<&Arc<rustls::ClientConfig>>, timeouts: AgentTimeouts)
             .timeout_write(REQUEST_TIMEOUT)
             .max_idle_connections(0),
     };
-    if let Some(tls) = tls {
-        builder = builder.tls_config(Arc::clone(tls));
-    }
     builder.build()
 }
 

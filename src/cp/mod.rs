@@ -12,3 +12,4 @@ pub mod event_apply;
 pub mod link;
 pub mod stream;
 pub mod syncer;
+pub mod tls;

@@ -234,18 +234,15 @@ impl KubeClient {
         let mut retried = false;
         loop {
             let config = lock(&self.tls).config.clone();
-            let mut builder = ureq::AgentBuilder::new()
+            let agent = crate::cp::tls::agent_builder(config.as_ref())
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout_read(idle_timeout)
                 .timeout_write(REQUEST_TIMEOUT)
                 .max_idle_connections(0)
-                .redirects(0);
-            if let Some(tls) = config {
-                builder = builder.tls_config(tls);
-            }
+                .redirects(0)
+                .build();
             let bearer = self.bearer(false)?;
-            let result = builder
-                .build()
+            let result = agent
                 .get(&format!("{}{path}", self.base))
                 .set("Authorization", &format!("Bearer {}", bearer.as_str()))
                 .set("Accept", "application/json")
@@ -412,15 +409,12 @@ fn read_token(path: &std::path::Path) -> Result<Zeroizing<String>, KubeError> {
 }
 
 fn request_agent(tls: Option<&Arc<rustls::ClientConfig>>) -> ureq::Agent {
-    let mut builder = ureq::AgentBuilder::new()
+    crate::cp::tls::agent_builder(tls)
         .timeout_connect(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .max_idle_connections_per_host(4)
-        .redirects(0);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(Arc::clone(tls));
-    }
-    builder.build()
+        .redirects(0)
+        .build()
 }
 
 /// A rustls configuration trusting only the certificates in `ca_pem`.

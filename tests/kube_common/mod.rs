@@ -231,8 +231,7 @@ fn agent() -> ureq::Agent {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    ureq::AgentBuilder::new()
-        .tls_config(Arc::new(tls))
+    plexd_nodeapi::cp::tls::agent_builder(Some(&Arc::new(tls)))
         .timeout(Duration::from_secs(30))
         .build()
 }

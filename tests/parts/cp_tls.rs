@@ -96,3 +96,16 @@ fn unknown_ca_is_refused() {
     let err = client.fetch_state().unwrap_err();
     assert!(err.is_transport(), "{err:?}");
 }
+
+#[test]
+fn an_agent_without_a_tls_configuration_refuses_https_and_trusts_nothing() {
+    // The connector never falls back to a default trust store: without a
+    // configuration an `https://` URL fails before a byte of TLS is sent.
+    let addr = tls_server();
+    let agent = plexd_nodeapi::cp::tls::agent_builder(None).build();
+    let err = agent
+        .get(&format!("https://127.0.0.1:{}/", addr.port()))
+        .call()
+        .unwrap_err();
+    assert!(err.to_string().contains("https is not configured"), "{err}");
+}
