@@ -20,9 +20,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
+use super::tls::Trust;
 use crate::encoding::percent_encode_segment;
 use crate::model::{NodeState, ReportSyncRequest, SecretResponse};
 
@@ -123,8 +125,8 @@ impl fmt::Debug for CpConfig {
 /// The control-plane client. Cheap to share (`Arc`); calls are independent.
 pub struct CpClient {
     agent: ureq::Agent,
-    /// The rustls configuration for `https` (shared with the event-stream agent).
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS configuration for `https` (shared with the event-stream agent).
+    tls: Option<Trust>,
     /// Base URL without a trailing slash, then `/v1/nodes/{node id}`.
     node_url: String,
     base_url: String,
@@ -144,8 +146,8 @@ impl fmt::Debug for CpClient {
 }
 
 impl CpClient {
-    /// Validates the URL, loads the trust roots (system roots plus `ca_file`) for
-    /// `https`, and builds the agent. Nothing is sent.
+    /// Validates the URL and, for `https`, reads `ca_file`; builds the agent. Nothing
+    /// is sent; the system trust roots are loaded at the first `https` connection.
     pub fn new(cfg: CpConfig) -> Result<CpClient, CpError> {
         let url = parse_base_url(&cfg.base_url)?;
         if cfg.node_id.is_empty() {
@@ -157,7 +159,7 @@ impl CpClient {
             ));
         }
         let tls = if url.https {
-            Some(tls_config(cfg.ca_file.as_ref())?)
+            Some(trust(cfg.ca_file.as_ref())?)
         } else {
             if cfg.ca_file.is_some() {
                 log::warn!(url:% = cfg.base_url; "ca file ignored for a plain http control plane");
@@ -312,7 +314,7 @@ enum AgentTimeouts {
 }
 
 /// The one place agents are built, so both share TLS, redirect and timeout policy.
-fn build_agent(tls: Option<&Arc<rustls::ClientConfig>>, timeouts: AgentTimeouts) -> ureq::Agent {
+fn build_agent(tls: Option<&Trust>, timeouts: AgentTimeouts) -> ureq::Agent {
     let mut builder = super::tls::agent_builder(tls)
         .timeout_connect(CONNECT_TIMEOUT)
         .redirects(0);
@@ -383,49 +385,61 @@ fn gzip(body: &[u8]) -> Result<Vec<u8>, CpError> {
         .map_err(|e| CpError::Config(format!("gzip: {e}")))
 }
 
-fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, CpError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match rustls_native_certs::load_native_certs() {
-        Ok(certs) => {
-            let (valid, _invalid) = roots.add_parsable_certificates(certs);
-            if valid == 0 && ca_file.is_none() {
-                log::warn!("no usable system CA certificates found");
-            }
-        }
-        Err(e) => {
-            if ca_file.is_none() {
-                log::warn!(error:% = e; "loading system CA certificates failed");
-            }
-        }
-    }
-    if let Some(path) = ca_file {
-        let file = std::fs::File::open(path)
-            .map_err(|e| CpError::Config(format!("ca file {}: {e}", path.display())))?;
-        let mut reader = BufReader::new(file);
-        let mut added = 0usize;
-        for cert in rustls_pemfile::certs(&mut reader) {
-            let cert =
-                cert.map_err(|e| CpError::Config(format!("ca file {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| CpError::Config(format!("ca file {}: {e}", path.display())))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(CpError::Config(format!(
-                "ca file {}: no PEM certificates found",
-                path.display()
-            )));
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+/// The TLS configuration for an `https` control plane: the system roots plus the
+/// certificates of `ca_file`. The file is read and checked now (a bad one stops the
+/// start); the system roots are loaded at the first connection.
+fn trust(ca_file: Option<&PathBuf>) -> Result<Trust, CpError> {
+    let extra = match ca_file {
+        Some(path) => read_ca_file(path)?,
+        None => Vec::new(),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| CpError::Config(format!("tls: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    .map_err(|e| CpError::Config(format!("tls: {e}")))?;
+    Ok(Trust::deferred(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        match rustls_native_certs::load_native_certs() {
+            Ok(certs) => {
+                let (valid, _invalid) = roots.add_parsable_certificates(certs);
+                if valid == 0 && extra.is_empty() {
+                    log::warn!("no usable system CA certificates found");
+                }
+            }
+            Err(e) => {
+                if extra.is_empty() {
+                    log::warn!(error:% = e; "loading system CA certificates failed");
+                }
+            }
+        }
+        // Each was added to a store once already, in `read_ca_file`.
+        roots.add_parsable_certificates(extra.iter().cloned());
+        Arc::new(
+            builder
+                .clone()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }))
+}
+
+/// The PEM certificates of a `--ca-file`, each checked to be usable as a trust root.
+fn read_ca_file(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, CpError> {
+    let bad = |e: &dyn fmt::Display| CpError::Config(format!("ca file {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+    let mut reader = BufReader::new(file);
+    let mut check = rustls::RootCertStore::empty();
+    let mut certs = Vec::new();
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|e| bad(&e))?;
+        check.add(cert.clone()).map_err(|e| bad(&e))?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err(bad(&"no PEM certificates found"));
+    }
+    Ok(certs)
 }
 
 struct BaseUrl {

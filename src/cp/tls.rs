@@ -1,6 +1,7 @@
 //! TLS for the HTTP client agents (ureq), on a rustls configuration built by the
 //! caller: the system roots plus `--ca-file` for the control plane
-//! (`client::tls_config`), the cluster CA alone for the Kubernetes API.
+//! (`client::trust`, built at the first connection), the cluster CA alone for the
+//! Kubernetes API.
 //!
 //! ureq's own TLS support is not compiled in: it loads and parses the system trust
 //! store when the first agent is built — even for an `http://` URL, and once more
@@ -11,17 +12,50 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-/// An agent builder whose `https://` connections use `tls` (none: `https://` fails).
-pub fn agent_builder(tls: Option<&Arc<ClientConfig>>) -> ureq::AgentBuilder {
-    ureq::AgentBuilder::new().tls_connector(Arc::new(Connector(tls.cloned())))
+/// The TLS configuration of a client: ready now, or built once, at the first
+/// `https://` connection — loading the system trust store takes milliseconds that
+/// the start should not wait for, on a thread that talks to the remote anyway.
+#[derive(Clone)]
+pub enum Trust {
+    Ready(Arc<ClientConfig>),
+    Deferred(Arc<Deferred>),
 }
 
-struct Connector(Option<Arc<ClientConfig>>);
+/// A configuration built on first use (see [`Trust::deferred`]).
+pub struct Deferred {
+    config: OnceLock<Arc<ClientConfig>>,
+    build: Box<dyn Fn() -> Arc<ClientConfig> + Send + Sync>,
+}
+
+impl Trust {
+    /// A configuration `build` makes at the first connection that needs it; every
+    /// agent sharing this `Trust` then uses that one.
+    pub fn deferred(build: impl Fn() -> Arc<ClientConfig> + Send + Sync + 'static) -> Trust {
+        Trust::Deferred(Arc::new(Deferred {
+            config: OnceLock::new(),
+            build: Box::new(build),
+        }))
+    }
+
+    fn config(&self) -> Arc<ClientConfig> {
+        match self {
+            Trust::Ready(config) => Arc::clone(config),
+            Trust::Deferred(d) => Arc::clone(d.config.get_or_init(|| (d.build)())),
+        }
+    }
+}
+
+/// An agent builder whose `https://` connections use `trust` (none: `https://` fails).
+pub fn agent_builder(trust: Option<&Trust>) -> ureq::AgentBuilder {
+    ureq::AgentBuilder::new().tls_connector(Arc::new(Connector(trust.cloned())))
+}
+
+struct Connector(Option<Trust>);
 
 impl ureq::TlsConnector for Connector {
     fn connect(
@@ -29,7 +63,7 @@ impl ureq::TlsConnector for Connector {
         dns_name: &str,
         mut io: Box<dyn ureq::ReadWrite>,
     ) -> Result<Box<dyn ureq::ReadWrite>, ureq::Error> {
-        let Some(config) = &self.0 else {
+        let Some(trust) = &self.0 else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "https is not configured for this client",
@@ -47,7 +81,7 @@ impl ureq::TlsConnector for Connector {
                 format!("{host} is not a TLS server name: {e}"),
             )
         })?;
-        let mut conn = ClientConnection::new(Arc::clone(config), name)
+        let mut conn = ClientConnection::new(trust.config(), name)
             .map_err(|e| io::Error::other(format!("TLS setup: {e}")))?;
         // The whole handshake now, so that a certificate problem is a connect error.
         while conn.is_handshaking() {

@@ -23,6 +23,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::config::KubeConfig;
+use crate::cp::tls::Trust;
 
 /// Largest response body accepted.
 pub const MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
@@ -234,7 +235,7 @@ impl KubeClient {
         let mut retried = false;
         loop {
             let config = lock(&self.tls).config.clone();
-            let agent = crate::cp::tls::agent_builder(config.as_ref())
+            let agent = crate::cp::tls::agent_builder(config.map(Trust::Ready).as_ref())
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout_read(idle_timeout)
                 .timeout_write(REQUEST_TIMEOUT)
@@ -409,7 +410,7 @@ fn read_token(path: &std::path::Path) -> Result<Zeroizing<String>, KubeError> {
 }
 
 fn request_agent(tls: Option<&Arc<rustls::ClientConfig>>) -> ureq::Agent {
-    crate::cp::tls::agent_builder(tls)
+    crate::cp::tls::agent_builder(tls.cloned().map(Trust::Ready).as_ref())
         .timeout_connect(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .max_idle_connections_per_host(4)

@@ -231,9 +231,11 @@ fn agent() -> ureq::Agent {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    plexd_nodeapi::cp::tls::agent_builder(Some(&Arc::new(tls)))
-        .timeout(Duration::from_secs(30))
-        .build()
+    plexd_nodeapi::cp::tls::agent_builder(Some(&plexd_nodeapi::cp::tls::Trust::Ready(Arc::new(
+        tls,
+    ))))
+    .timeout(Duration::from_secs(30))
+    .build()
 }
 
 /// A free TCP port on loopback (for an API server that is started later).

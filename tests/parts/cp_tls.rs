@@ -109,3 +109,20 @@ fn an_agent_without_a_tls_configuration_refuses_https_and_trusts_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("https is not configured"), "{err}");
 }
+
+#[test]
+fn an_unusable_ca_file_is_refused_when_the_client_is_made() {
+    // The system roots wait for the first connection; `--ca-file` is checked at once,
+    // so a bad one stops the start instead of the first fetch.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, b"no certificates here\n").unwrap();
+    let url = "https://localhost:1";
+    for (ca, says) in [
+        (empty, "no PEM certificates found"),
+        (dir.path().join("missing.pem"), "No such file"),
+    ] {
+        let err = CpClient::new(config(url, Some(ca))).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}
