@@ -1,6 +1,6 @@
 //! Text encodings of the wire, on the `percent-encoding` crate: URL path segments
 //! (`percent_encode_segment`, `percent_decode`), the character set of file names
-//! (`FILE_NAME_KEEPS`), and hex digits (`decode_hex`).
+//! (`FILE_NAME_KEEPS`), and hex digits (`encode_hex`, `decode_hex`).
 //!
 //! Pure functions on strings and bytes; they know nothing about what the text means.
 
@@ -48,6 +48,17 @@ pub fn percent_decode(s: &str) -> Option<String> {
         .map(Cow::into_owned)
 }
 
+/// Lowercase hex digits of `bytes`, in one allocation of the final size.
+pub fn encode_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
 /// Decodes hex digits (either case) into `out`, which must be exactly half as long as
 /// `hex`. `false` (with `out` partly written) for any other length or a non-hex byte.
 pub fn decode_hex(hex: &[u8], out: &mut [u8]) -> bool {
@@ -89,6 +100,8 @@ mod tests {
 
     #[test]
     fn hex_digits() {
+        assert_eq!(encode_hex(&[0x0a, 0xff, 0x00]), "0aff00");
+        assert_eq!(encode_hex(&[]), "");
         let mut out = [0u8; 2];
         assert!(decode_hex(b"0aFf", &mut out));
         assert_eq!(out, [0x0a, 0xff]);

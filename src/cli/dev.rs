@@ -21,6 +21,7 @@ use super::config::{Config, Settings};
 use super::daemon::{Daemon, SignalWait};
 use super::error::{CliError, Failure};
 use crate::devcp::{DevConfig, DevControlPlane};
+use crate::encoding::encode_hex;
 use crate::secrets::nsk::Nsk;
 use crate::telemetry::logging;
 
@@ -89,7 +90,7 @@ fn random_hex() -> std::io::Result<String> {
     let mut key = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
         .map_err(|_| std::io::Error::other("no system randomness"))?;
-    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(encode_hex(&key))
 }
 
 /// The TCP listener's token file, created with a random token if missing.

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::canonical::{canonical_bytes, write_go_string};
 use super::verify::PublicKey;
+use crate::encoding::encode_hex;
 use crate::timefmt::parse_rfc3339;
 
 /// Why an envelope or key could not be made.
@@ -141,5 +142,5 @@ pub fn new_nonce() -> Result<String, SignError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| SignError::Rng)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(encode_hex(&bytes))
 }

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::encoding::encode_hex;
 use crate::model::ReportEntry;
 use crate::store::keys::ReportKey;
 
@@ -95,11 +96,7 @@ pub fn digest(content_type: &str, payload: &Value) -> String {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    encode_hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// The digest of a stored entry.

@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::encoding::encode_hex;
+
 /// Longest object name (DNS-1123 subdomain).
 pub const MAX_NAME: usize = 253;
 /// Longest label value.
@@ -38,10 +40,7 @@ pub fn sanitize(s: &str) -> String {
 /// The first 10 hex digits of SHA-256(`s`).
 pub fn short_hash(s: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    digest.as_ref()[..5]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    encode_hex(&digest.as_ref()[..5])
 }
 
 /// `base` made a valid name: cut to leave room, trailing `-` removed, `-hash` added.

@@ -121,7 +121,7 @@ mod tests {
                 .as_bytes(),
             RAW
         );
-        let hex: String = RAW.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::encoding::encode_hex(RAW);
         assert_eq!(Nsk::parse(hex.as_bytes()).unwrap().as_bytes(), RAW);
         assert_eq!(
             Nsk::parse(hex.to_uppercase().as_bytes())

@@ -5,12 +5,13 @@
 //! re-validates. `file_name_for` maps *any* string (including hostile keys
 //! pushed by a control plane) to a single path component that cannot leave its folder;
 //! plain keys map to themselves so caches written by the Go agent load unchanged;
-//! `report_file_name` gives every valid report key a name (hashed when encoding is too long).
+//! `report_file_name` gives every valid report key a file (hashed when encoding is too
+//! long).
 //! Nothing here touches the file system.
 
 use std::fmt;
 
-use crate::encoding::{percent_encode, FILE_NAME_KEEPS};
+use crate::encoding::{encode_hex, percent_encode, FILE_NAME_KEEPS};
 
 /// Longest report key accepted, in bytes.
 pub const MAX_REPORT_KEY_LEN: usize = 200;
@@ -82,16 +83,16 @@ pub fn file_name_for(key: &str) -> Option<String> {
     (name.len() <= MAX_FILE_NAME).then_some(name)
 }
 
-/// The file a report key is stored in when it has none yet: its `file_name_for` name,
-/// or — for a valid key whose encoded name would pass `MAX_FILE_NAME` (up to 200 bytes
-/// of UTF-8 can encode to 600) — `~` and the hex SHA-256 of the key. `~` never appears
-/// in an encoded name, so the two kinds cannot collide; the key itself is read from
-/// inside the file, never from its name. So every key `ReportKey` accepts can be stored.
-pub fn report_file_name(key: &ReportKey) -> String {
-    file_name_for(key.as_str()).unwrap_or_else(|| {
+/// The file a report key is stored in: its `file_name_for` name; else, for a valid key
+/// whose encoded name would pass `MAX_FILE_NAME` (up to 200 bytes of UTF-8 can encode
+/// to 600), the file it is in already (`current`: a Go agent's plain name), or `~` and
+/// the hex SHA-256 of the key. `~` never appears in an encoded name, so the two kinds
+/// cannot collide; the key itself is read from inside the file, never from its name.
+/// So every key `ReportKey` accepts can be stored.
+pub fn report_file_name(key: &ReportKey, current: Option<String>) -> String {
+    file_name_for(key.as_str()).or(current).unwrap_or_else(|| {
         let digest = ring::digest::digest(&ring::digest::SHA256, key.as_str().as_bytes());
-        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("~{hex}.json")
+        format!("~{}.json", encode_hex(digest.as_ref()))
     })
 }
 
@@ -146,14 +147,14 @@ mod tests {
     #[test]
     fn every_report_key_has_a_file_name() {
         let plain = ReportKey::parse("app-health").unwrap();
-        assert_eq!(report_file_name(&plain), "app-health.json");
+        assert_eq!(report_file_name(&plain, None), "app-health.json");
         // 200 bytes that would encode to 600: hashed, one component, distinct per key.
         let wide = ReportKey::parse(&"ü".repeat(100)).unwrap();
         let other = ReportKey::parse(&"ö".repeat(100)).unwrap();
-        let name = report_file_name(&wide);
+        let name = report_file_name(&wide, None);
         assert!(name.starts_with('~') && name.ends_with(".json") && name.len() == 70);
         assert!(!name.contains('/'));
-        assert_ne!(name, report_file_name(&other));
-        assert_eq!(name, report_file_name(&wide));
+        assert_ne!(name, report_file_name(&other, None));
+        assert_eq!(name, report_file_name(&wide, None));
     }
 }

@@ -321,10 +321,7 @@ fn replay_journal(
                     continue;
                 };
                 let old = reports.get(&entry.key).map(|i| i.file.clone());
-                let file = match keys::file_name_for(&entry.key).or_else(|| old.clone()) {
-                    Some(file) => file,
-                    None => keys::report_file_name(&key),
-                };
+                let file = keys::report_file_name(&key, old.clone());
                 mark_dirty(
                     &mut dirty,
                     &entry.key,

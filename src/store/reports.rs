@@ -202,12 +202,7 @@ impl Store {
         }
         let current = self.pending_latest(&q, key.as_str());
         let old_file = current.as_ref().map(|(_, f, _)| f.clone());
-        // A key whose encoded name is too long stays in the file the Go agent wrote it
-        // to (plain name) if there is one; a new one gets a hashed name.
-        let file = match keys::file_name_for(key.as_str()).or_else(|| old_file.clone()) {
-            Some(file) => file,
-            None => keys::report_file_name(key),
-        };
+        let file = keys::report_file_name(key, old_file.clone());
         let version = current.as_ref().map(|(v, _, _)| *v);
         let new_len = payload.get().len() as u64;
         let usage = UsageDelta {

@@ -382,7 +382,7 @@ fn put_get_if_match_delete_recreate() {
     let key = rk(&wide);
     assert_eq!(parse(&st.report(&key).unwrap().value)["payload"], 1);
     st.flush().unwrap();
-    let file = super::keys::report_file_name(&key);
+    let file = super::keys::report_file_name(&key, None);
     assert!(file.starts_with('~'));
     assert!(f.state.join("report").join(&file).exists());
     drop(st);
