@@ -14,17 +14,16 @@
 //! stream is `cp::stream`'s job.
 
 use std::fmt;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use super::tls::Trust;
+use super::tls::{config_builder, roots_from_pem, Trust};
 use crate::encoding::percent_encode_segment;
 use crate::model::{NodeState, ReportSyncRequest, SecretResponse};
 
@@ -390,16 +389,15 @@ fn gzip(body: &[u8]) -> Result<Vec<u8>, CpError> {
 /// start); the system roots are loaded at the first connection.
 fn trust(ca_file: Option<&PathBuf>) -> Result<Trust, CpError> {
     let extra = match ca_file {
-        Some(path) => read_ca_file(path)?,
-        None => Vec::new(),
+        Some(path) => std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| roots_from_pem(&pem))
+            .map_err(|e| CpError::Config(format!("ca file {}: {e}", path.display())))?,
+        None => rustls::RootCertStore::empty(),
     };
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| CpError::Config(format!("tls: {e}")))?;
+    let builder = config_builder().map_err(CpError::Config)?;
     Ok(Trust::deferred(move || {
-        let mut roots = rustls::RootCertStore::empty();
+        let mut roots = extra.clone();
         match rustls_native_certs::load_native_certs() {
             Ok(certs) => {
                 let (valid, _invalid) = roots.add_parsable_certificates(certs);
@@ -413,8 +411,6 @@ fn trust(ca_file: Option<&PathBuf>) -> Result<Trust, CpError> {
                 }
             }
         }
-        // Each was added to a store once already, in `read_ca_file`.
-        roots.add_parsable_certificates(extra.iter().cloned());
         Arc::new(
             builder
                 .clone()
@@ -422,24 +418,6 @@ fn trust(ca_file: Option<&PathBuf>) -> Result<Trust, CpError> {
                 .with_no_client_auth(),
         )
     }))
-}
-
-/// The PEM certificates of a `--ca-file`, each checked to be usable as a trust root.
-fn read_ca_file(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, CpError> {
-    let bad = |e: &dyn fmt::Display| CpError::Config(format!("ca file {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
-    let mut reader = BufReader::new(file);
-    let mut check = rustls::RootCertStore::empty();
-    let mut certs = Vec::new();
-    for cert in rustls_pemfile::certs(&mut reader) {
-        let cert = cert.map_err(|e| bad(&e))?;
-        check.add(cert.clone()).map_err(|e| bad(&e))?;
-        certs.push(cert);
-    }
-    if certs.is_empty() {
-        return Err(bad(&"no PEM certificates found"));
-    }
-    Ok(certs)
 }
 
 struct BaseUrl {

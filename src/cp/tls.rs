@@ -15,7 +15,9 @@ use std::net::TcpStream;
 use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, ConfigBuilder, RootCertStore, StreamOwned, WantsVerifier,
+};
 
 /// The TLS configuration of a client: ready now, or built once, at the first
 /// `https://` connection — loading the system trust store takes milliseconds that
@@ -48,6 +50,26 @@ impl Trust {
             Trust::Deferred(d) => Arc::clone(d.config.get_or_init(|| (d.build)())),
         }
     }
+}
+
+/// The start of every client configuration here: ring, TLS 1.2 and 1.3; roots next.
+pub fn config_builder() -> Result<ConfigBuilder<ClientConfig, WantsVerifier>, String> {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))
+}
+
+/// The certificates of a PEM text as trust roots; at least one, each usable.
+pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut io::BufReader::new(pem)) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificates found".into());
+    }
+    Ok(roots)
 }
 
 /// An agent builder whose `https://` connections use `trust` (none: `https://` fails).

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::config::KubeConfig;
-use crate::cp::tls::Trust;
+use crate::cp::tls::{config_builder, roots_from_pem, Trust};
 
 /// Largest response body accepted.
 pub const MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
@@ -420,24 +420,12 @@ fn request_agent(tls: Option<&Arc<rustls::ClientConfig>>) -> ureq::Agent {
 
 /// A rustls configuration trusting only the certificates in `ca_pem`.
 fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, KubeError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let mut reader = BufReader::new(ca_pem);
-    for cert in rustls_pemfile::certs(&mut reader) {
-        let cert = cert.map_err(|e| KubeError::Config(format!("cluster CA: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| KubeError::Config(format!("cluster CA: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(KubeError::Config("cluster CA: no PEM certificates".into()));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| KubeError::Config(format!("tls: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let roots =
+        roots_from_pem(ca_pem).map_err(|e| KubeError::Config(format!("cluster CA: {e}")))?;
+    let config = config_builder()
+        .map_err(KubeError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
