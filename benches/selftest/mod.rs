@@ -706,17 +706,21 @@ fn report_checks(c: &mut Checks) {
 
 /// A stand-in reference: a shell script whose `--help` lists flags in Go's style.
 fn fake_reference(dir: &std::path::Path, flags: &[&str]) -> Result<std::path::PathBuf, BenchError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(format!("fake-ref-{}", flags.len()));
     let mut script = String::from("#!/bin/sh\ncat >&2 <<'EOF'\nUsage of fake:\n");
     for f in flags {
         script.push_str(&format!("  -{f} string\n    \tsomething\n"));
     }
     script.push_str("EOF\nexit 0\n");
-    std::fs::write(&path, script).map_err(BenchError::io("writing a fake reference"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+    write_script(&dir.join(format!("fake-ref-{}", flags.len())), &script)
+}
+
+/// Writes an executable shell script at `path`.
+fn write_script(path: &std::path::Path, script: &str) -> Result<std::path::PathBuf, BenchError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, script).map_err(BenchError::io("writing a fake binary"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .map_err(BenchError::io("chmod"))?;
-    Ok(path)
+    Ok(path.to_path_buf())
 }
 
 fn subject_checks(c: &mut Checks) -> Result<(), BenchError> {
@@ -765,60 +769,47 @@ fn subject_checks(c: &mut Checks) -> Result<(), BenchError> {
         is_static_elf(&me) == Some(false) && is_static_elf(&fake).is_none(),
         format!("{:?} {:?}", is_static_elf(&me), is_static_elf(&fake)),
     );
-    let ours_style = dir.path().join("older-build");
-    let mut script = String::from(
-        "#!/bin/sh\ncat <<'EOF'\nUSAGE:\n    plexd-nodeapi serve [FLAGS]   run the daemon\n",
-    );
-    for f in basics.iter().chain(&["log-level"]) {
-        script.push_str(&format!("    --{f} VALUE   something\n"));
+    // Builds of ours: older ones name `serve` in their usage line with its flags on the
+    // same page; today's list it under "Commands:", its flags on `serve --help`.
+    let flag_lines: String = basics
+        .iter()
+        .chain(&["log-level"])
+        .map(|f| format!("      --{f} VALUE   something\n"))
+        .collect();
+    let builds = [
+        (
+            "another build of ours as the reference is started with `serve`",
+            "older-build",
+            format!(
+                "#!/bin/sh\ncat <<'EOF'\nUSAGE:\n    plexd-nodeapi serve [FLAGS]   run the daemon\n\
+                 {flag_lines}EOF\n"
+            ),
+        ),
+        (
+            "a build of ours with a command list is started with `serve`, its flags from `serve --help`",
+            "newer-build",
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = serve ]; then\ncat <<'EOF'\nOptions:\n{flag_lines}EOF\n\
+                 else\ncat <<'EOF'\nCommands:\n  serve        run the daemon\n  dev          other\n\
+                 EOF\nfi\n"
+            ),
+        ),
+    ];
+    for (what, name, script) in builds {
+        let build = write_script(&dir.path().join(name), &script)?;
+        let cmd =
+            Subject::reference(&build).and_then(|s| s.command(&[("--socket", Some("/s".into()))]));
+        c.check(
+            what,
+            cmd.as_ref().is_ok_and(|cmd| {
+                cmd.get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    == ["serve", "--log-level", "warn", "--socket", "/s"]
+            }),
+            format!("{:?}", cmd.map(|c| c.get_args().count())),
+        );
     }
-    script.push_str("EOF\n");
-    std::fs::write(&ours_style, script).map_err(BenchError::io("writing a fake build"))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&ours_style, std::fs::Permissions::from_mode(0o755))
-            .map_err(BenchError::io("chmod"))?;
-    }
-    let older =
-        Subject::reference(&ours_style).and_then(|s| s.command(&[("--socket", Some("/s".into()))]));
-    c.check(
-        "another build of ours as the reference is started with `serve`",
-        older.as_ref().is_ok_and(|cmd| {
-            cmd.get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                == ["serve", "--log-level", "warn", "--socket", "/s"]
-        }),
-        format!("{:?}", older.map(|c| c.get_args().count())),
-    );
-    // Today's builds list `serve` under "Commands:" and its flags on `serve --help`.
-    let commands_style = dir.path().join("newer-build");
-    let mut script =
-        String::from("#!/bin/sh\nif [ \"$1\" = serve ]; then\ncat <<'EOF'\nOptions:\n");
-    for f in basics.iter().chain(&["log-level"]) {
-        script.push_str(&format!("      --{f} VALUE   something\n"));
-    }
-    script.push_str(
-        "EOF\nelse\ncat <<'EOF'\nCommands:\n  serve        run the daemon\n  dev          other\nEOF\nfi\n",
-    );
-    std::fs::write(&commands_style, script).map_err(BenchError::io("writing a fake build"))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&commands_style, std::fs::Permissions::from_mode(0o755))
-            .map_err(BenchError::io("chmod"))?;
-    }
-    let newer = Subject::reference(&commands_style)
-        .and_then(|s| s.command(&[("--socket", Some("/s".into()))]));
-    c.check(
-        "a build of ours with a command list is started with `serve`, its flags from `serve --help`",
-        newer.as_ref().is_ok_and(|cmd| {
-            cmd.get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                == ["serve", "--log-level", "warn", "--socket", "/s"]
-        }),
-        format!("{:?}", newer.map(|c| c.get_args().count())),
-    );
     let not_it = fake_reference(dir.path(), &["data-dir"])?;
     c.check(
         "a --reference without the basic flags is refused",

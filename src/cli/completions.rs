@@ -95,9 +95,13 @@ fn takes_value(o: &Opt) -> bool {
 fn tree() -> Vec<(Option<&'static str>, &'static Command)> {
     commands::paths()
         .into_iter()
-        .filter_map(|path| match path[..] {
-            [] => None,
-            [parent, ..] => Some(((path.len() > 1).then_some(parent), commands::find(&path)?)),
+        .filter_map(|path| {
+            let parent = match path[..] {
+                [_] => None,
+                [parent, _] => Some(parent),
+                _ => return None,
+            };
+            Some((parent, commands::find(&path)?))
         })
         .collect()
 }

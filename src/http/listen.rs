@@ -5,11 +5,11 @@
 //! Hypervisor's pattern), so two daemons never race for one path; only then is a stale
 //! socket there replaced. Anything at the path that is not a socket (a config file named
 //! by mistake, a folder, a symlink) is refused, never removed. The returned
-//! [`SocketClaim`] holds the lock and remembers the socket's device, inode and change time; dropping
-//! it removes the socket only if the path still names that very socket, so a daemon
-//! that stops never removes a newer daemon's socket. Sockets passed by systemd are not
-//! bound here (see `activation`). [`Listener`] is what the server accepts on, whoever
-//! bound it.
+//! [`SocketClaim`] holds the lock and remembers the socket's device, inode and change
+//! time; dropping it removes the socket only if the path still names that very socket,
+//! so a daemon that stops never removes a newer daemon's socket. Sockets passed by
+//! systemd are not bound here (see `activation`). [`Listener`] is what the server
+//! accepts on, whoever bound it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -138,8 +138,8 @@ pub fn bind_unix(path: &Path) -> Result<(UnixListener, SocketClaim), ListenError
     Ok((listener, claim))
 }
 
-/// The Unix socket this process bound: its lock, and the identity (device, inode, change time)
-/// of the file it created. Dropping it removes the socket if the path still names that
+/// The Unix socket this process bound: its lock, and the identity (device, inode,
+/// change time) of the file it created. Dropping it removes the socket if the path still names that
 /// file, then releases the lock.
 #[derive(Debug)]
 pub struct SocketClaim {

@@ -239,12 +239,12 @@ impl Writes {
     }
 }
 
-/// The committer thread: commits queued groups until closed and drained.
 /// The committer yields the CPU to request handling a little: under a write storm on
 /// a small machine, reads keep more of the cores and a write waits a moment longer
 /// for its group commit.
 const COMMIT_NICE: libc::c_int = 5;
 
+/// The committer thread: commits queued groups until closed and drained.
 pub(super) fn run(inner: Arc<Inner>) {
     super::checkpoint::lower_priority(COMMIT_NICE);
     loop {

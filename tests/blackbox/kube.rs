@@ -1400,23 +1400,10 @@ fn workload_tokens_are_reviewed_on_the_tcp_listener() {
 
 /// The exec commands of the DaemonSet's probes, as `(probe, argv)`.
 fn daemonset_probes() -> Vec<(String, Vec<String>)> {
-    let text =
-        std::fs::read_to_string(kube_common::root().join("contrib/kubernetes/daemonset.yaml"))
-            .unwrap();
-    let mut out = Vec::new();
-    let mut probe = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(name) = line.strip_suffix("Probe:") {
-            probe = Some(name.to_owned());
-        } else if let (Some(name), Some(argv)) = (&probe, line.strip_prefix("command: ")) {
-            // A YAML flow sequence of double-quoted strings is JSON.
-            let argv: Vec<String> = serde_json::from_str(argv).unwrap();
-            out.push((name.clone(), argv));
-            probe = None;
-        }
-    }
-    out
+    kube_common::daemonset_probes()
+        .into_iter()
+        .map(|(probe, command)| (probe, serde_json::from_str(&command).unwrap()))
+        .collect()
 }
 
 /// Runs a probe's command as the kubelet would, with the image's `/plexd-nodeapi` and

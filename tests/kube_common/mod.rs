@@ -22,6 +22,25 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `(probe, exec command)` of each probe in the shipped DaemonSet, the command as
+/// written (a YAML flow sequence of double-quoted strings, which is also JSON).
+pub fn daemonset_probes() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(root().join("contrib/kubernetes/daemonset.yaml"))
+        .expect("contrib/kubernetes/daemonset.yaml");
+    let mut out = Vec::new();
+    let mut probe = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_suffix("Probe:") {
+            probe = Some(name.to_owned());
+        } else if let (Some(name), Some(command)) = (&probe, line.strip_prefix("command: ")) {
+            out.push((name.clone(), command.to_owned()));
+            probe = None;
+        }
+    }
+    out
+}
+
 pub fn ca_file() -> PathBuf {
     root().join("tests/fixtures/test-ca.pem")
 }

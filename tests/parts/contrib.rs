@@ -548,7 +548,7 @@ fn configmap_config_is_accepted_by_the_daemon() {
     // Every probe asks for readiness only: a degraded daemon (control plane down)
     // keeps serving its cache and must be neither restarted nor taken out of the
     // rollout (tests/blackbox/kube.rs runs these commands against a live daemon).
-    let probes = probe_commands(&ds);
+    let probes = crate::kube_common::daemonset_probes();
     assert_eq!(probes.len(), 3, "startup, liveness, readiness: {probes:?}");
     for (probe, command) in &probes {
         assert_eq!(
@@ -557,22 +557,6 @@ fn configmap_config_is_accepted_by_the_daemon() {
             "{probe}"
         );
     }
-}
-
-/// `(probe, exec command)` of each probe in the DaemonSet, the command as written.
-fn probe_commands(ds: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut probe = None;
-    for line in ds.lines() {
-        let text = line.trim();
-        if let Some(name) = text.strip_suffix("Probe:") {
-            probe = Some(name.to_owned());
-        } else if let (Some(name), Some(command)) = (&probe, text.strip_prefix("command: ")) {
-            out.push((name.clone(), command.to_owned()));
-            probe = None;
-        }
-    }
-    out
 }
 
 #[test]
